@@ -1,0 +1,571 @@
+"""One serving instance: queues, a KV block manager, and the batch builder.
+
+Each iteration the instance builds a batch with the semantics of its `mode`:
+
+* ``vllm_v1`` (vLLM >= 0.6, Sarathi-Serve style): a token budget `max_num_batched_tokens`;
+  running requests first, in order, each taking what it still needs to compute (1 while
+  decoding, a chunk of its prompt while prefilling); then, if nothing was preempted this
+  iteration, waiting requests, chunked to the budget that is left.
+* ``vllm_v0`` (vLLM < 0.6 and Vidur's vLLM scheduler): whole prefills first; a prefill batch is
+  capped at `max_num_seqs` requests and `len(batch) * longest prompt <= max_num_batched_tokens`
+  (Vidur's padded count); only if no prefill fits, a decode batch of all running requests,
+  then swapped requests resume if nothing was preempted.
+
+A running request that cannot get the KV blocks it needs triggers a PREEMPT decision. Waiting
+requests enter through ADMIT decisions. Where the next iterations are decode-only and nothing
+can change before a request finishes, KV runs short or a request arrives, the instance advances
+all of them in closed form (see `_plan_decode_run`): time stays exact because the cost model's
+decode time is affine in the total context.
+"""
+
+from __future__ import annotations
+
+import math
+from array import array
+from collections.abc import Generator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from envs.core.decisions import STOP, Action, Decision, DecisionKind
+from envs.core.kv_cache import BlockManager
+from envs.core.request import FINISHED, REJECTED, RUNNING, SWAPPED, WAITING, Request
+
+if TYPE_CHECKING:
+    from envs.costs.base import CostModel
+
+MODES = ("vllm_v1", "vllm_v0")
+
+
+class SimulationError(RuntimeError):
+    """The simulated instance reached a state it must never reach (a bug, not bad input)."""
+
+
+@dataclass(frozen=True)
+class InstanceConfig:
+    """Batching and memory settings of one instance (vLLM's names where vLLM has them)."""
+
+    mode: str = "vllm_v1"
+    max_num_batched_tokens: int = 8192
+    max_num_seqs: int = 256
+    enable_chunked_prefill: bool = True  # vllm_v1 only; vllm_v0 never chunks
+    block_size: int = 16
+    num_kv_blocks: int | None = None  # None: derived from GPU memory, weights and a reserve
+    gpu_memory_utilization: float = 0.9
+    enable_prefix_caching: bool = False
+    swap_space_blocks: int = 0  # host blocks for swap preemption; 0 disables swap
+    watermark: float = 0.0  # fraction of blocks kept free when admitting (Vidur's v0: 0.01)
+    max_model_len: int | None = None  # None: the model's context length
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"unknown mode {self.mode!r}; choose one of {MODES}")
+        if self.max_num_seqs < 1:
+            raise ValueError(f"max_num_seqs must be >= 1, got {self.max_num_seqs}")
+        if self.max_num_batched_tokens < self.max_num_seqs:
+            raise ValueError(
+                f"max_num_batched_tokens ({self.max_num_batched_tokens}) must be >= max_num_seqs "
+                f"({self.max_num_seqs}) so every running request can decode each iteration"
+            )
+        if self.block_size < 1:
+            raise ValueError(f"block_size must be >= 1, got {self.block_size}")
+        if not 0 <= self.watermark < 1:
+            raise ValueError(f"watermark is a fraction of KV blocks in [0, 1), got {self.watermark}")
+        if self.num_kv_blocks is not None and self.num_kv_blocks < 1:
+            raise ValueError(f"num_kv_blocks must be positive, got {self.num_kv_blocks}")
+        if self.swap_space_blocks < 0:
+            raise ValueError(f"swap_space_blocks must be >= 0, got {self.swap_space_blocks}")
+
+
+class TokenGaps:
+    """Time between tokens, stored compactly.
+
+    `runs` holds (first gap, last gap, count, weight): `count` gaps evenly spaced from first to
+    last, each seen by `weight` requests (a decode run's gaps grow linearly). `singles` holds
+    one-off gaps, e.g. after a stall.
+    """
+
+    __slots__ = ("run_first", "run_last", "run_count", "run_weight", "singles")
+
+    def __init__(self) -> None:
+        self.run_first = array("d")
+        self.run_last = array("d")
+        self.run_count = array("q")
+        self.run_weight = array("q")
+        self.singles = array("d")
+
+    def add_run(self, first: float, last: float, count: int, weight: int) -> None:
+        self.run_first.append(first)
+        self.run_last.append(last)
+        self.run_count.append(count)
+        self.run_weight.append(weight)
+
+
+class Instance:
+    def __init__(
+        self,
+        index: int,
+        config: InstanceConfig,
+        cost_model: CostModel,
+        num_kv_blocks: int,
+        max_model_len: int,
+        simulator: Any,
+        record_token_times: bool = False,
+    ) -> None:
+        self.index = index
+        self.config = config
+        self.cost = cost_model
+        self.sim = simulator
+        self.max_model_len = max_model_len
+        self.record_token_times = record_token_times
+        self.bm = BlockManager(
+            num_kv_blocks,
+            config.block_size,
+            enable_prefix_caching=config.enable_prefix_caching,
+            swap_blocks=config.swap_space_blocks,
+        )
+        self.block_size = config.block_size
+        self.v0 = config.mode == "vllm_v0"
+        self.watermark_blocks = int(config.watermark * num_kv_blocks)
+        self.swap_enabled = config.swap_space_blocks > 0
+        self.waiting: list[Request] = []
+        self.running: list[Request] = []
+        self.swapped: list[Request] = []
+        # The iteration being built or in flight.
+        self.batch: list[tuple[Request, int]] = []
+        self.budget = 0
+        self.v0_longest = 0
+        self.iteration_start = 0.0
+        self.extra_time = 0.0  # swap transfers issued while building this batch
+        self.run: list[Any] | None = None  # [start, n, base, slope, context_sum, iterations]
+        self.event_pending = False
+        self.decode_coeffs: list[tuple[float, float] | None] = [None] * (config.max_num_seqs + 1)
+        # Statistics.
+        self.num_iterations = 0
+        self.num_decode_runs = 0
+        self.num_preemptions = 0
+        self.busy_time = 0.0
+        self.gaps = TokenGaps()
+        self.kv_times = array("d")
+        self.kv_used = array("q")
+
+    # ================================================================ arrivals
+    def rejection_reason(self, request: Request) -> str:
+        """Why this instance can never serve `request` ('' if it can)."""
+        total = request.prompt_len + request.output_len
+        if total > self.max_model_len:
+            return f"exceeds_context: {total} tokens > max_model_len {self.max_model_len}"
+        # The last output token is sampled, never written to the KV cache.
+        blocks = self.bm.blocks_for(total - 1)
+        usable = self.bm.num_blocks - self.watermark_blocks
+        if blocks > usable:
+            return f"exceeds_kv_capacity: needs {blocks} blocks, instance has {usable}"
+        cfg = self.config
+        if request.prompt_len > cfg.max_num_batched_tokens and (
+            self.v0 or not cfg.enable_chunked_prefill
+        ):
+            return (
+                f"prompt_exceeds_batch_tokens: {request.prompt_len} > max_num_batched_tokens "
+                f"{cfg.max_num_batched_tokens} without chunked prefill"
+            )
+        return ""
+
+    def enqueue(self, request: Request, now: float) -> None:
+        request.instance = self.index
+        reason = self.rejection_reason(request)
+        if reason:
+            request.status = REJECTED
+            request.reject_reason = reason
+            return
+        self.waiting.append(request)
+        if not self.event_pending:
+            # Wake at `now`, after every arrival of this instant has been enqueued.
+            self.sim.schedule(now, self)
+
+    # ================================================================ admission rules
+    def can_admit(self, request: Request) -> bool:
+        """Would `request` fit into the batch being built (tokens, sequences, KV blocks)?"""
+        cfg = self.config
+        if len(self.running) >= cfg.max_num_seqs:
+            return False
+        bm = self.bm
+        hits, evictable_hits = bm.count_prefix_hits(request)
+        remaining = request.prompt_len + request.num_generated - hits * self.block_size
+        if self.v0:
+            count = len(self.batch) + 1
+            longest = max(self.v0_longest, remaining)
+            # Alone, a recompute longer than the budget still runs (else it would never run).
+            if count * longest > cfg.max_num_batched_tokens and self.batch:
+                return False
+            chunk = remaining
+        else:
+            budget = self.budget
+            if budget <= 0:
+                return False
+            if remaining > budget:
+                if not cfg.enable_chunked_prefill:
+                    return False
+                chunk = budget
+            else:
+                chunk = remaining
+        return bm.can_allocate_fresh(request, hits, evictable_hits, chunk, self.watermark_blocks)
+
+    def can_stop_admitting(self) -> bool:
+        return bool(self.batch or self.running) or not any(map(self.can_admit, self.waiting))
+
+    def any_admissible(self) -> bool:
+        return any(map(self.can_admit, self.waiting))
+
+    def _admit(self, request: Request, now: float) -> None:
+        bm = self.bm
+        hits, _ = bm.count_prefix_hits(request)
+        remaining = request.prompt_len + request.num_generated - hits * self.block_size
+        chunk = remaining if self.v0 else min(remaining, self.budget)
+        bm.allocate_fresh(request, hits, chunk)
+        request.status = RUNNING
+        if request.first_scheduled != request.first_scheduled:  # NaN: first admission
+            request.first_scheduled = now
+        self.running.append(request)
+        self.batch.append((request, chunk))
+        self.budget -= chunk
+        if chunk > self.v0_longest:
+            self.v0_longest = chunk
+
+    def _admission_loop(self, now: float) -> Generator[Decision, Action, None]:
+        waiting, running = self.waiting, self.running
+        max_seqs = self.config.max_num_seqs
+        ask = self.sim.ask
+        while waiting and len(running) < max_seqs:
+            if not self.v0 and self.budget <= 0:
+                return
+            if not self.sim.admit_is_internal and not self.any_admissible():
+                return  # nothing to decide: no candidate fits
+            action = yield from ask(Decision(DecisionKind.ADMIT, now, waiting, instance=self))
+            if action.choice == STOP:
+                return
+            self._admit(waiting.pop(action.choice), now)
+
+    # ================================================================ preemption
+    def _make_room(self, request: Request, num_new: int, now: float) -> Generator[Any, Any, bool]:
+        """Preempt until `request` can grow by `num_new` tokens; False if it was the victim."""
+        bm, running = self.bm, self.running
+        while not bm.can_allocate(request, num_new):
+            decision = Decision(DecisionKind.PREEMPT, now, running, instance=self, request=request)
+            action = yield from self.sim.ask(decision)
+            victim = running[action.choice]
+            self._preempt(victim, action.swap)
+            if victim is request:
+                return False
+        bm.allocate(request, num_new)
+        return True
+
+    def _preempt(self, victim: Request, swap: bool) -> None:
+        self.running.remove(victim)
+        for position, (scheduled, num_new) in enumerate(self.batch):
+            if scheduled is victim:  # already in this batch: give its tokens back
+                del self.batch[position]
+                self.budget += num_new
+                break
+        victim.num_preemptions += 1
+        self.num_preemptions += 1
+        bm = self.bm
+        if swap and bm.can_swap_out(victim):
+            self.extra_time += self.cost.swap_time(bm.swap_out(victim))
+            victim.status = SWAPPED
+            victim.num_swaps += 1
+            self.swapped.append(victim)
+        else:
+            victim.recomputed_tokens += victim.num_computed
+            bm.free(victim)
+            victim.num_computed = 0
+            victim.status = WAITING
+            self.waiting.insert(0, victim)
+
+    def _schedule_running(self, now: float) -> Generator[Any, Any, bool]:
+        """Give each running request its next tokens; True if anything was preempted."""
+        bm, batch = self.bm, self.batch
+        chunked = self.config.enable_chunked_prefill and not self.v0
+        preempted = False
+        for request in list(self.running):
+            if request.status != RUNNING:
+                continue  # preempted earlier in this loop
+            num_new = request.prompt_len + request.num_generated - request.num_computed
+            if num_new > self.budget and not self.v0:
+                if not chunked or self.budget <= 0:
+                    continue
+                num_new = self.budget
+            if bm.can_allocate(request, num_new):
+                bm.allocate(request, num_new)
+            else:
+                preempted = True
+                if not (yield from self._make_room(request, num_new, now)):
+                    continue
+            batch.append((request, num_new))
+            self.budget -= num_new
+        return preempted
+
+    def _resume_swapped(self) -> None:
+        bm, running, swapped = self.bm, self.running, self.swapped
+        while swapped and len(running) < self.config.max_num_seqs:
+            request = swapped[0]
+            num_new = request.prompt_len + request.num_generated - request.num_computed
+            if not self.v0 and num_new > self.budget:
+                return
+            if not bm.can_swap_in(request):
+                return
+            swapped.pop(0)
+            self.extra_time += self.cost.swap_time(bm.swap_in(request))
+            if not bm.can_allocate(request, num_new):
+                # Resident again but not room to grow: it decodes once space frees up.
+                request.status = RUNNING
+                running.append(request)
+                return
+            bm.allocate(request, num_new)
+            request.status = RUNNING
+            running.append(request)
+            self.batch.append((request, num_new))
+            self.budget -= num_new
+
+    # ================================================================ batch building
+    def _build_batch(self, now: float) -> Generator[Any, Any, None]:
+        self.batch = []
+        self.budget = self.config.max_num_batched_tokens
+        self.v0_longest = 0
+        self.extra_time = 0.0
+        if self.v0:
+            if not self.swapped:
+                yield from self._admission_loop(now)
+            if self.batch:
+                return  # a prefill iteration
+            preempted = yield from self._schedule_running(now)
+            if not preempted:
+                self._resume_swapped()
+        else:
+            preempted = yield from self._schedule_running(now)
+            if not preempted:
+                if self.swapped:
+                    self._resume_swapped()
+                yield from self._admission_loop(now)
+
+    def start_next(self, now: float) -> Generator[Any, Any, None]:
+        """Plan what runs from `now`: a decode run, one iteration, or nothing (idle)."""
+        self.event_pending = False
+        for _ in range(3):
+            if not (self.running or self.waiting or self.swapped):
+                return
+            if self._plan_decode_run(now):
+                return
+            yield from self._build_batch(now)
+            if self.batch or self.extra_time:
+                self._start_iteration(now)
+                return
+        raise SimulationError(
+            f"instance {self.index} cannot make progress at t={now}: "
+            f"{len(self.waiting)} waiting, {len(self.running)} running, "
+            f"{len(self.swapped)} swapped, {self.bm.num_free} KV blocks free"
+        )
+
+    def _start_iteration(self, now: float) -> None:
+        chunks = []
+        decode_count = decode_context = 0
+        for request, num_new in self.batch:
+            if num_new == 1:
+                decode_count += 1
+                decode_context += request.num_computed + 1
+            else:
+                chunks.append((num_new, request.num_computed))
+        duration = self.cost.iteration_time(chunks, decode_count, decode_context)
+        duration += self.extra_time
+        self.iteration_start = now
+        self._sample_kv(now)
+        self.sim.schedule(now + duration, self)
+        self.event_pending = True
+
+    def _sample_kv(self, now: float) -> None:
+        self.kv_times.append(now)
+        self.kv_used.append(self.bm.num_used)
+
+    # ================================================================ iteration end
+    def on_event(self, now: float) -> Generator[Any, Any, None]:
+        if self.run is not None:
+            self._finish_run(now)
+        elif self.batch or self.extra_time:
+            self._finish_iteration(now)
+        yield from self.start_next(now)
+
+    def _finish_iteration(self, now: float) -> None:
+        start = self.iteration_start
+        self.num_iterations += 1
+        self.busy_time += now - start
+        bm = self.bm
+        prefix_caching = bm.enable_prefix_caching
+        gaps = self.gaps
+        continuing = 0
+        finished = False
+        for request, num_new in self.batch:
+            computed = request.num_computed + num_new
+            request.num_computed = computed
+            if prefix_caching and request.prefix_hashes:
+                bm.commit_full_blocks(request)
+            if computed != request.prompt_len + request.num_generated:
+                continue  # a prefill chunk: no token yet
+            generated = request.num_generated + 1
+            request.num_generated = generated
+            if generated == 1:
+                request.first_token_time = now
+            elif request.last_token_time == start:
+                continuing += 1
+            else:
+                gaps.singles.append(now - request.last_token_time)
+            request.last_token_time = now
+            if request.token_times is not None:
+                request.token_times.append(now)
+            if generated == request.output_len:
+                self._finish(request, now)
+                finished = True
+        if continuing:
+            duration = now - start
+            gaps.add_run(duration, duration, 1, continuing)
+        if finished:
+            self.running = [r for r in self.running if r.status == RUNNING]
+        self.batch = []
+        self.extra_time = 0.0
+
+    def _finish(self, request: Request, now: float) -> None:
+        request.status = FINISHED
+        request.finish_time = now
+        self.bm.free(request)
+
+    # ================================================================ decode runs
+    def _plan_decode_run(self, now: float) -> bool:
+        """Start a run of decode-only iterations if nothing can interrupt it; True if started.
+
+        Interruptions come only from: a request finishing (run ends there), KV running out
+        (the run stays within `block_size * (free // n)` iterations, which cannot exhaust it),
+        an arrival (the run ends at the first iteration boundary at or after the next arrival),
+        or an admission (excluded: the run starts only when no waiting request fits, and free
+        KV only shrinks during the run).
+        """
+        running = self.running
+        n = len(running)
+        if n == 0 or self.swapped:
+            return False
+        if self.waiting and n < self.config.max_num_seqs:
+            self.batch = []
+            self.budget = self.config.max_num_batched_tokens - n
+            self.v0_longest = 0
+            if self.any_admissible():
+                return False
+        free_per_request = self.bm.num_free // n
+        if free_per_request == 0:
+            return False
+        iterations = self.block_size * free_per_request
+        context = 0
+        for request in running:
+            computed = request.num_computed
+            if computed + 1 != request.prompt_len + request.num_generated:
+                return False  # still prefilling
+            context += computed + 1
+            left = request.output_len - request.num_generated
+            if left < iterations:
+                iterations = left
+        coeffs = self.decode_coeffs[n]
+        if coeffs is None:
+            coeffs = self.decode_coeffs[n] = self.cost.decode_coeffs(n)
+        base, slope = coeffs
+        horizon = self.sim.next_arrival_time - now
+        if horizon < math.inf:
+            iterations = min(iterations, _first_reaching(base, slope, n, context, horizon))
+        self.run = [now, n, base, slope, context, iterations]
+        self.num_decode_runs += 1
+        self._sample_kv(now)
+        self.sim.schedule(now + _elapsed(base, slope, n, context, iterations), self)
+        self.event_pending = True
+        return True
+
+    def advance_to(self, now: float) -> None:
+        """Apply the iterations of the current decode run that have ended by `now`.
+
+        Routing reads instance state mid-run; this makes that state exact without moving the
+        run's scheduled end.
+        """
+        run = self.run
+        if run is None or now <= run[0]:
+            return
+        start, n, base, slope, context, iterations = run
+        done = _first_reaching(base, slope, n, context, now - start)
+        if _elapsed(base, slope, n, context, done) > now - start:
+            done -= 1
+        done = min(done, iterations - 1)
+        if done > 0:
+            self._apply_run(done, start + _elapsed(base, slope, n, context, done))
+            self._sample_kv(now)
+
+    def _finish_run(self, now: float) -> None:
+        self._apply_run(self.run[5], now)
+        self.run = None
+        if any(r.status == FINISHED for r in self.running):
+            self.running = [r for r in self.running if r.status == RUNNING]
+
+    def _apply_run(self, done: int, end: float) -> None:
+        run = self.run
+        start, n, base, slope, context, _ = run
+        first = base + slope * context
+        last = first + slope * n * (done - 1)
+        block_size = self.block_size
+        new_blocks = continuing = 0
+        gaps = self.gaps
+        for request in self.running:
+            if request.last_token_time != start:  # stalled before this run
+                gaps.singles.append(start + first - request.last_token_time)
+                if done > 1:
+                    gaps.add_run(first + slope * n, last, done - 1, 1)
+            else:
+                continuing += 1
+            if request.token_times is not None:
+                request.token_times.extend(
+                    start + _elapsed(base, slope, n, context, j) for j in range(1, done + 1)
+                )
+            computed = request.num_computed + done
+            request.num_computed = computed
+            generated = request.num_generated + done
+            request.num_generated = generated
+            request.last_token_time = end
+            need = -(-computed // block_size) - request.num_blocks
+            if need > 0:
+                request.num_blocks += need
+                new_blocks += need
+            if generated == request.output_len:
+                self._finish(request, end)
+        if continuing:
+            gaps.add_run(first, last, done, continuing)
+        if new_blocks:
+            self.bm.take_blocks(new_blocks)
+        self.num_iterations += done
+        self.busy_time += end - start
+        run[0] = end
+        run[4] = context + n * done
+        run[5] -= done
+
+
+def _elapsed(base: float, slope: float, n: int, context: int, iterations: int) -> float:
+    """Duration of `iterations` decode iterations; the j-th reads context + n*(j-1) tokens."""
+    return iterations * (base + slope * context) + slope * n * (iterations * (iterations - 1) / 2)
+
+
+def _first_reaching(base: float, slope: float, n: int, context: int, horizon: float) -> int:
+    """Smallest iteration count >= 1 whose run lasts at least `horizon` seconds."""
+    a = slope * n / 2
+    b = base + slope * context - a
+    if horizon <= 0:
+        return 1
+    if a > 0:
+        estimate = (-b + math.sqrt(b * b + 4 * a * horizon)) / (2 * a)
+    else:
+        estimate = horizon / b
+    count = max(1, math.ceil(estimate))
+    # The quadratic's rounding can be off by one either way; settle it exactly.
+    while count > 1 and _elapsed(base, slope, n, context, count - 1) >= horizon:
+        count -= 1
+    while _elapsed(base, slope, n, context, count) < horizon:
+        count += 1
+    return count

@@ -1,0 +1,229 @@
+"""Paged KV block manager: GPU blocks, a prefix cache, and host swap space.
+
+Blocks that hold a request's private tokens are anonymous: only their count matters, so
+allocating and freeing them is integer arithmetic. Blocks of the prefix cache are named by
+their chained hash, carry a reference count, and, once no request references them, stay
+cached in LRU order until a new allocation needs the space. Every `can_x` has its `x`;
+`x` asserts what `can_x` promised.
+
+Invariant (checked by `check`): uncached free blocks + evictable cached blocks + referenced
+cached blocks + private blocks of live requests == capacity.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+from envs.core.request import Request
+
+
+class KVCacheError(RuntimeError):
+    """An allocation was attempted that `can_allocate` would have refused (a simulator bug)."""
+
+
+class BlockManager:
+    def __init__(
+        self,
+        num_blocks: int,
+        block_size: int = 16,
+        *,
+        enable_prefix_caching: bool = False,
+        swap_blocks: int = 0,
+    ) -> None:
+        if num_blocks <= 0:
+            raise ValueError(f"num_blocks must be positive, got {num_blocks}")
+        if block_size <= 0:
+            raise ValueError(f"block_size must be positive, got {block_size}")
+        if swap_blocks < 0:
+            raise ValueError(f"swap_blocks must be >= 0, got {swap_blocks}")
+        self.num_blocks = num_blocks
+        self.block_size = block_size
+        self.enable_prefix_caching = enable_prefix_caching
+        self.free_uncached = num_blocks
+        self.refcount: dict[int, int] = {}  # every cached hash, referenced or evictable
+        self.evictable: OrderedDict[int, None] = OrderedDict()  # refcount 0, LRU first
+        self.swap_capacity = swap_blocks
+        self.swap_used = 0
+        self.prefix_queries = 0  # blocks looked up in the prefix cache
+        self.prefix_hits = 0  # of which found
+
+    # ----------------------------------------------------------------- accounting
+    @property
+    def num_free(self) -> int:
+        return self.free_uncached + len(self.evictable)
+
+    @property
+    def num_used(self) -> int:
+        return self.num_blocks - self.num_free
+
+    def blocks_for(self, num_tokens: int) -> int:
+        return -(-num_tokens // self.block_size)
+
+    def _take(self, count: int) -> None:
+        if count <= self.free_uncached:
+            self.free_uncached -= count
+            return
+        count -= self.free_uncached
+        self.free_uncached = 0
+        if count > len(self.evictable):
+            raise KVCacheError(f"out of KV blocks: {count} more needed, none free")
+        for _ in range(count):  # reuse the least recently used cached blocks
+            block_hash, _ = self.evictable.popitem(last=False)
+            del self.refcount[block_hash]
+
+    # ----------------------------------------------------------------- grow a request
+    def blocks_needed(self, request: Request, num_new_tokens: int) -> int:
+        return self.blocks_for(request.num_computed + num_new_tokens) - request.num_blocks
+
+    def can_allocate(self, request: Request, num_new_tokens: int, reserve: int = 0) -> bool:
+        """Room for KV slots of `num_new_tokens` more tokens, keeping `reserve` blocks free."""
+        return self.blocks_needed(request, num_new_tokens) + reserve <= self.num_free
+
+    def allocate(self, request: Request, num_new_tokens: int) -> None:
+        need = self.blocks_needed(request, num_new_tokens)
+        if need > 0:
+            self._take(need)
+            request.num_blocks += need
+
+    # ----------------------------------------------------------------- prefix cache
+    def count_prefix_hits(self, request: Request) -> tuple[int, int]:
+        """(cached leading blocks usable by a fresh request, of which evictable now).
+
+        At least one prompt token is always recomputed, as in vLLM, so a fully cached prompt
+        still produces its first token from a forward pass.
+        """
+        hashes = request.prefix_hashes
+        if not self.enable_prefix_caching or not hashes or request.num_computed:
+            return 0, 0
+        limit = min(len(hashes), (request.num_tokens - 1) // self.block_size)
+        hits = evictable = 0
+        refcount = self.refcount
+        while hits < limit:
+            refs = refcount.get(hashes[hits])
+            if refs is None:
+                break
+            if refs == 0:
+                evictable += 1
+            hits += 1
+        return hits, evictable
+
+    def can_allocate_fresh(
+        self, request: Request, hits: int, evictable_hits: int, num_new_tokens: int,
+        reserve: int = 0,
+    ) -> bool:
+        """`can_allocate` for a request holding nothing yet whose first `hits` blocks are cached
+        (`evictable_hits` of them unreferenced, so claiming them shrinks the free pool)."""
+        need = self.blocks_for(hits * self.block_size + num_new_tokens) - hits
+        return need + evictable_hits + reserve <= self.num_free
+
+    def allocate_fresh(self, request: Request, hits: int, num_new_tokens: int) -> None:
+        """Claim the first `hits` cached blocks, then allocate `num_new_tokens` after them."""
+        hashes = request.prefix_hashes
+        if hits:
+            refcount, evictable = self.refcount, self.evictable
+            for block_hash in hashes[:hits]:
+                refs = refcount[block_hash]
+                if refs == 0:
+                    del evictable[block_hash]
+                refcount[block_hash] = refs + 1
+            request.cached_hashes = list(hashes[:hits])
+            request.num_blocks = hits
+            request.num_computed = hits * self.block_size
+            request.prefix_hit_tokens += hits * self.block_size
+        if hashes and self.enable_prefix_caching:
+            self.prefix_queries += min(len(hashes), request.prompt_len // self.block_size)
+            self.prefix_hits += hits
+        self.allocate(request, num_new_tokens)
+
+    def take_blocks(self, count: int) -> None:
+        """Allocate `count` anonymous blocks in bulk (decode runs, after a capacity check)."""
+        self._take(count)
+
+    def commit_full_blocks(self, request: Request) -> None:
+        """Publish the request's newly computed full prompt blocks to the prefix cache."""
+        hashes = request.prefix_hashes
+        if not self.enable_prefix_caching or not hashes:
+            return
+        cached = request.cached_hashes
+        if cached is None:
+            cached = request.cached_hashes = []
+        full = min(len(hashes), request.num_computed // self.block_size)
+        refcount = self.refcount
+        for index in range(len(cached), full):
+            block_hash = hashes[index]
+            if block_hash in refcount:
+                # Another request published it meanwhile; the chain must stay a prefix.
+                break
+            refcount[block_hash] = 1
+            cached.append(block_hash)
+
+    # ----------------------------------------------------------------- release
+    def free(self, request: Request) -> None:
+        cached = request.cached_hashes
+        num_cached = 0
+        if cached:
+            num_cached = len(cached)
+            refcount, evictable = self.refcount, self.evictable
+            # Tail blocks first, so the shared head of a prefix is evicted last.
+            for block_hash in reversed(cached):
+                refs = refcount[block_hash] - 1
+                refcount[block_hash] = refs
+                if refs == 0:
+                    evictable[block_hash] = None
+            request.cached_hashes = None
+        self.free_uncached += request.num_blocks - num_cached
+        request.num_blocks = 0
+
+    # ----------------------------------------------------------------- swap
+    def can_swap_out(self, request: Request) -> bool:
+        return self.swap_used + request.num_blocks <= self.swap_capacity
+
+    def swap_out(self, request: Request) -> int:
+        if not self.can_swap_out(request):
+            raise KVCacheError("swap space full; check can_swap_out first")
+        moved = request.num_blocks
+        self.swap_used += moved
+        request.swapped_blocks = moved
+        self.free(request)
+        return moved
+
+    def can_swap_in(self, request: Request, reserve: int = 0) -> bool:
+        return request.swapped_blocks + reserve <= self.num_free
+
+    def swap_in(self, request: Request) -> int:
+        moved = request.swapped_blocks
+        self._take(moved)
+        self.swap_used -= moved
+        request.num_blocks = moved  # the shared prefix comes back as private copies
+        request.swapped_blocks = 0
+        return moved
+
+    # ----------------------------------------------------------------- checks
+    def check(self, live: list[Request]) -> None:
+        """Raise if any block is leaked, double-counted, negative or over capacity."""
+        referenced = sum(1 for refs in self.refcount.values() if refs > 0)
+        private = 0
+        refs_seen: dict[int, int] = {}
+        for request in live:
+            cached = request.cached_hashes or []
+            private += request.num_blocks - len(cached)
+            for block_hash in cached:
+                refs_seen[block_hash] = refs_seen.get(block_hash, 0) + 1
+        problems = []
+        if self.free_uncached < 0 or self.swap_used < 0:
+            problems.append(f"negative count: free={self.free_uncached} swap={self.swap_used}")
+        if self.swap_used > self.swap_capacity:
+            problems.append(f"swap {self.swap_used} above capacity {self.swap_capacity}")
+        total = self.free_uncached + len(self.evictable) + referenced + private
+        if total != self.num_blocks:
+            problems.append(f"blocks do not add up: {total} accounted of {self.num_blocks}")
+        live_refs = {h: r for h, r in self.refcount.items() if r > 0}
+        if live_refs != refs_seen:
+            problems.append("prefix-cache reference counts disagree with the requests")
+        if any(self.refcount.get(h) != 0 for h in self.evictable):
+            problems.append("an evictable block is still referenced")
+        swapped = sum(request.swapped_blocks for request in live)
+        if swapped != self.swap_used:
+            problems.append(f"swap space {self.swap_used} != blocks of swapped requests {swapped}")
+        if problems:
+            raise KVCacheError("; ".join(problems))

@@ -1,0 +1,225 @@
+"""The discrete-event simulator: a cluster of instances behind a router.
+
+All state lives on the `Simulator` object. Events are iteration ends (and wake-ups) of
+instances, kept in a heap ordered by (time, priority, counter), so ties resolve the same way
+every run; arrivals come from the workload's sorted arrays through a cursor and go first at
+equal times. Decisions are asked through one generator: those with a configured policy are
+answered inline, the others are handed to the caller by `next_decision()` and answered by
+`apply()` (how the Gymnasium envs step decision by decision).
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import math
+from collections.abc import Generator, Mapping
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from envs.core.decisions import Action, Decision, DecisionKind, Policy, default_policies
+from envs.core.instance import Instance, InstanceConfig
+from envs.core.metrics import ServingReport, build_report
+from envs.core.request import REJECTED, Request
+
+if TYPE_CHECKING:
+    from envs.costs.base import CostModel
+    from envs.workloads.workload import Workload
+
+ARRIVAL_PRIORITY = 0  # arrivals of an instant are enqueued before any instance plans
+INSTANCE_PRIORITY = 1
+
+
+class Simulator:
+    """Simulates `num_instances` identical instances; implements the Backend protocol.
+
+    Args:
+        cost_model: iteration times (its `source` is stamped on every report).
+        instance_config: batching mode, budgets and KV settings of every instance.
+        num_instances: instances behind the router.
+        policies: answers per decision kind; kinds left out are surfaced by
+            `next_decision()` for the caller to `apply()`. Default: all three defaults
+            (round-robin routing, FCFS admission, latest-arrival preemption).
+        record_token_times: keep every token's timestamp on each request (memory heavy).
+    """
+
+    def __init__(
+        self,
+        cost_model: CostModel,
+        instance_config: InstanceConfig | None = None,
+        num_instances: int = 1,
+        policies: Mapping[DecisionKind, Policy] | None = None,
+        record_token_times: bool = False,
+    ) -> None:
+        if num_instances < 1:
+            raise ValueError(f"num_instances must be >= 1, got {num_instances}")
+        self.cost = cost_model
+        self.config = instance_config or InstanceConfig()
+        self.num_instances = num_instances
+        self.policies: dict[DecisionKind, Policy] = (
+            default_policies() if policies is None else dict(policies)
+        )
+        self.record_token_times = record_token_times
+        self.num_kv_blocks = self._kv_blocks()
+        self.max_model_len = self.config.max_model_len or _model_context(cost_model)
+        self.workload: Workload | None = None
+        self._decision: Decision | None = None
+        self._done = True
+
+    def _kv_blocks(self) -> int:
+        if self.config.num_kv_blocks is not None:
+            return self.config.num_kv_blocks
+        from envs.costs.specs import kv_capacity_blocks
+
+        return kv_capacity_blocks(
+            self.cost.model,
+            self.cost.gpu,
+            self.cost.tensor_parallel,
+            block_size=self.config.block_size,
+            gpu_memory_utilization=self.config.gpu_memory_utilization,
+        )
+
+    # ================================================================ Backend protocol
+    def reset(self, workload: Workload, seed: int = 0) -> None:
+        if workload.prefix_hashes is not None and workload.prefix_block_size != self.config.block_size:
+            raise ValueError(
+                f"workload prefix hashes use {workload.prefix_block_size}-token blocks but the "
+                f"instances use {self.config.block_size}; rebuild the hashes at the KV block size"
+            )
+        self.workload = workload
+        self.rng = np.random.default_rng(seed)
+        for policy, child in zip(self.policies.values(), self.rng.spawn(len(self.policies)),
+                                 strict=True):
+            reset = getattr(policy, "reset", None)
+            if reset is not None:
+                reset(child)
+        self.now = 0.0
+        self.instances = [
+            Instance(i, self.config, self.cost, self.num_kv_blocks, self.max_model_len, self,
+                     self.record_token_times)
+            for i in range(self.num_instances)
+        ]
+        self.requests: list[Request] = []
+        self._heap: list[tuple[float, int, int, int]] = []
+        self._counter = itertools.count()
+        self._arrivals = workload.arrival_time.tolist()
+        self.next_arrival_time = self._arrivals[0] if self._arrivals else math.inf
+        self.admit_is_internal = DecisionKind.ADMIT in self.policies
+        self._loop = self._main_loop()
+        self._done = False
+        self._decision = self._resume(None)
+
+    def next_decision(self) -> Decision | None:
+        """The decision waiting for an answer; None once the workload has drained."""
+        return self._decision
+
+    def apply(self, action: int | Action) -> None:
+        decision = self._decision
+        if decision is None:
+            raise RuntimeError("no decision is pending: the simulation has finished or not started")
+        self._decision = self._resume(decision.validate(action))
+
+    def run(self, workload: Workload | None = None, seed: int = 0) -> ServingReport:
+        """Simulate to completion, answering every decision with the configured policies."""
+        if workload is not None:
+            self.reset(workload, seed)
+        while self._decision is not None:
+            kind = self._decision.kind
+            raise RuntimeError(
+                f"no policy answers {kind.name} decisions; pass one in `policies` or drive the "
+                "simulator with next_decision()/apply()"
+            )
+        return self.report()
+
+    def report(self) -> ServingReport:
+        if not self._done:
+            raise RuntimeError("the simulation has not finished; answer the pending decisions first")
+        return build_report(self)
+
+    # ================================================================ internals
+    def _resume(self, action: Action | None) -> Decision | None:
+        try:
+            return self._loop.send(action)
+        except StopIteration:
+            self._done = True
+            self._check_drained()
+            return None
+
+    def ask(self, decision: Decision) -> Generator[Decision, Action, Action]:
+        policy = self.policies.get(decision.kind)
+        if policy is not None:
+            return decision.validate(policy.decide(decision))
+        action = yield decision  # validated by apply()
+        return action
+
+    def schedule(self, time: float, instance: Instance) -> None:
+        heapq.heappush(self._heap, (time, INSTANCE_PRIORITY, next(self._counter), instance.index))
+        instance.event_pending = True
+
+    def _main_loop(self) -> Generator[Decision, Action, None]:
+        heap, arrivals, instances = self._heap, self._arrivals, self.instances
+        heappop = heapq.heappop
+        num_arrivals = len(arrivals)
+        cursor = 0
+        while True:
+            if heap and heap[0][0] < self.next_arrival_time:
+                time, _, _, index = heappop(heap)
+                self.now = time
+                yield from instances[index].on_event(time)
+            elif cursor < num_arrivals:
+                self.now = arrivals[cursor]
+                request = self._make_request(cursor)
+                cursor += 1
+                self.next_arrival_time = arrivals[cursor] if cursor < num_arrivals else math.inf
+                yield from self._route(request)
+            else:
+                return
+
+    def _make_request(self, index: int) -> Request:
+        w = self.workload
+        request = Request(
+            index,
+            float(w.arrival_time[index]),
+            int(w.prompt_len[index]),
+            int(w.output_len[index]),
+            int(w.tenant[index]),
+            int(w.priority[index]),
+            float(w.ttft_slo[index]),
+            float(w.tpot_slo[index]),
+            w.prefix_hashes[index] if w.prefix_hashes is not None else None,
+        )
+        if self.record_token_times:
+            request.token_times = []
+        self.requests.append(request)
+        return request
+
+    def _route(self, request: Request) -> Generator[Decision, Action, None]:
+        now = self.now
+        if self.num_instances == 1:
+            self.instances[0].enqueue(request, now)
+            return
+        for instance in self.instances:
+            instance.advance_to(now)  # routers see each instance's state as of now
+        decision = Decision(DecisionKind.ROUTE, now, self.instances, request=request, cluster=self)
+        action = yield from self.ask(decision)
+        self.instances[action.choice].enqueue(request, now)
+
+    def _check_drained(self) -> None:
+        for instance in self.instances:
+            if instance.waiting or instance.running or instance.swapped:
+                raise RuntimeError(f"instance {instance.index} still holds requests at the end")
+            instance.bm.check([])
+        for request in self.requests:
+            if request.status == REJECTED:
+                continue
+            if request.num_generated != request.output_len:
+                raise RuntimeError(f"request {request.rid} ended unfinished: {request!r}")
+
+
+def _model_context(cost_model: Any) -> int:
+    model = getattr(cost_model, "model", None)
+    context = getattr(model, "max_context", None)
+    if context is None:
+        raise ValueError("set InstanceConfig.max_model_len: the cost model names no model context")
+    return int(context)

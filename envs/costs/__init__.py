@@ -1,0 +1,27 @@
+"""Cost models: how long engine iterations, KV swaps and KV transfers take."""
+
+from envs.costs.base import CostModel
+from envs.costs.roofline import RooflineCostModel
+from envs.costs.specs import (
+    GPUS,
+    MODELS,
+    GPUSpec,
+    ModelSpec,
+    UnknownSpecError,
+    get_gpu,
+    get_model,
+    kv_capacity_blocks,
+)
+
+__all__ = [
+    "GPUS",
+    "MODELS",
+    "CostModel",
+    "GPUSpec",
+    "ModelSpec",
+    "RooflineCostModel",
+    "UnknownSpecError",
+    "get_gpu",
+    "get_model",
+    "kv_capacity_blocks",
+]

@@ -1,0 +1,69 @@
+"""Interface between the simulator and anything that predicts how long GPU work takes.
+
+Decode context convention (used by ``iteration_time`` and ``decode_coeffs`` alike):
+the *context* of a decoding request is the number of KV entries its attention reads in
+this iteration, i.e. the tokens already in its KV cache **plus the one being decoded**.
+A request whose prompt of 100 tokens has been prefilled and which has produced 5 tokens
+(the 5th being fed now) has 100 + 4 cached entries and context 105.
+``decode_context_sum`` is the sum of these contexts over the decoding requests, so it is
+always >= ``decode_count``.
+
+Prefill chunks are given as ``(new_tokens, cached_context_tokens)``: ``new_tokens`` are
+processed in this iteration; ``cached_context_tokens`` are earlier tokens of the same
+request whose KV is already cached (earlier chunks, or a prefix-cache hit). A decode step
+is therefore the same work as a chunk ``(1, context - 1)``.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from typing import Any
+
+
+class CostModel(ABC):
+    """Predicts wall-clock seconds of engine iterations and KV copies."""
+
+    source: str  # "roofline" | "measured" | "fitted": every report says which produced it
+    block_size: int
+
+    @abstractmethod
+    def iteration_time(
+        self,
+        prefill_chunks: Sequence[tuple[int, int]],
+        decode_count: int,
+        decode_context_sum: int,
+    ) -> float:
+        """Seconds for one engine iteration (forward pass + scheduling/sampling overhead).
+
+        prefill_chunks: ``(new_tokens, cached_context_tokens)`` per prefill chunk in the batch.
+        decode_count: requests decoding one token each.
+        decode_context_sum: sum of their contexts (cached tokens + 1, see module docstring).
+        An empty batch (no chunks, no decodes) takes 0 s.
+        """
+
+    @abstractmethod
+    def decode_coeffs(self, batch_size: int) -> tuple[float, float]:
+        """``(base_s, per_context_token_s)`` for a decode-only iteration.
+
+        A decode-only iteration of ``batch_size`` requests with total context ``S`` takes
+        ``base_s + per_context_token_s * S``; this agrees with
+        ``iteration_time([], batch_size, S)`` to 1e-9 relative, so the simulator can advance
+        runs of decode-only iterations in closed form.
+        """
+
+    @abstractmethod
+    def swap_time(self, num_blocks: int) -> float:
+        """Seconds to copy ``num_blocks`` KV blocks one way between GPU and host memory.
+
+        Each GPU of the tensor-parallel group copies its shard over its own host link.
+        """
+
+    @abstractmethod
+    def kv_transfer_time(self, num_tokens: int) -> float:
+        """Seconds to move the KV of ``num_tokens`` tokens between two instances over the
+        interconnect (prefill/decode disaggregation)."""
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-serialisable summary; subclasses add their model, GPU and parameters."""
+        return {"source": self.source, "block_size": self.block_size}
