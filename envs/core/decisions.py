@@ -1,10 +1,10 @@
 """The decision protocol: a backend asks, a policy answers.
 
-| kind    | asked when                                           | candidates            | answer |
-|---------|------------------------------------------------------|-----------------------|--------|
-| ROUTE   | a request arrives at a cluster of 2+ instances       | instances             | index  |
-| ADMIT   | an instance builds a batch and a waiting request fits| the waiting queue     | index, or STOP |
-| PREEMPT | a running request cannot get the KV blocks it needs  | the running requests  | index (+ swap) |
+| kind    | asked when                                 | candidates    | answer         |
+|---------|--------------------------------------------|---------------|----------------|
+| ROUTE   | a request arrives at 2+ instances          | instances     | index          |
+| ADMIT   | a batch is built and a waiting request fits| waiting queue | index, or STOP |
+| PREEMPT | a running request lacks KV blocks          | running       | index (+ swap) |
 
 Candidate order is canonical: instances by index; waiting requests in queue order (requests
 preempted by recompute at the front, then arrival order); running requests in admission order.

@@ -69,7 +69,9 @@ class InstanceConfig:
         if self.block_size < 1:
             raise ValueError(f"block_size must be >= 1, got {self.block_size}")
         if not 0 <= self.watermark < 1:
-            raise ValueError(f"watermark is a fraction of KV blocks in [0, 1), got {self.watermark}")
+            raise ValueError(
+                f"watermark is a fraction of KV blocks in [0, 1), got {self.watermark}"
+            )
         if self.num_kv_blocks is not None and self.num_kv_blocks < 1:
             raise ValueError(f"num_kv_blocks must be positive, got {self.num_kv_blocks}")
         if self.swap_space_blocks < 0:
@@ -198,16 +200,20 @@ class Instance:
                 return False
             chunk = remaining
         else:
-            budget = self.budget
-            if budget <= 0:
+            chunk = self._chunk(remaining)
+            if chunk <= 0:
                 return False
-            if remaining > budget:
-                if not cfg.enable_chunked_prefill:
-                    return False
-                chunk = budget
-            else:
-                chunk = remaining
         return bm.can_allocate_fresh(request, hits, evictable_hits, chunk, self.watermark_blocks)
+
+    def _chunk(self, remaining: int) -> int:
+        """Tokens a vllm_v1 batch can give a request that has `remaining` to compute (0: none)."""
+        budget = self.budget
+        if remaining <= budget:
+            return remaining
+        if self.config.enable_chunked_prefill:
+            return max(budget, 0)
+        # Without chunking, a recompute longer than the budget runs alone, else never.
+        return 0 if self.batch else remaining
 
     def can_stop_admitting(self) -> bool:
         return bool(self.batch or self.running) or not any(map(self.can_admit, self.waiting))
@@ -219,7 +225,7 @@ class Instance:
         bm = self.bm
         hits, _ = bm.count_prefix_hits(request)
         remaining = request.prompt_len + request.num_generated - hits * self.block_size
-        chunk = remaining if self.v0 else min(remaining, self.budget)
+        chunk = remaining if self.v0 else self._chunk(remaining)
         bm.allocate_fresh(request, hits, chunk)
         request.status = RUNNING
         if request.first_scheduled != request.first_scheduled:  # NaN: first admission
@@ -283,16 +289,15 @@ class Instance:
     def _schedule_running(self, now: float) -> Generator[Any, Any, bool]:
         """Give each running request its next tokens; True if anything was preempted."""
         bm, batch = self.bm, self.batch
-        chunked = self.config.enable_chunked_prefill and not self.v0
         preempted = False
         for request in list(self.running):
             if request.status != RUNNING:
                 continue  # preempted earlier in this loop
             num_new = request.prompt_len + request.num_generated - request.num_computed
             if num_new > self.budget and not self.v0:
-                if not chunked or self.budget <= 0:
+                num_new = self._chunk(num_new)
+                if num_new <= 0:
                     continue
-                num_new = self.budget
             if bm.can_allocate(request, num_new):
                 bm.allocate(request, num_new)
             else:
@@ -309,7 +314,9 @@ class Instance:
             request = swapped[0]
             num_new = request.prompt_len + request.num_generated - request.num_computed
             if not self.v0 and num_new > self.budget:
-                return
+                num_new = self._chunk(num_new)  # swapped mid-prefill
+                if num_new <= 0:
+                    return
             if not bm.can_swap_in(request):
                 return
             swapped.pop(0)
@@ -447,7 +454,7 @@ class Instance:
         """
         running = self.running
         n = len(running)
-        if n == 0 or self.swapped:
+        if n == 0 or self.swapped or not self.sim.decode_runs:
             return False
         if self.waiting and n < self.config.max_num_seqs:
             self.batch = []
@@ -462,10 +469,11 @@ class Instance:
         context = 0
         for request in running:
             computed = request.num_computed
-            if computed + 1 != request.prompt_len + request.num_generated:
-                return False  # still prefilling
+            generated = request.num_generated
+            if computed + 1 != request.prompt_len + generated or not generated:
+                return False  # still prefilling (a last 1-token chunk must set the TTFT)
             context += computed + 1
-            left = request.output_len - request.num_generated
+            left = request.output_len - generated
             if left < iterations:
                 iterations = left
         coeffs = self.decode_coeffs[n]
@@ -558,10 +566,7 @@ def _first_reaching(base: float, slope: float, n: int, context: int, horizon: fl
     b = base + slope * context - a
     if horizon <= 0:
         return 1
-    if a > 0:
-        estimate = (-b + math.sqrt(b * b + 4 * a * horizon)) / (2 * a)
-    else:
-        estimate = horizon / b
+    estimate = (-b + math.sqrt(b * b + 4 * a * horizon)) / (2 * a) if a > 0 else horizon / b
     count = max(1, math.ceil(estimate))
     # The quadratic's rounding can be off by one either way; settle it exactly.
     while count > 1 and _elapsed(base, slope, n, context, count - 1) >= horizon:

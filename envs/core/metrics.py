@@ -153,8 +153,8 @@ def build_report(sim: Simulator) -> ServingReport:
 def _pool_gaps(all_gaps: list[Any]) -> tuple[np.ndarray, np.ndarray]:
     values, weights = [], []
     for gaps in all_gaps:
-        counts = np.frombuffer(gaps.run_count, dtype=np.int64) if gaps.run_count else np.zeros(0, np.int64)
-        if counts.size:
+        if gaps.run_count:
+            counts = np.frombuffer(gaps.run_count, dtype=np.int64)
             first = np.frombuffer(gaps.run_first, dtype=np.float64)
             last = np.frombuffer(gaps.run_last, dtype=np.float64)
             weight = np.frombuffer(gaps.run_weight, dtype=np.int64)

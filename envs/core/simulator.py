@@ -42,6 +42,9 @@ class Simulator:
             `next_decision()` for the caller to `apply()`. Default: all three defaults
             (round-robin routing, FCFS admission, latest-arrival preemption).
         record_token_times: keep every token's timestamp on each request (memory heavy).
+        decode_runs: advance decode-only stretches in closed form (off: one event per
+            iteration; the results agree to float rounding, which the tests check).
+        debug_checks: after every event, check KV invariants and that time never goes back.
     """
 
     def __init__(
@@ -51,6 +54,8 @@ class Simulator:
         num_instances: int = 1,
         policies: Mapping[DecisionKind, Policy] | None = None,
         record_token_times: bool = False,
+        decode_runs: bool = True,
+        debug_checks: bool = False,
     ) -> None:
         if num_instances < 1:
             raise ValueError(f"num_instances must be >= 1, got {num_instances}")
@@ -61,6 +66,8 @@ class Simulator:
             default_policies() if policies is None else dict(policies)
         )
         self.record_token_times = record_token_times
+        self.decode_runs = decode_runs
+        self.debug_checks = debug_checks
         self.num_kv_blocks = self._kv_blocks()
         self.max_model_len = self.config.max_model_len or _model_context(cost_model)
         self.workload: Workload | None = None
@@ -82,7 +89,8 @@ class Simulator:
 
     # ================================================================ Backend protocol
     def reset(self, workload: Workload, seed: int = 0) -> None:
-        if workload.prefix_hashes is not None and workload.prefix_block_size != self.config.block_size:
+        block_size = self.config.block_size
+        if workload.prefix_hashes is not None and workload.prefix_block_size != block_size:
             raise ValueError(
                 f"workload prefix hashes use {workload.prefix_block_size}-token blocks but the "
                 f"instances use {self.config.block_size}; rebuild the hashes at the KV block size"
@@ -134,7 +142,7 @@ class Simulator:
 
     def report(self) -> ServingReport:
         if not self._done:
-            raise RuntimeError("the simulation has not finished; answer the pending decisions first")
+            raise RuntimeError("simulation not finished; answer the pending decisions first")
         return build_report(self)
 
     # ================================================================ internals
@@ -167,12 +175,16 @@ class Simulator:
                 time, _, _, index = heappop(heap)
                 self.now = time
                 yield from instances[index].on_event(time)
+                if self.debug_checks:
+                    self._check_invariants(time)
             elif cursor < num_arrivals:
                 self.now = arrivals[cursor]
                 request = self._make_request(cursor)
                 cursor += 1
                 self.next_arrival_time = arrivals[cursor] if cursor < num_arrivals else math.inf
                 yield from self._route(request)
+                if self.debug_checks:
+                    self._check_invariants(self.now)
             else:
                 return
 
@@ -204,6 +216,16 @@ class Simulator:
         decision = Decision(DecisionKind.ROUTE, now, self.instances, request=request, cluster=self)
         action = yield from self.ask(decision)
         self.instances[action.choice].enqueue(request, now)
+
+    def _check_invariants(self, time: float) -> None:
+        if time < getattr(self, "_last_checked_time", -math.inf):
+            raise RuntimeError(f"time went backwards: {time} after {self._last_checked_time}")
+        self._last_checked_time = time
+        for instance in self.instances:
+            live = instance.waiting + instance.running + instance.swapped
+            instance.bm.check(live)
+            if instance.bm.num_used > instance.bm.num_blocks:
+                raise RuntimeError("more KV blocks used than exist")
 
     def _check_drained(self) -> None:
         for instance in self.instances:

@@ -1,0 +1,398 @@
+"""Columnar, immutable request workloads: what the simulator replays.
+
+A :class:`Workload` stores one numpy array per request attribute instead of one object
+per request, so that traces with 50k+ requests cost a few arrays and the simulator can
+read them without Python-level loops. All arrays are read-only after construction.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import operator
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+__all__ = ["Workload", "WorkloadError", "WorkloadWarning"]
+
+
+class WorkloadError(ValueError):
+    """Invalid workload or trace; the message says where the problem is and how to fix it."""
+
+
+class WorkloadWarning(UserWarning):
+    """Something was dropped or changed while building a workload (never done silently)."""
+
+
+# Columns in declaration order, with the dtype each is stored as.
+_FLOAT_COLUMNS = ("arrival_time", "ttft_slo", "tpot_slo")
+_INT_COLUMNS = {
+    "prompt_len": np.int64,
+    "output_len": np.int64,
+    "tenant": np.int32,
+    "priority": np.int32,
+}
+
+
+@dataclass(frozen=True, eq=False)  # eq=False: element-wise array equality has no bool value
+class Workload:
+    """A set of requests, one array entry per request, sorted by arrival time.
+
+    Attributes:
+        arrival_time: float64 seconds, finite, >= 0 and non-decreasing.
+        prompt_len: int64 prompt tokens, > 0.
+        output_len: int64 output tokens (including the first), > 0.
+        tenant: int32 index into ``tenant_names``.
+        priority: int32, lower is more urgent (vLLM convention); 0 by default.
+        ttft_slo: float64 time-to-first-token target in seconds (``np.inf``: none).
+        tpot_slo: float64 seconds per output token after the first (``np.inf``: none).
+        tenant_names: names of the tenants, indexed by ``tenant``.
+        prefix_hashes: per request, chained hashes of its full prompt blocks of
+            ``prefix_block_size`` tokens: two requests with the same i-th hash share their
+            first i blocks. ``None`` when the workload has no prefix information.
+        prefix_block_size: tokens per hashed block.
+        name: label used in logs and result tables.
+
+    Arrays are coerced to the dtypes above and made read-only; an input array that is
+    already read-only with the right dtype is shared rather than copied.
+    """
+
+    arrival_time: np.ndarray
+    prompt_len: np.ndarray
+    output_len: np.ndarray
+    tenant: np.ndarray
+    priority: np.ndarray
+    ttft_slo: np.ndarray
+    tpot_slo: np.ndarray
+    tenant_names: tuple[str, ...] = ("default",)
+    prefix_hashes: tuple[tuple[int, ...], ...] | None = None
+    prefix_block_size: int = 16
+    name: str = "workload"
+
+    def __post_init__(self) -> None:
+        self._check_scalars()
+        for column in _FLOAT_COLUMNS:
+            self._set(column, _as_float_array(column, getattr(self, column)))
+        for column, dtype in _INT_COLUMNS.items():
+            self._set(column, _as_int_array(column, getattr(self, column), dtype))
+        self._check_lengths()
+        self._check_arrivals()
+        self._check_values()
+        if self.prefix_hashes is not None:
+            self._set("prefix_hashes", _as_prefix_hashes(self.prefix_hashes, len(self)))
+
+    # ------------------------------------------------------------------ construction
+
+    @classmethod
+    def from_lengths(
+        cls,
+        arrival_time: Any,
+        prompt_len: Any,
+        output_len: Any,
+        *,
+        ttft_slo: Any = np.inf,
+        tpot_slo: Any = np.inf,
+        tenant: Any = None,
+        priority: Any = None,
+        tenant_names: Sequence[str] = ("default",),
+        prefix_hashes: Sequence[Sequence[int]] | None = None,
+        prefix_block_size: int = 16,
+        name: str = "workload",
+    ) -> Workload:
+        """Build a workload from per-request columns; scalars are repeated for every request.
+
+        ``tenant`` and ``priority`` default to 0 for every request. The number of requests
+        is the common length of the 1-D arguments (1 if all are scalars).
+        """
+        columns = {
+            "arrival_time": arrival_time,
+            "prompt_len": prompt_len,
+            "output_len": output_len,
+            "ttft_slo": ttft_slo,
+            "tpot_slo": tpot_slo,
+            "tenant": 0 if tenant is None else tenant,
+            "priority": 0 if priority is None else priority,
+        }
+        n = _common_length(columns)
+        arrays = {key: _broadcast(value, n) for key, value in columns.items()}
+        return cls(
+            **arrays,
+            tenant_names=tuple(tenant_names),
+            prefix_hashes=None if prefix_hashes is None else tuple(map(tuple, prefix_hashes)),
+            prefix_block_size=prefix_block_size,
+            name=name,
+        )
+
+    # ------------------------------------------------------------------ queries
+
+    def __len__(self) -> int:
+        return int(self.arrival_time.shape[0])
+
+    def __repr__(self) -> str:
+        # The dataclass repr would print every prefix hash: unreadable for real traces.
+        span = float(self.arrival_time[-1] - self.arrival_time[0]) if len(self) else 0.0
+        return (
+            f"Workload(name={self.name!r}, requests={len(self)}, span={span:.3f}s, "
+            f"tenants={len(self.tenant_names)}, prefix_hashes={self.prefix_hashes is not None})"
+        )
+
+    def head(self, n: int) -> Workload:
+        """The first ``n`` requests (all of them if ``n >= len(self)``); arrays are views."""
+        n = _non_negative_int("n", n)
+        return self._select(slice(0, n))
+
+    def summary(self) -> dict[str, float | int | str]:
+        """Count, duration, mean rate and prompt/output mean, p50, p99.
+
+        ``duration`` is last minus first arrival and ``mean_rate = count / duration``
+        (NaN when the duration is 0), the definition used in the traces' README.
+        Percentiles use numpy's default linear interpolation.
+        """
+        n = len(self)
+        duration = float(self.arrival_time[-1] - self.arrival_time[0]) if n else 0.0
+        stats: dict[str, float | int | str] = {
+            "name": self.name,
+            "count": n,
+            "duration": duration,
+            "mean_rate": n / duration if duration > 0 else float("nan"),
+        }
+        for label, values in (("prompt", self.prompt_len), ("output", self.output_len)):
+            stats.update(_length_stats(label, values))
+        return stats
+
+    # ------------------------------------------------------------------ transformations
+
+    def clip_total_tokens(self, max_total_tokens: int) -> tuple[Workload, int]:
+        """Fit every request into a context of ``max_total_tokens`` (prompt + output).
+
+        The prompt is clipped to ``max_total_tokens - 1`` first, then the output to
+        ``max_total_tokens - prompt``; so a prompt that fits is kept whole and only its
+        output is shortened. Returns the clipped workload and the number of requests that
+        changed (the workload itself when none did). Prefix hashes of clipped prompts are
+        cut to the full blocks that remain.
+
+        Like Vidur, this pre-clips a trace to the model's context length before the run,
+        so that no request is unservable; the rule differs in detail: Vidur's trace replay
+        takes the whole excess from the prompt, and its length generator takes it from
+        prompt and output in proportion.
+        """
+        limit = _non_negative_int("max_total_tokens", max_total_tokens)
+        if limit < 2:
+            raise WorkloadError(
+                f"max_total_tokens = {limit}: a request needs at least 1 prompt and 1 output "
+                "token; pass max_total_tokens >= 2"
+            )
+        prompt = np.minimum(self.prompt_len, limit - 1)
+        output = np.minimum(self.output_len, limit - prompt)
+        changed = (prompt != self.prompt_len) | (output != self.output_len)
+        count = int(np.count_nonzero(changed))
+        if count == 0:
+            return self, 0
+        clipped = dataclasses.replace(
+            self,
+            prompt_len=prompt,
+            output_len=output,
+            prefix_hashes=self._clipped_prefix_hashes(prompt),
+        )
+        return clipped, count
+
+    # ------------------------------------------------------------------ internals
+
+    def _set(self, field_name: str, value: object) -> None:
+        # The dataclass is frozen; validation is the one place allowed to normalise fields.
+        object.__setattr__(self, field_name, value)
+
+    def _select(self, index: slice) -> Workload:
+        columns = {c: getattr(self, c)[index] for c in (*_FLOAT_COLUMNS, *_INT_COLUMNS)}
+        hashes = None if self.prefix_hashes is None else self.prefix_hashes[index]
+        return dataclasses.replace(self, **columns, prefix_hashes=hashes)
+
+    def _clipped_prefix_hashes(self, prompt: np.ndarray) -> tuple[tuple[int, ...], ...] | None:
+        if self.prefix_hashes is None:
+            return None
+        blocks = prompt // self.prefix_block_size
+        return tuple(
+            hashes if new == old else hashes[: int(full)]
+            for hashes, new, old, full in zip(
+                self.prefix_hashes, prompt, self.prompt_len, blocks, strict=True
+            )
+        )
+
+    def _check_scalars(self) -> None:
+        if not isinstance(self.name, str):
+            raise WorkloadError(f"Workload.name must be a str, got {type(self.name).__name__}")
+        names = tuple(self.tenant_names)
+        if not names or not all(isinstance(t, str) and t for t in names):
+            raise WorkloadError(
+                f"Workload.tenant_names = {names!r}: give at least one non-empty tenant name"
+            )
+        if len(set(names)) != len(names):
+            raise WorkloadError(f"Workload.tenant_names = {names!r}: tenant names must be unique")
+        self._set("tenant_names", names)
+        size = self.prefix_block_size
+        if isinstance(size, bool) or not isinstance(size, int | np.integer) or size <= 0:
+            raise WorkloadError(
+                f"Workload.prefix_block_size = {size!r}: must be a positive integer"
+            )
+        self._set("prefix_block_size", int(size))
+
+    def _check_lengths(self) -> None:
+        n = len(self)
+        for column in (*_FLOAT_COLUMNS, *_INT_COLUMNS):
+            size = getattr(self, column).shape[0]
+            if size != n:
+                raise WorkloadError(
+                    f"Workload.{column} has {size} entries but arrival_time has {n}; "
+                    "give every column one entry per request"
+                )
+
+    def _check_arrivals(self) -> None:
+        times = self.arrival_time
+        _fail_at(~np.isfinite(times), "arrival_time", times, "arrival times must be finite")
+        _fail_at(times < 0, "arrival_time", times, "arrival times must be >= 0")
+        decreasing = np.flatnonzero(times[1:] < times[:-1])
+        if decreasing.size:
+            i = int(decreasing[0]) + 1
+            raise WorkloadError(
+                f"Workload.arrival_time[{i}] = {times[i].item()!r} is earlier than "
+                f"arrival_time[{i - 1}] = {times[i - 1].item()!r}; "
+                "sort the requests by arrival time"
+            )
+
+    def _check_values(self) -> None:
+        for column in ("prompt_len", "output_len"):
+            values = getattr(self, column)
+            _fail_at(values <= 0, column, values, "token counts must be positive")
+        tenants = self.tenant
+        _fail_at(
+            (tenants < 0) | (tenants >= len(self.tenant_names)),
+            "tenant",
+            tenants,
+            f"tenant indices must be in [0, {len(self.tenant_names)}) "
+            f"(tenant_names has {len(self.tenant_names)} entries)",
+        )
+        for column in ("ttft_slo", "tpot_slo"):
+            values = getattr(self, column)
+            _fail_at(
+                ~(values > 0), column, values, "SLOs must be > 0 seconds (np.inf for no target)"
+            )
+
+
+# ---------------------------------------------------------------------- helpers
+
+
+def _fail_at(bad: np.ndarray, column: str, values: np.ndarray, problem: str) -> None:
+    """Raise naming the first request where ``bad`` holds."""
+    hits = np.flatnonzero(bad)
+    if hits.size:
+        i = int(hits[0])
+        raise WorkloadError(
+            f"Workload.{column}[{i}] = {values[i].item()!r}: {problem} "
+            f"({hits.size} bad entr{'y' if hits.size == 1 else 'ies'}); fix or drop request {i}"
+        )
+
+
+def _frozen(array: np.ndarray, original: object) -> np.ndarray:
+    """Make ``array`` read-only without letting the caller keep a writable alias to it."""
+    if array is original and not array.flags.writeable:
+        return array  # e.g. a slice of another Workload: nobody can write to it, share it
+    if array is original or array.base is not None:
+        array = array.copy()  # the caller (or a view's owner) could still write to it
+    array.flags.writeable = False
+    return array
+
+
+def _as_1d(column: str, value: object) -> np.ndarray:
+    array = np.asarray(value)
+    if array.ndim != 1:
+        raise WorkloadError(
+            f"Workload.{column} must be a 1-D array, got shape {array.shape}; "
+            "use Workload.from_lengths to broadcast scalars"
+        )
+    if array.dtype.kind not in "iuf":
+        raise WorkloadError(f"Workload.{column} must be numeric, got dtype {array.dtype}")
+    return array
+
+
+def _as_float_array(column: str, value: object) -> np.ndarray:
+    array = _as_1d(column, value)
+    return _frozen(array.astype(np.float64, copy=False), value)
+
+
+def _as_int_array(column: str, value: object, dtype: type[np.integer]) -> np.ndarray:
+    array = _as_1d(column, value)
+    if array.dtype.kind == "f":
+        whole = np.isfinite(array) & (array == np.round(array))
+        _fail_at(~whole, column, array, "must be a whole number")
+    info = np.iinfo(dtype)
+    _fail_at(
+        (array < info.min) | (array > info.max),
+        column,
+        array,
+        f"does not fit in {np.dtype(dtype).name}",
+    )
+    return _frozen(array.astype(dtype, copy=False), value)
+
+
+def _as_prefix_hashes(hashes: object, n: int) -> tuple[tuple[int, ...], ...]:
+    if isinstance(hashes, str | bytes) or not isinstance(hashes, Sequence):
+        raise WorkloadError(
+            f"Workload.prefix_hashes must be a sequence of per-request hash tuples or None, "
+            f"got {type(hashes).__name__}"
+        )
+    if len(hashes) != n:
+        raise WorkloadError(
+            f"Workload.prefix_hashes has {len(hashes)} entries but there are {n} requests; "
+            "give one tuple of block hashes per request (empty tuple for none)"
+        )
+    return tuple(_hash_tuple(i, entry) for i, entry in enumerate(hashes))
+
+
+def _hash_tuple(i: int, entry: object) -> tuple[int, ...]:
+    if type(entry) is tuple and all(type(h) is int for h in entry):
+        return entry  # fast path: already normalised (e.g. taken from another Workload)
+    try:
+        return tuple(operator.index(h) for h in entry)  # type: ignore[union-attr]
+    except TypeError:
+        raise WorkloadError(
+            f"Workload.prefix_hashes[{i}] = {entry!r}: must be a sequence of integer block hashes"
+        ) from None
+
+
+def _common_length(columns: dict[str, object]) -> int:
+    sizes = {}
+    for key, value in columns.items():
+        array = np.asarray(value)
+        if array.ndim > 1:
+            raise WorkloadError(f"{key} must be a scalar or 1-D array, got shape {array.shape}")
+        if array.ndim == 1:
+            sizes[key] = array.shape[0]
+    if len(set(sizes.values())) > 1:
+        listing = ", ".join(f"{key}={size}" for key, size in sizes.items())
+        raise WorkloadError(f"columns have different lengths ({listing}); make them equal")
+    return next(iter(sizes.values()), 1)
+
+
+def _broadcast(value: object, n: int) -> np.ndarray:
+    array = np.asarray(value)
+    return np.full(n, array) if array.ndim == 0 else array
+
+
+def _non_negative_int(label: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 0:
+        raise WorkloadError(f"{label} = {value!r}: must be a non-negative integer")
+    return int(value)
+
+
+def _length_stats(label: str, values: np.ndarray) -> dict[str, float]:
+    if values.size == 0:
+        nan = float("nan")
+        return {f"{label}_mean": nan, f"{label}_p50": nan, f"{label}_p99": nan}
+    p50, p99 = np.percentile(values, [50, 99])
+    return {
+        f"{label}_mean": float(values.mean()),
+        f"{label}_p50": float(p50),
+        f"{label}_p99": float(p99),
+    }
