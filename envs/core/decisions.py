@@ -110,6 +110,10 @@ class Policy(Protocol):
 class FCFSAdmission:
     """vLLM's default: admit the head of the waiting queue if it fits, else stop."""
 
+    # Declares that only the head is ever admitted while the instance is busy; the
+    # simulator then skips decode-only stretches whenever the head does not fit.
+    head_of_line = True
+
     def decide(self, decision: Decision) -> int:
         if decision.instance.can_admit(decision.candidates[0]):
             return 0

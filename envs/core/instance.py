@@ -288,7 +288,7 @@ class Instance:
 
     def _schedule_running(self, now: float) -> Generator[Any, Any, bool]:
         """Give each running request its next tokens; True if anything was preempted."""
-        bm, batch = self.bm, self.batch
+        bm, batch, block_size = self.bm, self.batch, self.block_size
         preempted = False
         for request in list(self.running):
             if request.status != RUNNING:
@@ -298,8 +298,12 @@ class Instance:
                 num_new = self._chunk(num_new)
                 if num_new <= 0:
                     continue
-            if bm.can_allocate(request, num_new):
-                bm.allocate(request, num_new)
+            need = -(-(request.num_computed + num_new) // block_size) - request.num_blocks
+            if need <= 0:
+                pass  # the tokens fit in blocks it holds: most decode steps
+            elif need <= bm.num_free:
+                bm.take_blocks(need)
+                request.num_blocks += need
             else:
                 preempted = True
                 if not (yield from self._make_room(request, num_new, now)):
@@ -460,7 +464,11 @@ class Instance:
             self.batch = []
             self.budget = self.config.max_num_batched_tokens - n
             self.v0_longest = 0
-            if self.any_admissible():
+            if self.sim.admit_head_only:
+                # The policy only ever takes the head (FCFS): a blocked head closes the gate.
+                if self.can_admit(self.waiting[0]):
+                    return False
+            elif self.any_admissible():
                 return False
         free_per_request = self.bm.num_free // n
         if free_per_request == 0:
@@ -520,13 +528,12 @@ class Instance:
         first = base + slope * context
         last = first + slope * n * (done - 1)
         block_size = self.block_size
-        new_blocks = continuing = 0
+        new_blocks = continuing = stalled = 0
         gaps = self.gaps
         for request in self.running:
             if request.last_token_time != start:  # stalled before this run
                 gaps.singles.append(start + first - request.last_token_time)
-                if done > 1:
-                    gaps.add_run(first + slope * n, last, done - 1, 1)
+                stalled += 1
             else:
                 continuing += 1
             if request.token_times is not None:
@@ -546,6 +553,8 @@ class Instance:
                 self._finish(request, end)
         if continuing:
             gaps.add_run(first, last, done, continuing)
+        if stalled and done > 1:  # after its first gap, a stalled request keeps the pace
+            gaps.add_run(first + slope * n, last, done - 1, stalled)
         if new_blocks:
             self.bm.take_blocks(new_blocks)
         self.num_iterations += done

@@ -114,6 +114,8 @@ class Simulator:
         self._arrivals = workload.arrival_time.tolist()
         self.next_arrival_time = self._arrivals[0] if self._arrivals else math.inf
         self.admit_is_internal = DecisionKind.ADMIT in self.policies
+        admit_policy = self.policies.get(DecisionKind.ADMIT)
+        self.admit_head_only = bool(getattr(admit_policy, "head_of_line", False))
         self._loop = self._main_loop()
         self._done = False
         self._decision = self._resume(None)
