@@ -64,10 +64,9 @@ class ServingReport:
     def write_records_csv(self, path: str | Path) -> Path:
         """Write per-request records atomically; refuses to overwrite an existing file."""
         path = Path(path)
-        rows = [RECORD_FIELDS + ("reject_reason",)]
-        columns = [self.records[name] for name in RECORD_FIELDS]
-        for index, reason in enumerate(self.reject_reasons):
-            rows.append(tuple(column[index].item() for column in columns) + (reason,))
+        columns = [self.records[name].tolist() for name in RECORD_FIELDS]
+        header = RECORD_FIELDS + ("reject_reason",)
+        rows = [header, *zip(*columns, self.reject_reasons, strict=True)]
 
         def write(handle: Any) -> None:
             csv.writer(handle).writerows(rows)
@@ -75,7 +74,7 @@ class ServingReport:
         return atomic_write(path, write)
 
     def format_table(self) -> str:
-        return format_summary(self.summary)
+        return format_summary(self.summary, self.cost_source)
 
 
 def atomic_write(path: Path, write: Any, *, overwrite: bool = False) -> Path:

@@ -1,0 +1,56 @@
+"""The README's example and the experiment scripts run (small sizes; no timing asserted)."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_readme_example_runs() -> None:
+    text = (ROOT / "README.md").read_text()
+    code = re.search(r"```python\n(.*?)```", text, re.S).group(1)
+    namespace: dict = {}
+    exec(compile(code, "README.md", "exec"), namespace)  # noqa: S102
+    summary = namespace["report"].summary
+    assert summary["serving/finished"] + summary["serving/rejected"] == 19_366
+    assert namespace["sim"].report().summary["serving/finished"] == 100
+
+
+def test_simulate_writes_a_new_folder_each_run(tmp_path: Path) -> None:
+    command = [sys.executable, str(ROOT / "experiments" / "simulate.py"), "--requests", "300",
+               "--out", str(tmp_path)]
+    first = subprocess.run(command, capture_output=True, text=True, check=True)
+    subprocess.run(command, capture_output=True, text=True, check=True)
+    assert "TTFT p50" in first.stdout and "cost source" in first.stdout
+    runs = sorted(tmp_path.iterdir())
+    assert len(runs) == 2  # never overwritten
+    summary = json.loads((runs[0] / "summary.json").read_text())["summary"]
+    assert summary["serving/finished"] == 300
+    assert (runs[0] / "requests.csv").read_text().count("\n") == 301
+
+
+def test_bench_case_reports_rates() -> None:
+    sys.path.insert(0, str(ROOT / "experiments"))
+    import bench_sim
+
+    row = bench_sim.run_case("a", 300)
+    assert row["requests"] == 300 and row["iterations"] > 300
+    assert row["requests_per_s"] > 0 and row["cost_source"] == "roofline"
+    assert "| a | 300 |" in bench_sim.format_table([row])
+
+
+def test_existing_results_are_not_overwritten(tmp_path: Path) -> None:
+    from envs.core.metrics import atomic_write
+
+    target = tmp_path / "x.json"
+    atomic_write(target, lambda h: h.write("1"))
+    with pytest.raises(FileExistsError, match="never overwritten"):
+        atomic_write(target, lambda h: h.write("2"))
+    assert target.read_text() == "1"
