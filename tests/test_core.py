@@ -262,3 +262,12 @@ def test_block_manager_pairs_and_frees() -> None:
     assert bm.count_prefix_hits(other) == (1, 1)
     bm.check([])
     assert math.isclose(bm.num_used, 0)
+
+
+def test_kv_utilisation_series_tracks_blocks(affine: AffineCost) -> None:
+    _, report = run(affine, make_workload([0.0], [64], [33]), num_kv_blocks=10)
+    times_, used = report.kv_series[0]
+    assert np.all(np.diff(times_) >= 0)
+    assert used[0] == pytest.approx(4 / 10)  # the 64-token prompt's 4 blocks at the first plan
+    assert report.summary["serving/kv_utilisation_peak"] <= 1.0
+    assert 0.4 <= report.summary["serving/kv_utilisation_mean"] <= 0.6

@@ -56,6 +56,8 @@ class ServingReport:
     counters: dict[str, float]
     cost_source: str
     tenant_names: tuple[str, ...]
+    # Per instance: (sample times, fraction of KV blocks in use from that time on).
+    kv_series: list[tuple[np.ndarray, np.ndarray]] = field(default_factory=list)
     summary: dict[str, float] = field(default_factory=dict)
 
     def summarize(self, ttft_slo: float | None = None, tpot_slo: float | None = None) -> dict:
@@ -144,6 +146,11 @@ def build_report(sim: Simulator) -> ServingReport:
         counters=counters,
         cost_source=sim.cost.source,
         tenant_names=tuple(sim.workload.tenant_names),
+        kv_series=[
+            (np.array(i.kv_times, dtype=np.float64),
+             np.array(i.kv_used, dtype=np.float64) / i.bm.num_blocks)
+            for i in instances
+        ],
     )
     report.summary = summarize(report)
     return report
