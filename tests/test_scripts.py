@@ -23,17 +23,17 @@ def test_readme_example_runs() -> None:
     assert namespace["sim"].report().summary["serving/finished"] == 100
 
 
-def test_simulate_writes_a_new_folder_each_run(tmp_path: Path) -> None:
-    command = [sys.executable, str(ROOT / "experiments" / "simulate.py"), "--requests", "300",
-               "--out", str(tmp_path)]
+def test_simulate_writes_results_and_never_overwrites(tmp_path: Path) -> None:
+    command = [sys.executable, str(ROOT / "experiments" / "simulate.py"), "workload=azure_code",
+               f"hydra.run.dir={tmp_path / 'run'}"]
     first = subprocess.run(command, capture_output=True, text=True, check=True)
-    subprocess.run(command, capture_output=True, text=True, check=True)
     assert "TTFT p50" in first.stdout and "cost source" in first.stdout
-    runs = sorted(tmp_path.iterdir())
-    assert len(runs) == 2  # never overwritten
-    summary = json.loads((runs[0] / "summary.json").read_text())["summary"]
-    assert summary["serving/finished"] == 300
-    assert (runs[0] / "requests.csv").read_text().count("\n") == 301
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())["summary"]
+    assert summary["serving/finished"] + summary["serving/rejected"] == 8_819
+    assert (tmp_path / "run" / "requests.csv").read_text().count("\n") == 8_820
+    again = subprocess.run(command, capture_output=True, text=True)
+    assert again.returncode != 0 and "never overwritten" in again.stderr
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["summary"] == summary
 
 
 def test_bench_case_reports_rates() -> None:

@@ -1,6 +1,7 @@
 """Cost models: how long engine iterations, KV swaps and KV transfers take."""
 
 from envs.costs.base import CostModel
+from envs.costs.factory import COST_SOURCES, build_cost_model
 from envs.costs.roofline import RooflineCostModel
 from envs.costs.specs import (
     GPUS,
@@ -14,6 +15,8 @@ from envs.costs.specs import (
 )
 
 __all__ = [
+    "COST_SOURCES",
+    "build_cost_model",
     "GPUS",
     "MODELS",
     "CostModel",
