@@ -177,6 +177,7 @@ class Instance:
         if reason:
             request.status = REJECTED
             request.reject_reason = reason
+            self.sim.record_departure(request, now)
             return
         self.waiting.append(request)
         if not self.event_pending:
@@ -445,6 +446,7 @@ class Instance:
         request.status = FINISHED
         request.finish_time = now
         self.bm.free(request)
+        self.sim.record_departure(request, now)
 
     # ================================================================ decode runs
     def _plan_decode_run(self, now: float) -> bool:

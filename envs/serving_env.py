@@ -1,0 +1,267 @@
+"""Gymnasium environments over the serving simulator: one class, four registered ids."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+from gymnasium import spaces
+
+from envs.build import build_simulator
+from envs.core.decisions import DecisionKind, InvalidActionError, Policy, default_policies
+from envs.costs import build_cost_model
+from envs.observations import ObservationEncoder
+from envs.rewards import RewardConfig, RewardTracker
+from envs.workloads import Workload, load_azure_2023, scale_to_rate
+
+CONTROLS = {"route": DecisionKind.ROUTE, "admit": DecisionKind.ADMIT,
+            "preempt": DecisionKind.PREEMPT}
+LENGTH_KNOWLEDGE = ("oracle", "predicted", "none")
+TRAIN_FRACTION = 0.7
+
+
+class ServingEnv(gym.Env):
+    """LLM serving scheduling, one step per scheduling decision.
+
+    ## Description
+    A discrete-event model of LLM serving instances (vLLM-style continuous batching, paged
+    KV cache, chunked prefill, preemption by recompute or swap, several instances behind a
+    router; see docs/architecture.md) replays a slice of a request trace. Whenever a
+    decision the agent controls arises — ADMIT (which waiting request enters the batch
+    being built, or STOP), PREEMPT (which running request is evicted when one lacks KV
+    blocks, and whether it is swapped), ROUTE (which instance receives an arriving request)
+    — the simulation pauses and the agent answers it. Decisions it does not control are
+    answered by heuristic policies (`policies`). Time advances only through the simulator,
+    so steps are decision points, not clock ticks.
+
+    ## Action Space
+    `Discrete(2K + 1)` with `K = num_slots`: actions `0..K-1` pick candidate slot `a`;
+    `K..2K-1` pick slot `a - K` and swap it (PREEMPT with swap space only); `2K` is STOP
+    (ADMIT only; refused when it would leave the instance idle while a request fits, so no
+    policy can starve the server). `action_masks()` (bool, True = valid) and
+    `info["action_mask"]` give the valid actions; an invalid action raises
+    `InvalidActionError` naming the decision and the valid choices. Candidate order is
+    canonical (see `envs/observations.py`): ADMIT slots are the first K waiting requests
+    that fit, in queue order; PREEMPT slots are the running requests, newest first;
+    ROUTE slots are the instances by index.
+
+    ## Observation Space
+    `Box(-1, 1, (16 + 9K,), float32)`: 16 global features (queue lengths, KV blocks free
+    and used, batch tokens and sequences, running requests, recent arrival rate, progress
+    through the episode, requests in system, decision kind, the arriving / needy request)
+    and K slots of 9 features (validity, prompt length, tokens done, output-length
+    estimate, waiting time, TTFT slack, prefix-cache hits or KV held, tenant, priority; for
+    ROUTE: per-instance queue, load, KV use, queued tokens, prefix affinity), zero-padded.
+    Exact layout and normalisation: `envs/observations.py`.
+
+    ## Rewards
+    `reward="latency"` (default): minus the time integral of requests in the system between
+    decisions, over `latency_scale_s` (Little's law: minimises mean latency); `"slo"`: +1
+    per request that leaves meeting its TTFT and TPOT targets, `-miss_penalty` otherwise
+    (rejected included); `"goodput"`: +1 per request meeting both. Options: a fairness
+    term across tenants and an average-reward (differential) form. Formulas:
+    `envs/rewards.py`.
+
+    ## Starting State
+    `reset(seed)` draws a slice of `episode_requests` consecutive requests from the
+    workload's `split` (the first 70% of the trace's time span for "train", the rest for
+    "test"), shifts it to start at time 0, optionally rescales it to `rate` req/s, and runs
+    the simulator to the first decision the agent controls.
+
+    ## Episode End
+    `terminated` when every request of the slice has finished or been rejected. A time
+    limit (`max_episode_steps` at registration or `gymnasium.wrappers.TimeLimit`) gives
+    `truncated`. At the end `info["serving"]` holds the serving summary (`serving/...`).
+
+    ## Arguments
+    control: decisions the agent answers, any of "admit", "preempt", "route".
+    workload: a `Workload`, or "azure_conv" / "azure_code". rate: target mean req/s.
+    episode_requests, split ("train" | "test" | "all"), model, gpu, tensor_parallel,
+    cost_source, cluster ({"num_instances": N, "instance": InstanceConfig fields}),
+    num_slots (K), length_knowledge ("oracle" | "predicted" | "none"), length_sigma
+    (log-normal error of "predicted"), reward and reward_options (RewardConfig fields),
+    policies ({"admit"|"preempt"|"route": Policy} for uncontrolled decisions),
+    debug_checks (simulator invariant checks after every event).
+
+    ## Version History
+    v0: initial release.
+    """
+
+    metadata = {"render_modes": []}
+
+    def __init__(
+        self,
+        control: Sequence[str] = ("admit",),
+        workload: Workload | str = "azure_conv",
+        rate: float | None = 16.0,
+        episode_requests: int = 256,
+        split: str = "train",
+        model: str = "Llama-3-8B",
+        gpu: str = "H100-80GB",
+        tensor_parallel: int = 1,
+        cost_source: str = "auto",
+        cluster: Mapping[str, Any] | None = None,
+        num_slots: int = 8,
+        length_knowledge: str = "oracle",
+        length_sigma: float = 0.5,
+        reward: str = "latency",
+        reward_options: Mapping[str, Any] | None = None,
+        policies: Mapping[str, Policy] | None = None,
+        debug_checks: bool = False,
+    ) -> None:
+        super().__init__()
+        self.controlled = self._check_control(control)
+        if length_knowledge not in LENGTH_KNOWLEDGE:
+            raise ValueError(f"length_knowledge must be one of {LENGTH_KNOWLEDGE}, "
+                             f"got {length_knowledge!r}")
+        self.length_knowledge = length_knowledge
+        self.length_sigma = length_sigma
+        self.rate = rate
+        self.episode_requests = episode_requests
+        self.source = self._split(self._load(workload), split)
+        if len(self.source) < episode_requests:
+            raise ValueError(f"the {split} split has {len(self.source)} requests, fewer than "
+                             f"episode_requests={episode_requests}")
+        cluster = dict(cluster or {})
+        num_instances = cluster.get("num_instances", 1)
+        if num_slots < 1 or num_slots < num_instances and DecisionKind.ROUTE in self.controlled:
+            raise ValueError(f"num_slots ({num_slots}) must be >= 1 and >= num_instances "
+                             f"({num_instances}) when routing is controlled")
+        cost = build_cost_model(model, gpu, tensor_parallel, source=cost_source)
+        self.sim = build_simulator(cost, num_instances, cluster.get("instance"),
+                                   policies=self._policies(policies), debug_checks=debug_checks)
+        options = dict(reward_options or {})
+        self.rewards = RewardTracker(RewardConfig(kind=reward, **options))
+        self.encoder = ObservationEncoder(num_slots, self.rewards.config.default_ttft_slo,
+                                          rate_scale=rate or 10.0,
+                                          output_estimate=self._output_estimate)
+        self.action_space = spaces.Discrete(self.encoder.num_actions)
+        self.observation_space = spaces.Box(-1.0, 1.0, (self.encoder.size,), np.float32)
+        self._decision = None
+        self._estimates: list[float] = []
+
+    # ------------------------------------------------------------------ construction
+    @staticmethod
+    def _check_control(control: Sequence[str]) -> frozenset[DecisionKind]:
+        if isinstance(control, str):
+            control = (control,)
+        unknown = [c for c in control if c not in CONTROLS]
+        if unknown or not control:
+            raise ValueError(f"control must name decisions from {sorted(CONTROLS)}, got "
+                             f"{list(control)}")
+        return frozenset(CONTROLS[c] for c in control)
+
+    @staticmethod
+    def _load(workload: Workload | str) -> Workload:
+        if isinstance(workload, Workload):
+            return workload
+        kinds = {"azure_conv": "conv", "azure_code": "code"}
+        if workload not in kinds:
+            raise ValueError(f"unknown workload {workload!r}; pass a Workload or one of "
+                             f"{sorted(kinds)}")
+        return load_azure_2023(kinds[workload])
+
+    @staticmethod
+    def _split(workload: Workload, split: str) -> Workload:
+        if split == "all":
+            return workload
+        if split not in ("train", "test"):
+            raise ValueError(f"split must be 'train', 'test' or 'all', got {split!r}")
+        times = workload.arrival_time
+        cut = times[0] + TRAIN_FRACTION * (times[-1] - times[0])
+        boundary = int(np.searchsorted(times, cut, side="right"))
+        index = slice(0, boundary) if split == "train" else slice(boundary, len(workload))
+        return _select(workload, index, shift=False)
+
+    def _policies(self, overrides: Mapping[str, Policy] | None) -> dict[DecisionKind, Policy]:
+        policies = default_policies()
+        for name, policy in (overrides or {}).items():
+            if name not in CONTROLS:
+                raise ValueError(f"policies keys must be in {sorted(CONTROLS)}, got {name!r}")
+            policies[CONTROLS[name]] = policy
+        for kind in self.controlled:
+            policies.pop(kind, None)
+        return policies
+
+    # ------------------------------------------------------------------ gymnasium API
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        super().reset(seed=seed)
+        rng = self.np_random
+        for _ in range(10):
+            start = int(rng.integers(0, len(self.source) - self.episode_requests + 1))
+            episode = _select(self.source, slice(start, start + self.episode_requests),
+                              shift=True)
+            if self.rate is not None:
+                episode = scale_to_rate(episode, self.rate)
+            self._draw_estimates(episode, rng)
+            self.sim.reset(episode, seed=int(rng.integers(2**31)))
+            self.rewards.reset(self.sim)
+            self.encoder.episode_requests = len(episode)
+            self._decision = self.sim.next_decision()
+            if self._decision is not None:
+                break
+        else:
+            raise RuntimeError("ten episodes in a row asked no decision of the agent; "
+                               "check `control` against the cluster (routing needs 2+ instances)")
+        self.rewards.step(self.sim.now)
+        observation = self.encoder.encode(self._decision, self.sim)
+        return observation, {"action_mask": self.encoder.mask.copy(),
+                             "decision": self._decision.kind.name}
+
+    def step(self, action: int):
+        decision = self._decision
+        if decision is None:
+            raise RuntimeError("the episode has ended; call reset()")
+        action = int(action)
+        mask = self.encoder.mask
+        if not 0 <= action < mask.size or not mask[action]:
+            raise InvalidActionError(
+                f"action {action} is not valid for this {decision.kind.name} decision; "
+                f"valid actions: {np.flatnonzero(mask).tolist()} (see action_masks())"
+            )
+        self.sim.apply(self.encoder.to_action(action, decision))
+        self._decision = decision = self.sim.next_decision()
+        reward = self.rewards.step(self.sim.now)
+        if decision is None:
+            self.encoder.mask[:] = False
+            info = {"action_mask": self.encoder.mask.copy(), "decision": None,
+                    "serving": self.sim.report().summary}
+            return self.encoder.zeros(), reward, True, False, info
+        observation = self.encoder.encode(decision, self.sim)
+        info = {"action_mask": self.encoder.mask.copy(), "decision": decision.kind.name}
+        return observation, reward, False, False, info
+
+    def action_masks(self) -> np.ndarray:
+        return self.encoder.mask.copy()
+
+    # ------------------------------------------------------------------ output lengths
+    def _draw_estimates(self, episode: Workload, rng: np.random.Generator) -> None:
+        outputs = episode.output_len.astype(np.float64)
+        if self.length_knowledge == "oracle":
+            estimates = outputs
+        elif self.length_knowledge == "predicted":
+            estimates = outputs * rng.lognormal(0.0, self.length_sigma, outputs.size)
+        else:
+            estimates = np.full(outputs.size, float(self.source.output_len.mean()))
+        self._estimates = estimates.tolist()
+
+    def _output_estimate(self, request: Any) -> float:
+        return self._estimates[request.rid]
+
+
+def _select(workload: Workload, index: slice, shift: bool) -> Workload:
+    """Requests `index` of `workload`, optionally shifted to start at time 0."""
+    arrival = workload.arrival_time[index]
+    if shift and arrival.size:
+        arrival = arrival - arrival[0]
+    hashes = workload.prefix_hashes
+    return Workload.from_lengths(
+        arrival, workload.prompt_len[index], workload.output_len[index],
+        ttft_slo=workload.ttft_slo[index], tpot_slo=workload.tpot_slo[index],
+        tenant=workload.tenant[index], priority=workload.priority[index],
+        tenant_names=workload.tenant_names,
+        prefix_hashes=None if hashes is None else hashes[index],
+        prefix_block_size=workload.prefix_block_size, name=workload.name,
+    )
