@@ -151,9 +151,8 @@ class ObservationEncoder:
         config = sim.config
         seqs = config.max_num_seqs * len(instances)
         if instance is not None:
-            batch = instance.batch
-            batch_tokens = sum(num_new for _, num_new in batch)
-            batch_seqs = len(batch)
+            batch_tokens = config.max_num_batched_tokens - instance.budget
+            batch_seqs = len(instance.batch)
         else:
             batch_tokens = batch_seqs = 0
         now = sim.now
@@ -203,10 +202,7 @@ class ObservationEncoder:
             r = candidates[index]
             target = r.ttft_slo if r.ttft_slo < math.inf else default_slo
             waited = now - r.arrival_time
-            if r.num_generated:
-                slack = 1.0
-            else:
-                slack = max(-1.0, min(1.0, (target - waited) / target))
+            slack = 1.0 if r.num_generated else max(-1.0, min(1.0, (target - waited) / target))
             tokens = r.prompt_len + r.num_generated
             if kind == DecisionKind.ADMIT:
                 extra = self._prefix_fraction(r, bm)

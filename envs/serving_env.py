@@ -221,7 +221,7 @@ class ServingEnv(gym.Env):
                 f"action {action} is not valid for this {decision.kind.name} decision; "
                 f"valid actions: {np.flatnonzero(mask).tolist()} (see action_masks())"
             )
-        self.sim.apply(self.encoder.to_action(action, decision))
+        self.sim.apply(self.encoder.to_action(action, decision), validated=True)
         self._decision = decision = self.sim.next_decision()
         reward = self.rewards.step(self.sim.now)
         if decision is None:

@@ -141,6 +141,10 @@ class Instance:
         self.run: list[Any] | None = None  # [start, n, base, slope, context_sum, iterations]
         self.event_pending = False
         self.decode_coeffs: list[tuple[float, float] | None] = [None] * (config.max_num_seqs + 1)
+        # (running count, context sum, least remaining output) left by the iteration or run
+        # that just ended when every running request decodes; read once by the next plan.
+        self.aggregates: tuple[int, int, float] | None = None
+        self.run_aggregates: tuple[int, int, float] | None = None
         # Statistics.
         self.num_iterations = 0
         self.num_decode_runs = 0
@@ -191,8 +195,15 @@ class Instance:
         if len(self.running) >= cfg.max_num_seqs:
             return False
         bm = self.bm
-        hits, evictable_hits = bm.count_prefix_hits(request)
+        if bm.enable_prefix_caching and request.prefix_hashes:
+            hits, evictable_hits = bm.count_prefix_hits(request)
+        else:
+            hits = evictable_hits = 0
         remaining = request.prompt_len + request.num_generated - hits * self.block_size
+        if not hits and not self.v0 and remaining <= self.budget:
+            # The common case, inlined: the whole remainder fits the budget, no cache hits.
+            need = -(-remaining // self.block_size)
+            return need + self.watermark_blocks <= bm.free_uncached + len(bm.evictable)
         if self.v0:
             count = len(self.batch) + 1
             longest = max(self.v0_longest, remaining)
@@ -398,6 +409,7 @@ class Instance:
 
     # ================================================================ iteration end
     def on_event(self, now: float) -> Generator[Any, Any, None]:
+        self.aggregates = None
         if self.run is not None:
             self._finish_run(now)
         elif self.batch or self.extra_time:
@@ -411,7 +423,9 @@ class Instance:
         bm = self.bm
         prefix_caching = bm.enable_prefix_caching
         gaps = self.gaps
-        continuing = 0
+        continuing = decoding = context = 0
+        min_left = math.inf
+        all_decoding = True
         finished = False
         for request, num_new in self.batch:
             computed = request.num_computed + num_new
@@ -419,6 +433,7 @@ class Instance:
             if prefix_caching and request.prefix_hashes:
                 bm.commit_full_blocks(request)
             if computed != request.prompt_len + request.num_generated:
+                all_decoding = False
                 continue  # a prefill chunk: no token yet
             generated = request.num_generated + 1
             request.num_generated = generated
@@ -434,11 +449,18 @@ class Instance:
             if generated == request.output_len:
                 self._finish(request, now)
                 finished = True
+            else:
+                decoding += 1
+                context += computed + 1
+                if request.output_len - generated < min_left:
+                    min_left = request.output_len - generated
         if continuing:
             duration = now - start
             gaps.add_run(duration, duration, 1, continuing)
         if finished:
             self.running = [r for r in self.running if r.status == RUNNING]
+        if all_decoding and decoding == len(self.running):
+            self.aggregates = (decoding, context, min_left)  # saves the next plan a pass
         self.batch = []
         self.extra_time = 0.0
 
@@ -476,16 +498,22 @@ class Instance:
         if free_per_request == 0:
             return False
         iterations = self.block_size * free_per_request
-        context = 0
-        for request in running:
-            computed = request.num_computed
-            generated = request.num_generated
-            if computed + 1 != request.prompt_len + generated or not generated:
-                return False  # still prefilling (a last 1-token chunk must set the TTFT)
-            context += computed + 1
-            left = request.output_len - generated
-            if left < iterations:
-                iterations = left
+        aggregates = self.aggregates
+        if aggregates is not None and aggregates[0] == n:
+            # The iteration or run that just ended left every running request decoding.
+            _, context, min_left = aggregates
+            iterations = min(iterations, min_left)
+        else:
+            context = 0
+            for request in reversed(running):  # the newest are likeliest to be prefilling
+                computed = request.num_computed
+                generated = request.num_generated
+                if computed + 1 != request.prompt_len + generated or not generated:
+                    return False  # still prefilling (a last 1-token chunk sets the TTFT)
+                context += computed + 1
+                left = request.output_len - generated
+                if left < iterations:
+                    iterations = left
         coeffs = self.decode_coeffs[n]
         if coeffs is None:
             coeffs = self.decode_coeffs[n] = self.cost.decode_coeffs(n)
@@ -519,40 +547,52 @@ class Instance:
             self._sample_kv(now)
 
     def _finish_run(self, now: float) -> None:
-        self._apply_run(self.run[5], now)
-        self.run = None
-        if any(r.status == FINISHED for r in self.running):
+        if self._apply_run(self.run[5], now):
             self.running = [r for r in self.running if r.status == RUNNING]
+        self.run = None
+        self.aggregates = self.run_aggregates
 
-    def _apply_run(self, done: int, end: float) -> None:
+    def _apply_run(self, done: int, end: float) -> bool:
+        """Apply `done` iterations of the run ending at `end`; True if a request finished."""
         run = self.run
         start, n, base, slope, context, _ = run
         first = base + slope * context
         last = first + slope * n * (done - 1)
         block_size = self.block_size
-        new_blocks = continuing = stalled = 0
+        new_blocks = stalled = remaining = remaining_context = 0
+        min_left = math.inf
+        finished = False
         gaps = self.gaps
+        singles = gaps.singles
+        if self.record_token_times:
+            times = [start + _elapsed(base, slope, n, context, j) for j in range(1, done + 1)]
+            for request in self.running:
+                request.token_times.extend(times)
         for request in self.running:
-            if request.last_token_time != start:  # stalled before this run
-                gaps.singles.append(start + first - request.last_token_time)
+            last_token = request.last_token_time
+            if last_token != start:  # stalled before this run
+                singles.append(start + first - last_token)
                 stalled += 1
-            else:
-                continuing += 1
-            if request.token_times is not None:
-                request.token_times.extend(
-                    start + _elapsed(base, slope, n, context, j) for j in range(1, done + 1)
-                )
             computed = request.num_computed + done
             request.num_computed = computed
             generated = request.num_generated + done
             request.num_generated = generated
             request.last_token_time = end
-            need = -(-computed // block_size) - request.num_blocks
-            if need > 0:
+            if computed > request.num_blocks * block_size:
+                need = -(-computed // block_size) - request.num_blocks
                 request.num_blocks += need
                 new_blocks += need
-            if generated == request.output_len:
+            left = request.output_len - generated
+            if left == 0:
                 self._finish(request, end)
+                finished = True
+            else:
+                remaining += 1
+                remaining_context += computed + 1
+                if left < min_left:
+                    min_left = left
+        self.run_aggregates = (remaining, remaining_context, min_left)
+        continuing = n - stalled
         if continuing:
             gaps.add_run(first, last, done, continuing)
         if stalled and done > 1:  # after its first gap, a stalled request keeps the pace
@@ -564,6 +604,7 @@ class Instance:
         run[0] = end
         run[4] = context + n * done
         run[5] -= done
+        return finished
 
 
 def _elapsed(base: float, slope: float, n: int, context: int, iterations: int) -> float:

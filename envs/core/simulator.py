@@ -131,11 +131,15 @@ class Simulator:
         """The decision waiting for an answer; None once the workload has drained."""
         return self._decision
 
-    def apply(self, action: int | Action) -> None:
+    def apply(self, action: int | Action, *, validated: bool = False) -> None:
+        """Answer the pending decision. `validated=True` skips the check for callers that
+        already chose from `Decision.mask()` (the envs do, with the same rules)."""
         decision = self._decision
         if decision is None:
             raise RuntimeError("no decision is pending: the simulation has finished or not started")
-        self._decision = self._resume(decision.validate(action))
+        if not validated:
+            action = decision.validate(action)
+        self._decision = self._resume(action)
 
     def run(self, workload: Workload | None = None, seed: int = 0) -> ServingReport:
         """Simulate to completion, answering every decision with the configured policies."""
