@@ -19,6 +19,7 @@ from envs.workloads import Workload, load_azure_2023, scale_to_rate
 CONTROLS = {"route": DecisionKind.ROUTE, "admit": DecisionKind.ADMIT,
             "preempt": DecisionKind.PREEMPT}
 LENGTH_KNOWLEDGE = ("oracle", "predicted", "none")
+INVALID_ACTION = ("raise", "fallback")
 TRAIN_FRACTION = 0.7
 
 
@@ -42,7 +43,9 @@ class ServingEnv(gym.Env):
     (ADMIT only; refused when it would leave the instance idle while a request fits, so no
     policy can starve the server). `action_masks()` (bool, True = valid) and
     `info["action_mask"]` give the valid actions; an invalid action raises
-    `InvalidActionError` naming the decision and the valid choices. Candidate order is
+    `InvalidActionError` naming the decision and the valid choices (or, with
+    `invalid_action="fallback"` for agents without masking such as plain PPO, is replaced
+    by the lowest valid action and costs `invalid_action_penalty`). Candidate order is
     canonical (see `envs/observations.py`): ADMIT slots are the first K waiting requests
     that fit, in queue order; PREEMPT slots are the running requests, newest first;
     ROUTE slots are the instances by index.
@@ -83,6 +86,7 @@ class ServingEnv(gym.Env):
     num_slots (K), length_knowledge ("oracle" | "predicted" | "none"), length_sigma
     (log-normal error of "predicted"), reward and reward_options (RewardConfig fields),
     policies ({"admit"|"preempt"|"route": Policy} for uncontrolled decisions),
+    invalid_action ("raise" | "fallback"), invalid_action_penalty,
     debug_checks (simulator invariant checks after every event).
 
     ## Version History
@@ -109,6 +113,8 @@ class ServingEnv(gym.Env):
         reward: str = "latency",
         reward_options: Mapping[str, Any] | None = None,
         policies: Mapping[str, Policy] | None = None,
+        invalid_action: str = "raise",
+        invalid_action_penalty: float = 0.1,
         debug_checks: bool = False,
     ) -> None:
         super().__init__()
@@ -117,6 +123,11 @@ class ServingEnv(gym.Env):
             raise ValueError(f"length_knowledge must be one of {LENGTH_KNOWLEDGE}, "
                              f"got {length_knowledge!r}")
         self.length_knowledge = length_knowledge
+        if invalid_action not in INVALID_ACTION:
+            raise ValueError(f"invalid_action must be one of {INVALID_ACTION}, "
+                             f"got {invalid_action!r}")
+        self.invalid_action = invalid_action
+        self.invalid_action_penalty = invalid_action_penalty
         self.length_sigma = length_sigma
         self.rate = rate
         self.episode_requests = episode_requests
@@ -216,14 +227,18 @@ class ServingEnv(gym.Env):
             raise RuntimeError("the episode has ended; call reset()")
         action = int(action)
         mask = self.encoder.mask
+        penalty = 0.0
         if not 0 <= action < mask.size or not mask[action]:
-            raise InvalidActionError(
-                f"action {action} is not valid for this {decision.kind.name} decision; "
-                f"valid actions: {np.flatnonzero(mask).tolist()} (see action_masks())"
-            )
+            if self.invalid_action == "raise":
+                raise InvalidActionError(
+                    f"action {action} is not valid for this {decision.kind.name} decision; "
+                    f"valid actions: {np.flatnonzero(mask).tolist()} (see action_masks())"
+                )
+            action = int(np.flatnonzero(mask)[0])  # the lowest valid action, penalised
+            penalty = self.invalid_action_penalty
         self.sim.apply(self.encoder.to_action(action, decision), validated=True)
         self._decision = decision = self.sim.next_decision()
-        reward = self.rewards.step(self.sim.now)
+        reward = self.rewards.step(self.sim.now) - penalty
         if decision is None:
             self.encoder.mask[:] = False
             info = {"action_mask": self.encoder.mask.copy(), "decision": None,

@@ -103,6 +103,7 @@ class Simulator:
             if reset is not None:
                 reset(child)
         self.now = 0.0
+        self._last_checked_time = -math.inf
         self.instances = [
             Instance(i, self.config, self.cost, self.num_kv_blocks, self.max_model_len, self,
                      self.record_token_times)
@@ -252,7 +253,7 @@ class Simulator:
         self.instances[action.choice].enqueue(request, now)
 
     def _check_invariants(self, time: float) -> None:
-        if time < getattr(self, "_last_checked_time", -math.inf):
+        if time < self._last_checked_time:
             raise RuntimeError(f"time went backwards: {time} after {self._last_checked_time}")
         self._last_checked_time = time
         for instance in self.instances:
