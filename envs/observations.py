@@ -82,6 +82,7 @@ class ObservationEncoder:
         self.output_estimate = output_estimate  # request -> expected output tokens
         self.slot_choice: list[int] = []  # slot -> index into decision.candidates
         self.mask = np.zeros(self.num_actions, dtype=bool)
+        self.buffer = np.zeros(self.size, dtype=np.float32)
         self.episode_requests = 1
 
     def zeros(self) -> np.ndarray:
@@ -122,7 +123,12 @@ class ObservationEncoder:
             features += self._instance_slots(decision, slots)
             mask[: len(slots)] = True
         self.slot_choice = slots
-        return np.array(features, dtype=np.float32)
+        # Slots beyond the candidates are zero-padded.
+        buffer = self.buffer
+        used = len(features)
+        buffer[:used] = features
+        buffer[used:] = 0.0
+        return buffer.copy()
 
     def _admit_slots(self, decision: Decision) -> list[int]:
         can_admit = decision.instance.can_admit
@@ -219,7 +225,6 @@ class ObservationEncoder:
                 r.tenant / tenants if tenants > 0 else 0.0,
                 squash(r.priority, 4),
             )
-        out += [0.0] * ((self.num_slots - len(slots)) * SLOT_FEATURES)
         return out
 
     @staticmethod
@@ -247,5 +252,4 @@ class ObservationEncoder:
                 squash(len(inst.waiting) + len(inst.running) + len(inst.swapped), seqs),
                 0.0,
             )
-        out += [0.0] * ((self.num_slots - len(slots)) * SLOT_FEATURES)
         return out

@@ -1,6 +1,7 @@
 """Cost models: how long engine iterations, KV swaps and KV transfers take."""
 
 from envs.costs.base import CostModel
+from envs.costs.catalog import MissingTableError, measured_combinations
 from envs.costs.factory import COST_SOURCES, build_cost_model
 from envs.costs.roofline import RooflineCostModel
 from envs.costs.specs import (
@@ -13,6 +14,7 @@ from envs.costs.specs import (
     get_model,
     kv_capacity_blocks,
 )
+from envs.costs.table_model import TableCostModel
 
 __all__ = [
     "COST_SOURCES",
@@ -21,10 +23,13 @@ __all__ = [
     "MODELS",
     "CostModel",
     "GPUSpec",
+    "MissingTableError",
     "ModelSpec",
     "RooflineCostModel",
+    "TableCostModel",
     "UnknownSpecError",
     "get_gpu",
     "get_model",
     "kv_capacity_blocks",
+    "measured_combinations",
 ]

@@ -1,13 +1,41 @@
-"""Build a cost model from config (Hydra's `cost` group calls `build_cost_model`)."""
+"""Build a cost model from config (Hydra's `cost` group calls `build_cost_model`).
+
+Fallback rule: ``source="auto"`` uses measured tables (``TableCostModel``) where a table of
+token-level ops exists for the (model, GPU, TP) combination, and otherwise the roofline,
+logging a warning that says so; the model's ``source`` label ("measured" / "roofline")
+goes into every report either way.
+"""
 
 from __future__ import annotations
 
+import inspect
+import logging
+from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from envs.costs.base import CostModel
+from envs.costs.catalog import available_text, measured_combinations
 from envs.costs.roofline import RooflineCostModel
+from envs.costs.specs import get_gpu, get_model
+from envs.costs.table_model import TableCostModel
 
-COST_SOURCES = ("auto", "roofline")
+COST_SOURCES = ("auto", "measured", "roofline")
+_log = logging.getLogger(__name__)
+
+
+def _options_for(cls: type, options: dict[str, Any]) -> dict[str, Any]:
+    accepted = set(inspect.signature(cls.__init__).parameters) - {"self"}
+    return {key: value for key, value in options.items() if key in accepted}
+
+
+def _check_options(options: dict[str, Any]) -> None:
+    known = (set(inspect.signature(RooflineCostModel.__init__).parameters)
+             | set(inspect.signature(TableCostModel.__init__).parameters))
+    unknown = set(options) - known - {"self", "model", "gpu", "tensor_parallel"}
+    if unknown:
+        raise TypeError(f"unknown cost model option(s) {sorted(unknown)}; known: "
+                        f"{sorted(known - {'self', 'model', 'gpu', 'tensor_parallel'})}")
 
 
 def build_cost_model(
@@ -16,15 +44,34 @@ def build_cost_model(
     tensor_parallel: int = 1,
     source: str = "auto",
     block_size: int = 16,
-    **roofline_options: Any,
+    table_dirs: Sequence[str | Path] = (),
+    **options: Any,
 ) -> CostModel:
     """A cost model for (model, GPU, TP).
 
-    `source="auto"` picks the best available model for the combination; today that is the
-    roofline (labelled `roofline` in every report). `roofline_options` go to
-    `RooflineCostModel` (efficiencies, per-iteration overhead).
+    source: ``"auto"`` (measured tables if they exist for the combination, else the
+    roofline, with a warning), ``"measured"`` (tables or ``MissingTableError`` listing the
+    available combinations), ``"roofline"`` (always the roofline).
+    table_dirs: extra folders of op tables (e.g. fresh profiler output), searched before
+    the shipped ``envs/data/calibration/``.
+    options: constructor options of the chosen model (``iteration_overhead_s``,
+    ``max_num_tokens``; tables: ``network``, ``vidur_compatible``; roofline:
+    ``compute_efficiency``, ``memory_efficiency``). Options of the other kind are ignored.
     """
     if source not in COST_SOURCES:
         raise ValueError(f"unknown cost source {source!r}; choose one of {COST_SOURCES}")
+    _check_options(options)
+    model, gpu = get_model(model).name, get_gpu(gpu).name
+    table_dirs = tuple(table_dirs or ())
+    if source != "roofline":
+        available = (model, gpu, tensor_parallel) in measured_combinations(table_dirs)
+        if available or source == "measured":
+            # source="measured" without a table: MissingTableError lists what exists.
+            return TableCostModel(model, gpu, tensor_parallel, block_size=block_size,
+                                  table_dirs=table_dirs, **_options_for(TableCostModel, options))
+        _log.warning(
+            "no measured cost table for %s on %s at TP%d: using the roofline model (reports "
+            "say source=roofline). Measured: %s", model, gpu, tensor_parallel,
+            available_text(table_dirs))
     return RooflineCostModel(model, gpu, tensor_parallel=tensor_parallel, block_size=block_size,
-                             **roofline_options)
+                             **_options_for(RooflineCostModel, options))
