@@ -37,7 +37,7 @@ sys.path.insert(0, str(ROOT))
 from envs.core.instance import InstanceConfig  # noqa: E402
 from envs.core.metrics import atomic_write  # noqa: E402
 from envs.core.simulator import Simulator  # noqa: E402
-from envs.costs.roofline import RooflineCostModel  # noqa: E402
+from envs.costs import CostModel, build_cost_model  # noqa: E402
 from envs.workloads.azure import load_azure_2023  # noqa: E402
 from envs.workloads.workload import Workload  # noqa: E402
 
@@ -58,20 +58,21 @@ def poisson_workload(num_requests: int, rate: float, max_total_tokens: int, seed
     return Workload.from_lengths(arrivals, prompts, outputs, name=f"azure_conv_poisson_{rate:g}")
 
 
-def vidur_setting() -> tuple[RooflineCostModel, InstanceConfig]:
-    cost = RooflineCostModel("Llama-2-70B", "A100-80GB", tensor_parallel=2)
+def vidur_setting() -> tuple[CostModel, InstanceConfig]:
+    # Vidur's own measured tables for this setting (source "measured").
+    cost = build_cost_model("Llama-2-70B", "A100-80GB", tensor_parallel=2)
     config = InstanceConfig(mode="vllm_v0", max_num_seqs=128, max_num_batched_tokens=4096,
                             watermark=0.01)
     return cost, config
 
 
-def h100_setting() -> tuple[RooflineCostModel, InstanceConfig]:
-    cost = RooflineCostModel("Llama-3-8B", "H100-80GB", tensor_parallel=1)
+def h100_setting() -> tuple[CostModel, InstanceConfig]:
+    cost = build_cost_model("Llama-3-8B", "H100-80GB", tensor_parallel=1)  # roofline: no table
     config = InstanceConfig(mode="vllm_v1", max_num_seqs=256, max_num_batched_tokens=8192)
     return cost, config
 
 
-def saturation_rate(cost: RooflineCostModel, config: InstanceConfig, requests: int) -> float:
+def saturation_rate(cost: CostModel, config: InstanceConfig, requests: int) -> float:
     """Throughput (req/s) of one instance when every request is already waiting."""
     prompts, outputs = azure_conv_lengths(requests, 8192)
     burst = Workload.from_lengths(np.zeros(requests), prompts, outputs)

@@ -134,6 +134,9 @@ class Instance:
         self.swapped: list[Request] = []
         # The iteration being built or in flight.
         self.batch: list[tuple[Request, int]] = []
+        self.batch_chunks: list[tuple[int, int]] = []  # (new tokens, cached) per prefill chunk
+        self.batch_decodes = 0
+        self.batch_decode_context = 0
         self.budget = 0
         self.v0_longest = 0
         self.iteration_start = 0.0
@@ -243,7 +246,7 @@ class Instance:
         if request.first_scheduled != request.first_scheduled:  # NaN: first admission
             request.first_scheduled = now
         self.running.append(request)
-        self.batch.append((request, chunk))
+        self._add_to_batch(request, chunk)
         self.budget -= chunk
         if chunk > self.v0_longest:
             self.v0_longest = chunk
@@ -282,6 +285,11 @@ class Instance:
             if scheduled is victim:  # already in this batch: give its tokens back
                 del self.batch[position]
                 self.budget += num_new
+                if num_new == 1:
+                    self.batch_decodes -= 1
+                    self.batch_decode_context -= victim.num_computed + 1
+                else:
+                    self.batch_chunks.remove((num_new, victim.num_computed))
                 break
         victim.num_preemptions += 1
         self.num_preemptions += 1
@@ -300,7 +308,7 @@ class Instance:
 
     def _schedule_running(self, now: float) -> Generator[Any, Any, bool]:
         """Give each running request its next tokens; True if anything was preempted."""
-        bm, batch, block_size = self.bm, self.batch, self.block_size
+        bm, block_size = self.bm, self.block_size
         preempted = False
         for request in list(self.running):
             if request.status != RUNNING:
@@ -320,7 +328,7 @@ class Instance:
                 preempted = True
                 if not (yield from self._make_room(request, num_new, now)):
                     continue
-            batch.append((request, num_new))
+            self._add_to_batch(request, num_new)
             self.budget -= num_new
         return preempted
 
@@ -345,12 +353,23 @@ class Instance:
             bm.allocate(request, num_new)
             request.status = RUNNING
             running.append(request)
-            self.batch.append((request, num_new))
+            self._add_to_batch(request, num_new)
             self.budget -= num_new
 
     # ================================================================ batch building
+    def _add_to_batch(self, request: Request, num_new: int) -> None:
+        # The cost model's view is accumulated here so planning the iteration is O(1).
+        self.batch.append((request, num_new))
+        if num_new == 1:
+            self.batch_decodes += 1
+            self.batch_decode_context += request.num_computed + 1
+        else:
+            self.batch_chunks.append((num_new, request.num_computed))
+
     def _build_batch(self, now: float) -> Generator[Any, Any, None]:
         self.batch = []
+        self.batch_chunks = []
+        self.batch_decodes = self.batch_decode_context = 0
         self.budget = self.config.max_num_batched_tokens
         self.v0_longest = 0
         self.extra_time = 0.0
@@ -388,15 +407,8 @@ class Instance:
         )
 
     def _start_iteration(self, now: float) -> None:
-        chunks = []
-        decode_count = decode_context = 0
-        for request, num_new in self.batch:
-            if num_new == 1:
-                decode_count += 1
-                decode_context += request.num_computed + 1
-            else:
-                chunks.append((num_new, request.num_computed))
-        duration = self.cost.iteration_time(chunks, decode_count, decode_context)
+        duration = self.cost.iteration_time(self.batch_chunks, self.batch_decodes,
+                                            self.batch_decode_context)
         duration += self.extra_time
         self.iteration_start = now
         self._sample_kv(now)
