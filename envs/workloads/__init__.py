@@ -1,6 +1,18 @@
-"""Request workloads for the serving simulator: real traces and synthetic arrivals."""
+"""Request workloads for the serving simulator: real traces, generators and transforms.
 
-from envs.workloads.arrivals import poisson_arrivals, scale_to_rate, with_poisson_arrivals
+Start with :func:`build_workload` (what every ``conf/workload/*.yaml`` calls); the
+loaders, generators and transforms below are its parts. ``docs/workloads.md`` lists every
+workload with its licence and citation.
+"""
+
+from envs.workloads.arrivals import (
+    diurnal_arrivals,
+    gamma_arrivals,
+    onoff_arrivals,
+    poisson_arrivals,
+    scale_to_rate,
+    with_poisson_arrivals,
+)
 from envs.workloads.azure import (
     AZURE_2023_KINDS,
     LoadReport,
@@ -8,18 +20,67 @@ from envs.workloads.azure import (
     load_azure_2023,
     load_azure_2023_with_report,
 )
+from envs.workloads.build import BuildReport, build_workload, build_workload_with_report
+from envs.workloads.length_tables import (
+    LENGTH_TABLES,
+    LengthTable,
+    load_length_table,
+    load_length_table_with_report,
+)
+from envs.workloads.mooncake import load_mooncake, load_mooncake_with_report
+from envs.workloads.prefix import BlockChains
+from envs.workloads.servegen import (
+    SERVEGEN_POOLS,
+    generate_servegen,
+    generate_servegen_with_report,
+)
+from envs.workloads.sessions import multi_turn_workload
+from envs.workloads.sources import SOURCE_KINDS, make_source
+from envs.workloads.synthetic import synthetic_workload
+from envs.workloads.transforms import (
+    TRAIN_FRACTION,
+    clip_to_context,
+    merge,
+    split_by_time,
+    time_window,
+)
 from envs.workloads.workload import Workload, WorkloadError, WorkloadWarning
 
 __all__ = [
     "AZURE_2023_KINDS",
+    "LENGTH_TABLES",
+    "SERVEGEN_POOLS",
+    "SOURCE_KINDS",
+    "TRAIN_FRACTION",
+    "BlockChains",
+    "BuildReport",
+    "LengthTable",
     "LoadReport",
     "TraceFileNotFoundError",
     "Workload",
     "WorkloadError",
     "WorkloadWarning",
+    "build_workload",
+    "build_workload_with_report",
+    "clip_to_context",
+    "diurnal_arrivals",
+    "gamma_arrivals",
+    "generate_servegen",
+    "generate_servegen_with_report",
     "load_azure_2023",
     "load_azure_2023_with_report",
+    "load_length_table",
+    "load_length_table_with_report",
+    "load_mooncake",
+    "load_mooncake_with_report",
+    "make_source",
+    "merge",
+    "multi_turn_workload",
+    "onoff_arrivals",
     "poisson_arrivals",
     "scale_to_rate",
+    "split_by_time",
+    "synthetic_workload",
+    "time_window",
     "with_poisson_arrivals",
 ]

@@ -1,7 +1,17 @@
-"""Arrival processes: synthetic Poisson arrivals and rate rescaling of real traces.
+"""Arrival processes: synthetic arrivals and rate rescaling of real traces.
 
-All randomness comes from the ``np.random.Generator`` passed in, so a seed fixes the
+Every process is parameterised by its long-run mean ``rate`` (requests per second) and
+returns ``num_requests`` non-decreasing arrival times in seconds, the first one gap after
+0. All randomness comes from the ``np.random.Generator`` passed in, so a seed fixes the
 result bit for bit.
+
+* :func:`poisson_arrivals`: exponential gaps (inter-arrival CV 1).
+* :func:`gamma_arrivals`: Gamma gaps with a given CV (``cv > 1`` bursty, ``< 1`` regular).
+* :func:`onoff_arrivals`: an interrupted Poisson process: ON periods (mean ``on_s``) with
+  Poisson arrivals at ``rate * (on_s + off_s) / on_s`` alternate with silent OFF periods
+  (mean ``off_s``), both exponentially long; it starts ON at time 0.
+* :func:`diurnal_arrivals`: a Poisson process whose rate follows
+  ``rate * (1 + amplitude * sin(2 pi t / period_s + phase))``, drawn by thinning.
 """
 
 from __future__ import annotations
@@ -13,7 +23,14 @@ import numpy as np
 
 from envs.workloads.workload import Workload, WorkloadError
 
-__all__ = ["poisson_arrivals", "scale_to_rate", "with_poisson_arrivals"]
+__all__ = [
+    "diurnal_arrivals",
+    "gamma_arrivals",
+    "onoff_arrivals",
+    "poisson_arrivals",
+    "scale_to_rate",
+    "with_poisson_arrivals",
+]
 
 
 def poisson_arrivals(num_requests: int, rate: float, rng: np.random.Generator) -> np.ndarray:
@@ -26,6 +43,82 @@ def poisson_arrivals(num_requests: int, rate: float, rng: np.random.Generator) -
     scale = 1.0 / _check_rate(rate)
     _check_rng(rng)
     return np.cumsum(rng.exponential(scale=scale, size=n))
+
+
+def gamma_arrivals(
+    num_requests: int, rate: float, cv: float, rng: np.random.Generator
+) -> np.ndarray:
+    """A renewal process with Gamma gaps of mean ``1 / rate`` and coefficient of variation
+    ``cv`` (shape ``1 / cv**2``); ``cv = 1`` is a Poisson process."""
+    n = _check_count(num_requests)
+    mean = 1.0 / _check_rate(rate)
+    cv = _positive("cv", cv)
+    _check_rng(rng)
+    shape = 1.0 / (cv * cv)
+    return np.cumsum(rng.gamma(shape, mean / shape, size=n))
+
+
+def onoff_arrivals(
+    num_requests: int, rate: float, on_s: float, off_s: float, rng: np.random.Generator
+) -> np.ndarray:
+    """An interrupted Poisson process (bursts): see the module docstring.
+
+    Arrivals are a Poisson process in "ON time" at ``rate_on = rate * (on_s + off_s) /
+    on_s``; each ON time is shifted by the OFF periods that precede it.
+    """
+    n = _check_count(num_requests)
+    rate = _check_rate(rate)
+    on_s, off_s = _positive("on_s", on_s), _positive("off_s", off_s)
+    _check_rng(rng)
+    rate_on = rate * (on_s + off_s) / on_s
+    busy = np.cumsum(rng.exponential(1.0 / rate_on, size=n))  # position in ON time
+    need = float(busy[-1]) if n else 0.0
+    periods = max(16, math.ceil(1.2 * need / on_s) + 16)
+    on = rng.exponential(on_s, size=periods)
+    while on.sum() <= need:  # rare: draw more periods until the ON time covers every arrival
+        on = np.concatenate([on, rng.exponential(on_s, size=periods)])
+    off = rng.exponential(off_s, size=on.size)
+    on_end = np.cumsum(on)
+    period = np.searchsorted(on_end, busy, side="right")  # ON periods fully before each arrival
+    off_before = np.r_[0.0, np.cumsum(off)][period]
+    return busy + off_before
+
+
+def diurnal_arrivals(
+    num_requests: int,
+    rate: float,
+    amplitude: float,
+    period_s: float,
+    rng: np.random.Generator,
+    phase: float = 0.0,
+) -> np.ndarray:
+    """A Poisson process with rate ``rate * (1 + amplitude * sin(2 pi t / period_s + phase))``.
+
+    Thinning: candidates at the peak rate ``rate * (1 + amplitude)`` are kept with
+    probability ``rate(t) / peak``; ``0 <= amplitude < 1``.
+    """
+    n = _check_count(num_requests)
+    rate = _check_rate(rate)
+    period_s = _positive("period_s", period_s)
+    amplitude = _finite("amplitude", amplitude)
+    if not 0 <= amplitude < 1:
+        raise WorkloadError(f"amplitude = {amplitude!r}: must be in [0, 1)")
+    phase = _finite("phase", phase)
+    _check_rng(rng)
+    peak = rate * (1.0 + amplitude)
+    kept: list[np.ndarray] = []
+    start, total = 0.0, 0
+    while total < n:
+        batch = int((n - total) * (1.0 + amplitude) * 1.1) + 64
+        candidates = start + np.cumsum(rng.exponential(1.0 / peak, size=batch))
+        ratio = (1.0 + amplitude * np.sin(2 * np.pi * candidates / period_s + phase)) / (
+            1.0 + amplitude
+        )
+        accepted = candidates[rng.random(batch) < ratio]
+        kept.append(accepted)
+        total += accepted.size
+        start = float(candidates[-1])
+    return np.concatenate(kept)[:n] if kept else np.zeros(0)
 
 
 def with_poisson_arrivals(
@@ -75,6 +168,23 @@ def _check_rate(rate: float) -> float:
     if isinstance(rate, bool) or not (math.isfinite(value) and value > 0):
         raise WorkloadError(f"rate = {rate!r}: must be a finite number of requests per second > 0")
     return value
+
+
+def _finite(label: str, value: float) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = math.nan
+    if isinstance(value, bool) or not math.isfinite(number):
+        raise WorkloadError(f"{label} = {value!r}: must be a finite number")
+    return number
+
+
+def _positive(label: str, value: float) -> float:
+    number = _finite(label, value) if not isinstance(value, bool) else math.nan
+    if not number > 0:
+        raise WorkloadError(f"{label} = {value!r}: must be a finite number > 0")
+    return number
 
 
 def _check_rng(rng: object) -> None:

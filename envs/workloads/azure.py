@@ -4,7 +4,7 @@ The two traces ("code" and "conv") ship inside the package under
 ``envs/data/traces/azure_llm_2023/`` (see its ``SOURCE.md`` for origin, licence
 CC-BY-4.0 and the citation that any use of them requires).
 
-File format: CSV, optionally gzip-compressed (detected from the content, not the
+File format: CSV, optionally gzip- or xz-compressed (detected from the content, not the
 name), header ``TIMESTAMP,ContextTokens,GeneratedTokens`` (extra columns are ignored),
 timestamps ``YYYY-MM-DD HH:MM:SS.fffffff``. Blank lines are ignored.
 
@@ -18,23 +18,30 @@ With ``on_error="skip"`` bad rows are left out and listed in a :class:`LoadRepor
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import datetime as dt
-import gzip
-import math
 import re
-import warnings
-import zlib
 from collections.abc import Iterator
-from dataclasses import dataclass
-from importlib import resources
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol, TextIO
+from typing import Protocol
 
 import numpy as np
 
-from envs.workloads.workload import Workload, WorkloadError, WorkloadWarning
+from envs.workloads.tracefiles import (
+    READ_ERRORS,
+    LoadReport,
+    RowError,
+    RowProblems,
+    TraceFileNotFoundError,
+    check_on_error,
+    open_text,
+    parse_count,
+    trace_file,
+    unreadable,
+    warn_if_skipped,
+)
+from envs.workloads.workload import Workload, WorkloadError
 
 __all__ = [
     "AZURE_2023_KINDS",
@@ -46,16 +53,10 @@ __all__ = [
 
 AZURE_2023_KINDS: tuple[str, ...] = ("code", "conv")
 _COLUMNS = ("TIMESTAMP", "ContextTokens", "GeneratedTokens")
-_ON_ERROR = ("raise", "skip")
 _DATA_DIR = "traces/azure_llm_2023"
 _TIMESTAMP = re.compile(r"(\d{4})-(\d{2})-(\d{2})[ T](\d{2}):(\d{2}):(\d{2})(?:\.(\d+))?", re.ASCII)
-_INT64_MAX = int(np.iinfo(np.int64).max)
 _NS_PER_S = 1_000_000_000
 _S_PER_DAY = 86_400
-
-
-class TraceFileNotFoundError(WorkloadError, FileNotFoundError):
-    """The trace file does not exist (also catchable as ``FileNotFoundError``)."""
 
 
 class _CsvReader(Protocol):
@@ -66,47 +67,13 @@ class _CsvReader(Protocol):
     def __next__(self) -> list[str]: ...
 
 
-class _RowError(Exception):
-    """One data row is bad; the caller adds file and line and decides raise or skip."""
-
-
-@dataclass(frozen=True)
-class LoadReport:
-    """What a trace load kept and what it skipped.
-
-    Attributes:
-        path: the file read.
-        rows_read: data rows in the file (header and blank lines not counted).
-        rows_loaded: rows that became requests.
-        problems: one ``"<file>:<line>: <problem>"`` per skipped row, in file order.
-    """
-
-    path: str
-    rows_read: int
-    rows_loaded: int
-    problems: tuple[str, ...] = ()
-
-    @property
-    def rows_skipped(self) -> int:
-        return len(self.problems)
-
-    def __str__(self) -> str:
-        text = f"{self.path}: loaded {self.rows_loaded} of {self.rows_read} rows"
-        if not self.problems:
-            return text
-        shown = "\n  ".join(self.problems[:5])
-        more = f"\n  ... and {len(self.problems) - 5} more" if len(self.problems) > 5 else ""
-        return f"{text}, skipped {self.rows_skipped} bad rows:\n  {shown}{more}"
-
-
 @dataclass
 class _Columns:
     """Accumulates the accepted rows while reading (local to one load)."""
 
-    time_ns: list[int]
-    prompt: list[int]
-    output: list[int]
-    problems: list[str]
+    time_ns: list[int] = field(default_factory=list)
+    prompt: list[int] = field(default_factory=list)
+    output: list[int] = field(default_factory=list)
     rows_read: int = 0
 
 
@@ -122,8 +89,8 @@ def load_azure_2023(
 
     Args:
         kind: ``"conv"`` (conversation service) or ``"code"`` (coding assistant).
-        path: a trace file to read instead of the shipped one (``.csv`` or ``.csv.gz``);
-            ``kind`` then only names the workload.
+        path: a trace file to read instead of the shipped one (``.csv``, ``.csv.gz`` or
+            ``.csv.xz``); ``kind`` then only names the workload.
         on_error: ``"raise"`` on the first bad row, or ``"skip"`` bad rows; skipped rows
             are reported in a :class:`WorkloadWarning` (use
             :func:`load_azure_2023_with_report` to get them as a :class:`LoadReport`).
@@ -136,8 +103,7 @@ def load_azure_2023(
     workload, report = load_azure_2023_with_report(
         kind, path, on_error=on_error, ttft_slo=ttft_slo, tpot_slo=tpot_slo
     )
-    if report.rows_skipped:
-        warnings.warn(str(report), WorkloadWarning, stacklevel=2)
+    warn_if_skipped(report)
     return workload
 
 
@@ -152,16 +118,16 @@ def load_azure_2023_with_report(
     """Like :func:`load_azure_2023`, but return ``(workload, report)`` and never warn."""
     if kind not in AZURE_2023_KINDS:
         raise WorkloadError(f"unknown Azure 2023 trace kind {kind!r}; known kinds: {_kinds_text()}")
-    if on_error not in _ON_ERROR:
-        raise WorkloadError(f"on_error={on_error!r}: pass on_error='raise' or on_error='skip'")
-    with _trace_path(kind, path) as file_path:
-        columns = _read(file_path, on_error)
-    report = LoadReport(
-        path=str(file_path),
-        rows_read=columns.rows_read,
-        rows_loaded=len(columns.time_ns),
-        problems=tuple(columns.problems),
+    check_on_error(on_error)
+    hint = (
+        "pass the path of an AzureLLMInferenceTrace_<kind>.csv or .csv.gz file, or "
+        f"path=None to load a shipped trace (known kinds: {_kinds_text()})"
     )
+    shipped = f"{_DATA_DIR}/AzureLLMInferenceTrace_{kind}.csv.gz"
+    with trace_file(path, shipped, hint) as file_path:
+        problems = RowProblems(file_path, on_error)
+        columns = _read(file_path, problems)
+    report = problems.report(columns.rows_read, len(columns.time_ns))
     workload = Workload.from_lengths(
         _relative_seconds(columns.time_ns),
         np.array(columns.prompt, dtype=np.int64),
@@ -173,65 +139,23 @@ def load_azure_2023_with_report(
     return workload, report
 
 
-# ---------------------------------------------------------------------- file access
-
-
 def _kinds_text() -> str:
     return ", ".join(repr(k) for k in AZURE_2023_KINDS)
-
-
-@contextlib.contextmanager
-def _trace_path(kind: str, path: str | Path | None) -> Iterator[Path]:
-    """The file to read: ``path``, or the shipped trace of ``kind`` as a real file."""
-    if path is not None:
-        yield _existing_file(Path(path), shipped=False)
-        return
-    resource = resources.files("envs.data") / _DATA_DIR / f"AzureLLMInferenceTrace_{kind}.csv.gz"
-    # as_file gives a real path even when the package is installed as a zip.
-    with resources.as_file(resource) as real_path:
-        yield _existing_file(Path(real_path), shipped=True)
-
-
-def _existing_file(path: Path, *, shipped: bool) -> Path:
-    if path.is_file():
-        return path
-    if shipped:
-        fix = "the package data is missing; reinstall servegym (pip install -e .)"
-    else:
-        fix = (
-            "pass the path of an AzureLLMInferenceTrace_<kind>.csv or .csv.gz file, or "
-            f"path=None to load a shipped trace (known kinds: {_kinds_text()})"
-        )
-    what = "is a directory" if path.is_dir() else "no such file"
-    raise TraceFileNotFoundError(f"{path}: {what}; {fix}")
-
-
-def _open_text(path: Path) -> TextIO:
-    with path.open("rb") as raw:
-        is_gzip = raw.read(2) == b"\x1f\x8b"
-    # utf-8-sig drops a byte-order mark that spreadsheet exports put before the header.
-    if is_gzip:
-        return gzip.open(path, "rt", encoding="utf-8-sig", newline="")
-    return path.open("r", encoding="utf-8-sig", newline="")
-
-
-def _read(path: Path, on_error: str) -> _Columns:
-    with _open_text(path) as text:
-        reader = csv.reader(text)
-        try:
-            return _read_rows(path, reader, on_error)
-        except (csv.Error, UnicodeDecodeError, EOFError, OSError, zlib.error) as exc:
-            raise WorkloadError(
-                f"{path}: near line {reader.line_num + 1}: cannot read the file as a "
-                f"(gzip-compressed) CSV trace: {exc}; check that the file is a complete, "
-                "UTF-8 text CSV"
-            ) from exc
 
 
 # ---------------------------------------------------------------------- parsing
 
 
-def _read_rows(path: Path, reader: _CsvReader, on_error: str) -> _Columns:
+def _read(path: Path, problems: RowProblems) -> _Columns:
+    with open_text(path) as text:
+        reader = csv.reader(text)
+        try:
+            return _read_rows(path, reader, problems)
+        except READ_ERRORS as exc:
+            raise unreadable(path, reader.line_num + 1, exc, "CSV") from exc
+
+
+def _read_rows(path: Path, reader: _CsvReader, problems: RowProblems) -> _Columns:
     header = next(reader, None)
     if header is None:
         raise WorkloadError(
@@ -239,7 +163,7 @@ def _read_rows(path: Path, reader: _CsvReader, on_error: str) -> _Columns:
             "row per request"
         )
     index = _column_index(path, header)
-    columns = _Columns(time_ns=[], prompt=[], output=[], problems=[])
+    columns = _Columns()
     last: tuple[int, str] | None = None  # last kept row's time and its text
     for row in reader:
         if not row:
@@ -248,17 +172,14 @@ def _read_rows(path: Path, reader: _CsvReader, on_error: str) -> _Columns:
         try:
             time_ns, prompt, output = _parse_row(row, index, len(header))
             _check_order(time_ns, last, row[index[0]])
-        except _RowError as problem:
-            located = f"{path}:{reader.line_num}: {problem}"
-            if on_error == "raise":
-                raise WorkloadError(f"{located}; fix the row or pass on_error='skip'") from None
-            columns.problems.append(located)
+        except RowError as problem:
+            problems.bad(reader.line_num, problem)
             continue
         last = (time_ns, row[index[0]].strip())
         columns.time_ns.append(time_ns)
         columns.prompt.append(prompt)
         columns.output.append(output)
-    _check_not_empty(path, columns)
+    problems.check_loaded(columns.rows_read, len(columns.time_ns))
     return columns
 
 
@@ -275,33 +196,22 @@ def _column_index(path: Path, header: list[str]) -> tuple[int, int, int]:
     return ts, ctx, gen
 
 
-def _check_not_empty(path: Path, columns: _Columns) -> None:
-    if columns.time_ns:
-        return
-    if columns.rows_read == 0:
-        raise WorkloadError(f"{path}: no data rows after the header; the trace has no requests")
-    raise WorkloadError(
-        f"{path}: all {columns.rows_read} data rows are bad, nothing left to load; first "
-        f"problem: {columns.problems[0]}"
-    )
-
-
 def _parse_row(row: list[str], index: tuple[int, int, int], width: int) -> tuple[int, int, int]:
     if len(row) != width:
         missing = [_COLUMNS[k] for k, i in enumerate(index) if i >= len(row)]
         detail = f"; missing {', '.join(missing)}" if missing else ""
-        raise _RowError(f"row has {len(row)} field(s) but the header has {width}{detail}")
+        raise RowError(f"row has {len(row)} field(s) but the header has {width}{detail}")
     ts, ctx, gen = index
     return (
         _parse_timestamp_ns(row[ts]),
-        _parse_count(_COLUMNS[1], row[ctx]),
-        _parse_count(_COLUMNS[2], row[gen]),
+        parse_count(_COLUMNS[1], row[ctx]),
+        parse_count(_COLUMNS[2], row[gen]),
     )
 
 
 def _check_order(time_ns: int, last: tuple[int, str] | None, text: str) -> None:
     if last is not None and time_ns < last[0]:
-        raise _RowError(
+        raise RowError(
             f"TIMESTAMP {text.strip()!r} is earlier than the previous kept row's "
             f"{last[1]!r}; rows must be sorted by time"
         )
@@ -311,47 +221,17 @@ def _parse_timestamp_ns(text: str) -> int:
     """Nanoseconds since 0001-01-01 as an exact int (float64 would lose the 100-ns digits)."""
     match = _TIMESTAMP.fullmatch(text.strip())
     if match is None:
-        raise _RowError(f"TIMESTAMP {text!r} is not a timestamp like '2023-11-16 18:15:46.6805900'")
+        raise RowError(f"TIMESTAMP {text!r} is not a timestamp like '2023-11-16 18:15:46.6805900'")
     year, month, day, hour, minute, second = (int(g) for g in match.groups()[:6])
     try:
         days = dt.date(year, month, day).toordinal()
         dt.time(hour, minute, second)
     except ValueError as exc:
-        raise _RowError(f"TIMESTAMP {text.strip()!r} is not a valid date/time: {exc}") from None
+        raise RowError(f"TIMESTAMP {text.strip()!r} is not a valid date/time: {exc}") from None
     seconds = days * _S_PER_DAY + hour * 3600 + minute * 60 + second
     # Digits beyond nanoseconds are below float64 resolution for any trace span: dropped.
     fraction = int(((match.group(7) or "") + "000000000")[:9])
     return seconds * _NS_PER_S + fraction
-
-
-def _parse_count(column: str, text: str) -> int:
-    value = text.strip()
-    if not value:
-        raise _RowError(f"{column} is empty")
-    if value.isascii() and value.isdigit():
-        count = int(value)
-        if count == 0:
-            raise _RowError(f"{column} is 0; a request needs at least one token")
-        if count > _INT64_MAX:
-            raise _RowError(f"{column} = {value} is too large")
-        return count
-    raise _RowError(
-        f"{column} = {value!r} is {_describe_non_count(value)}; expected a positive integer"
-    )
-
-
-def _describe_non_count(value: str) -> str:
-    try:
-        number = float(value)
-    except ValueError:
-        return "not a number"
-    if math.isnan(number):
-        return "NaN"
-    if number < 0:
-        return "negative"
-    if not number.is_integer():
-        return "not a whole number"
-    return "not written as a plain integer"
 
 
 def _relative_seconds(time_ns: list[int]) -> np.ndarray:

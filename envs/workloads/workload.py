@@ -15,6 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from envs.workloads.prefix import BlockChains
+
 __all__ = ["Workload", "WorkloadError", "WorkloadWarning"]
 
 
@@ -51,7 +53,9 @@ class Workload:
         tenant_names: names of the tenants, indexed by ``tenant``.
         prefix_hashes: per request, chained hashes of its full prompt blocks of
             ``prefix_block_size`` tokens: two requests with the same i-th hash share their
-            first i blocks. ``None`` when the workload has no prefix information.
+            first i blocks. ``None`` when the workload has no prefix information. Either a
+            tuple of int tuples, or a :class:`~envs.workloads.prefix.BlockChains` that
+            stores them compactly and builds request ``i``'s tuple when it is read.
         prefix_block_size: tokens per hashed block.
         name: label used in logs and result tables.
 
@@ -67,7 +71,7 @@ class Workload:
     ttft_slo: np.ndarray
     tpot_slo: np.ndarray
     tenant_names: tuple[str, ...] = ("default",)
-    prefix_hashes: tuple[tuple[int, ...], ...] | None = None
+    prefix_hashes: tuple[tuple[int, ...], ...] | BlockChains | None = None
     prefix_block_size: int = 16
     name: str = "workload"
 
@@ -97,7 +101,7 @@ class Workload:
         tenant: Any = None,
         priority: Any = None,
         tenant_names: Sequence[str] = ("default",),
-        prefix_hashes: Sequence[Sequence[int]] | None = None,
+        prefix_hashes: Sequence[Sequence[int]] | BlockChains | None = None,
         prefix_block_size: int = 16,
         name: str = "workload",
     ) -> Workload:
@@ -120,7 +124,7 @@ class Workload:
         return cls(
             **arrays,
             tenant_names=tuple(tenant_names),
-            prefix_hashes=None if prefix_hashes is None else tuple(map(tuple, prefix_hashes)),
+            prefix_hashes=_hashes_argument(prefix_hashes),
             prefix_block_size=prefix_block_size,
             name=name,
         )
@@ -142,6 +146,24 @@ class Workload:
         """The first ``n`` requests (all of them if ``n >= len(self)``); arrays are views."""
         n = _non_negative_int("n", n)
         return self._select(slice(0, n))
+
+    def take(self, indices: Any, *, name: str | None = None) -> Workload:
+        """The requests at ``indices`` (int array or boolean mask), in that order.
+
+        The result must still be sorted by arrival time (validation says so otherwise).
+        Tenant names, block size and, unless ``name`` is given, the name are kept.
+        """
+        index = np.asarray(indices)
+        if index.dtype == bool:
+            if index.shape != (len(self),):
+                raise WorkloadError(
+                    f"Workload.take: a boolean mask needs {len(self)} entries, got {index.shape}"
+                )
+            index = np.flatnonzero(index)
+        if index.ndim != 1 or (index.size and index.dtype.kind not in "iu"):
+            raise WorkloadError("Workload.take: pass a 1-D array of request indices or a mask")
+        selected = self._select(index.astype(np.int64, copy=False))
+        return selected if name is None else dataclasses.replace(selected, name=name)
 
     def summary(self) -> dict[str, float | int | str]:
         """Count, duration, mean rate and prompt/output mean, p50, p99.
@@ -204,15 +226,28 @@ class Workload:
         # The dataclass is frozen; validation is the one place allowed to normalise fields.
         object.__setattr__(self, field_name, value)
 
-    def _select(self, index: slice) -> Workload:
+    def _select(self, index: slice | np.ndarray) -> Workload:
         columns = {c: getattr(self, c)[index] for c in (*_FLOAT_COLUMNS, *_INT_COLUMNS)}
-        hashes = None if self.prefix_hashes is None else self.prefix_hashes[index]
-        return dataclasses.replace(self, **columns, prefix_hashes=hashes)
+        return dataclasses.replace(self, **columns, prefix_hashes=self._hashes_at(index))
 
-    def _clipped_prefix_hashes(self, prompt: np.ndarray) -> tuple[tuple[int, ...], ...] | None:
+    def _hashes_at(self, index: slice | np.ndarray) -> tuple | BlockChains | None:
+        hashes = self.prefix_hashes
+        if hashes is None:
+            return None
+        if isinstance(index, slice):
+            return hashes[index]
+        if isinstance(hashes, BlockChains):
+            return hashes.take(index)
+        return tuple(hashes[i] for i in index.tolist())
+
+    def _clipped_prefix_hashes(
+        self, prompt: np.ndarray
+    ) -> tuple[tuple[int, ...], ...] | BlockChains | None:
         if self.prefix_hashes is None:
             return None
         blocks = prompt // self.prefix_block_size
+        if isinstance(self.prefix_hashes, BlockChains):
+            return self.prefix_hashes.truncated(blocks)
         return tuple(
             hashes if new == old else hashes[: int(full)]
             for hashes, new, old, full in zip(
@@ -336,7 +371,22 @@ def _as_int_array(column: str, value: object, dtype: type[np.integer]) -> np.nda
     return _frozen(array.astype(dtype, copy=False), value)
 
 
-def _as_prefix_hashes(hashes: object, n: int) -> tuple[tuple[int, ...], ...]:
+def _hashes_argument(hashes: object) -> object:
+    if hashes is None or isinstance(hashes, BlockChains):
+        return hashes
+    if isinstance(hashes, str | bytes) or not isinstance(hashes, Sequence):
+        return hashes  # validation names the problem
+    return tuple(tuple(h) if isinstance(h, Sequence) else h for h in hashes)
+
+
+def _as_prefix_hashes(hashes: object, n: int) -> tuple[tuple[int, ...], ...] | BlockChains:
+    if isinstance(hashes, BlockChains):
+        if len(hashes) != n:
+            raise WorkloadError(
+                f"Workload.prefix_hashes has {len(hashes)} entries but there are {n} requests; "
+                "give one chain of block hashes per request"
+            )
+        return hashes
     if isinstance(hashes, str | bytes) or not isinstance(hashes, Sequence):
         raise WorkloadError(
             f"Workload.prefix_hashes must be a sequence of per-request hash tuples or None, "
