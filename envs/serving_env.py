@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -14,13 +15,14 @@ from envs.core.decisions import DecisionKind, InvalidActionError, Policy, defaul
 from envs.costs import build_cost_model
 from envs.observations import ObservationEncoder
 from envs.rewards import RewardConfig, RewardTracker
-from envs.workloads import Workload, load_azure_2023, scale_to_rate
+from envs.workloads import Workload, build_workload, load_azure_2023, scale_to_rate
+from envs.workloads.transforms import split_by_time
 
 CONTROLS = {"route": DecisionKind.ROUTE, "admit": DecisionKind.ADMIT,
             "preempt": DecisionKind.PREEMPT}
 LENGTH_KNOWLEDGE = ("oracle", "predicted", "none")
+TRACE_NAMES = {"azure_conv": "conv", "azure_code": "code"}
 INVALID_ACTION = ("raise", "fallback")
-TRAIN_FRACTION = 0.7
 
 
 class ServingEnv(gym.Env):
@@ -80,7 +82,8 @@ class ServingEnv(gym.Env):
 
     ## Arguments
     control: decisions the agent answers, any of "admit", "preempt", "route".
-    workload: a `Workload`, or "azure_conv" / "azure_code". rate: target mean req/s.
+    workload: a `Workload`, `build_workload` arguments (a mapping, as in conf/workload/),
+    or "azure_conv" / "azure_code". rate: target mean req/s.
     episode_requests, split ("train" | "test" | "all"), model, gpu, tensor_parallel,
     cost_source, cluster ({"num_instances": N, "instance": InstanceConfig fields}),
     num_slots (K), length_knowledge ("oracle" | "predicted" | "none"), length_sigma
@@ -165,26 +168,22 @@ class ServingEnv(gym.Env):
         return frozenset(CONTROLS[c] for c in control)
 
     @staticmethod
-    def _load(workload: Workload | str) -> Workload:
+    def _load(workload: Workload | str | Mapping[str, Any]) -> Workload:
         if isinstance(workload, Workload):
             return workload
-        kinds = {"azure_conv": "conv", "azure_code": "code"}
-        if workload not in kinds:
-            raise ValueError(f"unknown workload {workload!r}; pass a Workload or one of "
-                             f"{sorted(kinds)}")
-        return load_azure_2023(kinds[workload])
+        if isinstance(workload, Mapping):  # build_workload arguments, e.g. from Hydra
+            return build_workload(**workload)
+        if workload not in TRACE_NAMES:
+            raise ValueError(f"unknown workload {workload!r}; pass a Workload, build_workload "
+                             f"arguments, or one of {sorted(TRACE_NAMES)}")
+        return load_azure_2023(TRACE_NAMES[workload])
 
     @staticmethod
     def _split(workload: Workload, split: str) -> Workload:
+        """`split_by_time`: the first 70% of the trace's time span is "train"."""
         if split == "all":
             return workload
-        if split not in ("train", "test"):
-            raise ValueError(f"split must be 'train', 'test' or 'all', got {split!r}")
-        times = workload.arrival_time
-        cut = times[0] + TRAIN_FRACTION * (times[-1] - times[0])
-        boundary = int(np.searchsorted(times, cut, side="right"))
-        index = slice(0, boundary) if split == "train" else slice(boundary, len(workload))
-        return _select(workload, index, shift=False)
+        return split_by_time(workload, split)
 
     def _policies(self, overrides: Mapping[str, Policy] | None) -> dict[DecisionKind, Policy]:
         policies = default_policies()
@@ -202,8 +201,9 @@ class ServingEnv(gym.Env):
         rng = self.np_random
         for _ in range(10):
             start = int(rng.integers(0, len(self.source) - self.episode_requests + 1))
-            episode = _select(self.source, slice(start, start + self.episode_requests),
-                              shift=True)
+            episode = self.source.take(np.arange(start, start + self.episode_requests))
+            episode = dataclasses.replace(
+                episode, arrival_time=episode.arrival_time - episode.arrival_time[0])
             if self.rate is not None:
                 episode = scale_to_rate(episode, self.rate)
             self._draw_estimates(episode, rng)
@@ -265,18 +265,3 @@ class ServingEnv(gym.Env):
     def _output_estimate(self, request: Any) -> float:
         return self._estimates[request.rid]
 
-
-def _select(workload: Workload, index: slice, shift: bool) -> Workload:
-    """Requests `index` of `workload`, optionally shifted to start at time 0."""
-    arrival = workload.arrival_time[index]
-    if shift and arrival.size:
-        arrival = arrival - arrival[0]
-    hashes = workload.prefix_hashes
-    return Workload.from_lengths(
-        arrival, workload.prompt_len[index], workload.output_len[index],
-        ttft_slo=workload.ttft_slo[index], tpot_slo=workload.tpot_slo[index],
-        tenant=workload.tenant[index], priority=workload.priority[index],
-        tenant_names=workload.tenant_names,
-        prefix_hashes=None if hashes is None else hashes[index],
-        prefix_block_size=workload.prefix_block_size, name=workload.name,
-    )
