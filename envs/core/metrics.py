@@ -88,6 +88,7 @@ def atomic_write(path: Path, write: Any, *, overwrite: bool = False) -> Path:
     try:
         with os.fdopen(fd, "w", newline="") as handle:
             write(handle)
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; results are for everyone to read
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -1,0 +1,167 @@
+"""Registry of the heuristic baselines: `make_policy(name, **kwargs)` and `POLICIES`.
+
+Every name is unique across decision kinds, so a name alone says what it schedules. The
+rules, with their papers, are in each module's docstring and in docs/baselines.md.
+
+>>> from agents.heuristics import make_policy
+>>> policy = make_policy("srpt-pred", sigma=1.0, max_wait_s=30.0)
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from functools import partial
+from types import MappingProxyType
+from typing import Any
+
+from agents.heuristics.deadline import EarliestDeadlineFirst
+from agents.heuristics.length import (
+    ShortestOutputFirst,
+    ShortestPromptFirst,
+    ShortestRemainingFirst,
+)
+from agents.heuristics.load_balance import (
+    JoinShortestQueue,
+    LeastKVLoad,
+    LeastOutstandingRequests,
+    PowerOfTwoChoices,
+    RandomRouting,
+)
+from agents.heuristics.past_future import PastFutureAdmission
+from agents.heuristics.preemption import (
+    LeastProgressVictim,
+    LongestRemainingVictim,
+    LowestPriorityVictim,
+    MostBlocksVictim,
+)
+from agents.heuristics.prefix_affinity import PrefixAffinity
+from agents.heuristics.priority import StrictPriority
+from agents.heuristics.swap import CostAwareSwap
+from agents.heuristics.ttft_routing import MinPredictedTTFT
+from agents.heuristics.vtc import VirtualTokenCounter
+from envs.core.decisions import (
+    DecisionKind,
+    FCFSAdmission,
+    LatestArrivalPreemption,
+    Policy,
+    RoundRobinRouting,
+)
+
+ADMIT, PREEMPT, ROUTE = DecisionKind.ADMIT, DecisionKind.PREEMPT, DecisionKind.ROUTE
+
+
+@dataclass(frozen=True)
+class PolicyInfo:
+    """A registered baseline: its decision kind, how to build it and a one-line rule."""
+
+    name: str
+    kind: DecisionKind
+    factory: Callable[..., Policy]
+    summary: str
+    defaults: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "defaults", MappingProxyType(dict(self.defaults)))
+
+    def build(self, **kwargs: Any) -> Policy:
+        return self.factory(**{**self.defaults, **kwargs})
+
+
+def _entries() -> list[PolicyInfo]:
+    oracle, predicted = {"lengths": "oracle"}, {"lengths": "predicted"}
+    return [
+        # ----------------------------------------------------------------- admission
+        PolicyInfo("fcfs", ADMIT, FCFSAdmission, "arrival order, stop at a head that does not fit"),
+        PolicyInfo("spf", ADMIT, ShortestPromptFirst, "shortest prefill (prompt) first"),
+        PolicyInfo("sjf-oracle", ADMIT, ShortestOutputFirst, "shortest true output first",
+                   oracle),
+        PolicyInfo("sjf-pred", ADMIT, ShortestOutputFirst,
+                   "shortest predicted output first (log-normal error sigma)", predicted),
+        PolicyInfo("srpt-oracle", ADMIT, ShortestRemainingFirst,
+                   "shortest true remaining output first", oracle),
+        PolicyInfo("srpt-pred", ADMIT, ShortestRemainingFirst,
+                   "shortest predicted remaining output first", predicted),
+        PolicyInfo("edf", ADMIT, EarliestDeadlineFirst, "earliest TTFT deadline first"),
+        PolicyInfo("edf-late-last", ADMIT, EarliestDeadlineFirst,
+                   "earliest TTFT deadline first, already-late requests last",
+                   {"late_last": True}),
+        PolicyInfo("priority", ADMIT, StrictPriority, "strict priority classes, FCFS within"),
+        PolicyInfo("vtc", ADMIT, VirtualTokenCounter,
+                   "Virtual Token Counter: tenant with the least weighted service first"),
+        PolicyInfo("past-future", ADMIT, PastFutureAdmission,
+                   "FCFS while the predicted peak KV use (from past outputs) fits"),
+        # ----------------------------------------------------------------- preemption
+        PolicyInfo("preempt-latest", PREEMPT, LatestArrivalPreemption,
+                   "vLLM: latest arrival, recompute"),
+        PolicyInfo("preempt-priority", PREEMPT, LowestPriorityVictim,
+                   "least urgent class, then latest arrival"),
+        PolicyInfo("preempt-most-blocks", PREEMPT, MostBlocksVictim, "most KV blocks held"),
+        PolicyInfo("preempt-least-progress", PREEMPT, LeastProgressVictim,
+                   "fewest computed tokens (cheapest recompute)"),
+        PolicyInfo("preempt-longest-oracle", PREEMPT, LongestRemainingVictim,
+                   "longest true remaining output", oracle),
+        PolicyInfo("preempt-longest-pred", PREEMPT, LongestRemainingVictim,
+                   "longest predicted remaining output", predicted),
+        PolicyInfo("swap-cost-aware", PREEMPT, CostAwareSwap,
+                   "latest arrival; swap when transfer out+in beats recompute"),
+        PolicyInfo("swap-always", PREEMPT, CostAwareSwap,
+                   "latest arrival; swap whenever swap space has room", {"always": True}),
+        # ----------------------------------------------------------------- routing
+        PolicyInfo("rr", ROUTE, RoundRobinRouting, "round-robin"),
+        PolicyInfo("random", ROUTE, RandomRouting, "uniformly random instance"),
+        PolicyInfo("jsq", ROUTE, JoinShortestQueue, "fewest waiting requests"),
+        PolicyInfo("lor", ROUTE, LeastOutstandingRequests,
+                   "fewest outstanding requests (Vidur's LOR)"),
+        PolicyInfo("llumnix", ROUTE, LeastKVLoad, "highest Llumnix KV freeness"),
+        PolicyInfo("p2c", ROUTE, PowerOfTwoChoices, "power of two choices on outstanding"),
+        PolicyInfo("prefix-affinity", ROUTE, PrefixAffinity,
+                   "longest cached prefix within a load cap"),
+        PolicyInfo("min-ttft", ROUTE, MinPredictedTTFT, "lowest predicted TTFT"),
+    ]
+
+
+POLICIES: Mapping[str, PolicyInfo] = MappingProxyType({p.name: p for p in _entries()})
+
+
+def policy_names(kind: DecisionKind | None = None) -> list[str]:
+    """Registered names, of one decision kind or all, in registry order."""
+    return [name for name, info in POLICIES.items() if kind is None or info.kind == kind]
+
+
+def _known_names() -> str:
+    return "; ".join(f"{kind.name.lower()}: {', '.join(policy_names(kind))}"
+                     for kind in (ADMIT, PREEMPT, ROUTE))
+
+
+def policy_info(name: str) -> PolicyInfo:
+    try:
+        return POLICIES[name]
+    except KeyError:
+        raise ValueError(f"unknown policy {name!r}; known policies: {_known_names()}") from None
+
+
+def make_policy(name: str, **kwargs: Any) -> Policy:
+    """A fresh instance of the baseline `name`, with `kwargs` overriding its defaults."""
+    info = policy_info(name)
+    accepted = _accepted_arguments(info.factory)
+    unknown = sorted(set(kwargs) - accepted) if accepted is not None else []
+    if unknown:
+        raise ValueError(f"policy {name!r} does not accept {unknown}; it accepts "
+                         f"{sorted(accepted) or 'no arguments'}")
+    return info.build(**kwargs)
+
+
+def _accepted_arguments(factory: Callable[..., Any]) -> set[str] | None:
+    target = factory.func if isinstance(factory, partial) else factory
+    try:
+        parameters = inspect.signature(target).parameters.values()
+    except (TypeError, ValueError):
+        return None
+    if any(p.kind == p.VAR_KEYWORD for p in parameters):
+        return None
+    return {p.name for p in parameters if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)}
+
+
+__all__ = ["POLICIES", "PolicyInfo", "make_policy", "policy_info", "policy_names"]
