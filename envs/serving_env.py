@@ -18,6 +18,7 @@ from envs.rewards import RewardConfig, RewardTracker
 from envs.workloads import Workload, build_workload, load_azure_2023, scale_to_rate
 from envs.workloads.transforms import split_by_time
 
+KIND_NAMES = tuple(kind.name for kind in DecisionKind)
 CONTROLS = {"route": DecisionKind.ROUTE, "admit": DecisionKind.ADMIT,
             "preempt": DecisionKind.PREEMPT}
 LENGTH_KNOWLEDGE = ("oracle", "predicted", "none")
@@ -245,7 +246,7 @@ class ServingEnv(gym.Env):
                     "serving": self.sim.report().summary}
             return self.encoder.zeros(), reward, True, False, info
         observation = self.encoder.encode(decision, self.sim)
-        info = {"action_mask": self.encoder.mask.copy(), "decision": decision.kind.name}
+        info = {"action_mask": self.encoder.mask.copy(), "decision": KIND_NAMES[decision.kind]}
         return observation, reward, False, False, info
 
     def action_masks(self) -> np.ndarray:

@@ -308,28 +308,45 @@ class Instance:
 
     def _schedule_running(self, now: float) -> Generator[Any, Any, bool]:
         """Give each running request its next tokens; True if anything was preempted."""
-        bm, block_size = self.bm, self.block_size
+        # The hot loop of busy instances: batch bookkeeping is inlined into locals and
+        # written back around preemptions, which read and change it.
+        bm, block_size, v0 = self.bm, self.block_size, self.v0
+        append, chunks = self.batch.append, self.batch_chunks
+        budget, decodes, context = self.budget, self.batch_decodes, self.batch_decode_context
         preempted = False
         for request in list(self.running):
             if request.status != RUNNING:
                 continue  # preempted earlier in this loop
-            num_new = request.prompt_len + request.num_generated - request.num_computed
-            if num_new > self.budget and not self.v0:
+            computed = request.num_computed
+            num_new = request.prompt_len + request.num_generated - computed
+            if num_new > budget and not v0:
+                self.budget = budget
                 num_new = self._chunk(num_new)
                 if num_new <= 0:
                     continue
-            need = -(-(request.num_computed + num_new) // block_size) - request.num_blocks
-            if need <= 0:
-                pass  # the tokens fit in blocks it holds: most decode steps
-            elif need <= bm.num_free:
-                bm.take_blocks(need)
-                request.num_blocks += need
+            total = computed + num_new
+            if total > request.num_blocks * block_size:  # needs blocks beyond those it holds
+                need = -(-total // block_size) - request.num_blocks
+                if need <= bm.free_uncached + len(bm.evictable):
+                    bm.take_blocks(need)
+                    request.num_blocks += need
+                else:
+                    preempted = True
+                    self.budget, self.batch_decodes = budget, decodes
+                    self.batch_decode_context = context
+                    placed = yield from self._make_room(request, num_new, now)
+                    budget, decodes = self.budget, self.batch_decodes
+                    context = self.batch_decode_context
+                    if not placed:
+                        continue
+            append((request, num_new))
+            if num_new == 1:
+                decodes += 1
+                context += computed + 1
             else:
-                preempted = True
-                if not (yield from self._make_room(request, num_new, now)):
-                    continue
-            self._add_to_batch(request, num_new)
-            self.budget -= num_new
+                chunks.append((num_new, computed))
+            budget -= num_new
+        self.budget, self.batch_decodes, self.batch_decode_context = budget, decodes, context
         return preempted
 
     def _resume_swapped(self) -> None:
@@ -388,17 +405,33 @@ class Instance:
                     self._resume_swapped()
                 yield from self._admission_loop(now)
 
-    def start_next(self, now: float) -> Generator[Any, Any, None]:
-        """Plan what runs from `now`: a decode run, one iteration, or nothing (idle)."""
+    def on_event(self, now: float) -> bool:
+        """End what was in flight at `now` and plan a decode run if one can start.
+
+        True when the instance is settled (a run planned, or idle); False when a batch must
+        be built, which may ask decisions: then the simulator runs `build_next`. Split so
+        the common events cost a plain call, not a generator.
+        """
+        self.aggregates = None
+        if self.run is not None:
+            self._finish_run(now)
+        elif self.batch or self.extra_time:
+            self._finish_iteration(now)
         self.event_pending = False
+        if not (self.running or self.waiting or self.swapped):
+            return True
+        return self._plan_decode_run(now)
+
+    def build_next(self, now: float) -> Generator[Any, Any, None]:
+        """Build and start the next iteration at `now` (after `on_event` returned False)."""
         for _ in range(3):
-            if not (self.running or self.waiting or self.swapped):
-                return
-            if self._plan_decode_run(now):
-                return
             yield from self._build_batch(now)
             if self.batch or self.extra_time:
                 self._start_iteration(now)
+                return
+            if not (self.running or self.waiting or self.swapped):
+                return
+            if self._plan_decode_run(now):
                 return
         raise SimulationError(
             f"instance {self.index} cannot make progress at t={now}: "
@@ -420,21 +453,15 @@ class Instance:
         self.kv_used.append(self.bm.num_used)
 
     # ================================================================ iteration end
-    def on_event(self, now: float) -> Generator[Any, Any, None]:
-        self.aggregates = None
-        if self.run is not None:
-            self._finish_run(now)
-        elif self.batch or self.extra_time:
-            self._finish_iteration(now)
-        yield from self.start_next(now)
-
     def _finish_iteration(self, now: float) -> None:
         start = self.iteration_start
         self.num_iterations += 1
         self.busy_time += now - start
         bm = self.bm
         prefix_caching = bm.enable_prefix_caching
+        record_times = self.record_token_times
         gaps = self.gaps
+        singles = gaps.singles
         continuing = decoding = context = 0
         min_left = math.inf
         all_decoding = True
@@ -444,28 +471,31 @@ class Instance:
             request.num_computed = computed
             if prefix_caching and request.prefix_hashes:
                 bm.commit_full_blocks(request)
-            if computed != request.prompt_len + request.num_generated:
+            generated = request.num_generated
+            if computed != request.prompt_len + generated:
                 all_decoding = False
                 continue  # a prefill chunk: no token yet
-            generated = request.num_generated + 1
+            generated += 1
             request.num_generated = generated
-            if generated == 1:
-                request.first_token_time = now
-            elif request.last_token_time == start:
+            last_token = request.last_token_time
+            if last_token == start:
                 continuing += 1
+            elif generated == 1:
+                request.first_token_time = now
             else:
-                gaps.singles.append(now - request.last_token_time)
+                singles.append(now - last_token)
             request.last_token_time = now
-            if request.token_times is not None:
+            if record_times:
                 request.token_times.append(now)
-            if generated == request.output_len:
+            left = request.output_len - generated
+            if left == 0:
                 self._finish(request, now)
                 finished = True
             else:
                 decoding += 1
                 context += computed + 1
-                if request.output_len - generated < min_left:
-                    min_left = request.output_len - generated
+                if left < min_left:
+                    min_left = left
         if continuing:
             duration = now - start
             gaps.add_run(duration, duration, 1, continuing)

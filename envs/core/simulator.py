@@ -188,7 +188,9 @@ class Simulator:
             if heap and heap[0][0] < self.next_arrival_time:
                 time, _, _, index = heappop(heap)
                 self.now = time
-                yield from instances[index].on_event(time)
+                instance = instances[index]
+                if not instance.on_event(time):
+                    yield from instance.build_next(time)
                 if self.debug_checks:
                     self._check_invariants(time)
             elif cursor < num_arrivals:
