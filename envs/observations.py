@@ -158,7 +158,7 @@ class ObservationEncoder:
         seqs = config.max_num_seqs * len(instances)
         if instance is not None:
             batch_tokens = config.max_num_batched_tokens - instance.budget
-            batch_seqs = len(instance.batch)
+            batch_seqs = len(instance.batch) + instance.bulk
         else:
             batch_tokens = batch_seqs = 0
         now = sim.now

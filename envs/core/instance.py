@@ -137,6 +137,10 @@ class Instance:
         self.batch_chunks: list[tuple[int, int]] = []  # (new tokens, cached) per prefill chunk
         self.batch_decodes = 0
         self.batch_decode_context = 0
+        # vllm_v1: the first `bulk` running requests decode one token in this iteration
+        # without a batch entry each (see `_schedule_bulk`).
+        self.bulk = 0
+        self.bulk_blocks = 0  # taken from the pool for the group, not yet on the requests
         self.budget = 0
         self.v0_longest = 0
         self.iteration_start = 0.0
@@ -146,8 +150,9 @@ class Instance:
         self.decode_coeffs: list[tuple[float, float] | None] = [None] * (config.max_num_seqs + 1)
         # (running count, context sum, least remaining output) left by the iteration or run
         # that just ended when every running request decodes; read once by the next plan.
-        self.aggregates: tuple[int, int, float] | None = None
-        self.run_aggregates: tuple[int, int, float] | None = None
+        # ... and how many of them need a new KV block for their next token.
+        self.aggregates: tuple[int, int, float, int] | None = None
+        self.run_aggregates: tuple[int, int, float, int] | None = None
         # Statistics.
         self.num_iterations = 0
         self.num_decode_runs = 0
@@ -228,7 +233,7 @@ class Instance:
         if self.config.enable_chunked_prefill:
             return max(budget, 0)
         # Without chunking, a recompute longer than the budget runs alone, else never.
-        return 0 if self.batch else remaining
+        return 0 if self.batch or self.bulk else remaining
 
     def can_stop_admitting(self) -> bool:
         return bool(self.batch or self.running) or not any(map(self.can_admit, self.waiting))
@@ -386,7 +391,7 @@ class Instance:
     def _build_batch(self, now: float) -> Generator[Any, Any, None]:
         self.batch = []
         self.batch_chunks = []
-        self.batch_decodes = self.batch_decode_context = 0
+        self.batch_decodes = self.batch_decode_context = self.bulk = 0
         self.budget = self.config.max_num_batched_tokens
         self.v0_longest = 0
         self.extra_time = 0.0
@@ -399,11 +404,36 @@ class Instance:
             if not preempted:
                 self._resume_swapped()
         else:
-            preempted = yield from self._schedule_running(now)
+            if self._schedule_bulk():
+                preempted = False
+            else:
+                preempted = yield from self._schedule_running(now)
+            self.aggregates = None  # describes the state before this build
             if not preempted:
                 if self.swapped:
                     self._resume_swapped()
                 yield from self._admission_loop(now)
+
+    def _schedule_bulk(self) -> bool:
+        """`_schedule_running` in O(1) when the event that just ended left every running
+        request decoding and free KV covers the blocks they need next (counted then): the
+        decodes join the batch as a group, applied request by request at the iteration end.
+        """
+        aggregates = self.aggregates
+        n = len(self.running)
+        if aggregates is None or aggregates[0] != n or aggregates[3] > self.bm.num_free:
+            return False
+        if not self.sim.decode_runs:  # the reference path, for equivalence tests
+            return False
+        _, context, _, new_blocks = aggregates
+        if new_blocks:
+            self.bm.take_blocks(new_blocks)
+        self.bulk_blocks = new_blocks
+        self.bulk = n
+        self.batch_decodes = n
+        self.batch_decode_context = context
+        self.budget -= n
+        return True
 
     def on_event(self, now: float) -> bool:
         """End what was in flight at `now` and plan a decode run if one can start.
@@ -415,7 +445,7 @@ class Instance:
         self.aggregates = None
         if self.run is not None:
             self._finish_run(now)
-        elif self.batch or self.extra_time:
+        elif self.batch or self.bulk or self.extra_time:
             self._finish_iteration(now)
         self.event_pending = False
         if not (self.running or self.waiting or self.swapped):
@@ -426,7 +456,7 @@ class Instance:
         """Build and start the next iteration at `now` (after `on_event` returned False)."""
         for _ in range(3):
             yield from self._build_batch(now)
-            if self.batch or self.extra_time:
+            if self.batch or self.bulk or self.extra_time:
                 self._start_iteration(now)
                 return
             if not (self.running or self.waiting or self.swapped):
@@ -462,10 +492,37 @@ class Instance:
         record_times = self.record_token_times
         gaps = self.gaps
         singles = gaps.singles
-        continuing = decoding = context = 0
+        continuing = decoding = context = new_blocks = 0
         min_left = math.inf
         all_decoding = True
         finished = False
+        block_size = self.block_size
+        for request in self.running[: self.bulk]:  # decodes scheduled as a group
+            computed = request.num_computed + 1
+            request.num_computed = computed
+            if computed > request.num_blocks * block_size:
+                request.num_blocks += 1  # taken from the pool when the batch was built
+            generated = request.num_generated + 1
+            request.num_generated = generated
+            last_token = request.last_token_time
+            if last_token == start:
+                continuing += 1
+            else:
+                singles.append(now - last_token)
+            request.last_token_time = now
+            if record_times:
+                request.token_times.append(now)
+            left = request.output_len - generated
+            if left == 0:
+                self._finish(request, now)
+                finished = True
+            else:
+                decoding += 1
+                context += computed + 1
+                if left < min_left:
+                    min_left = left
+                if computed + 1 > request.num_blocks * block_size:
+                    new_blocks += 1
         for request, num_new in self.batch:
             computed = request.num_computed + num_new
             request.num_computed = computed
@@ -496,14 +553,18 @@ class Instance:
                 context += computed + 1
                 if left < min_left:
                     min_left = left
+                if computed + 1 > request.num_blocks * block_size:
+                    new_blocks += 1
         if continuing:
             duration = now - start
             gaps.add_run(duration, duration, 1, continuing)
         if finished:
             self.running = [r for r in self.running if r.status == RUNNING]
         if all_decoding and decoding == len(self.running):
-            self.aggregates = (decoding, context, min_left)  # saves the next plan a pass
+            # Saves the next plan, or the next batch build, a pass over the requests.
+            self.aggregates = (decoding, context, min_left, new_blocks)
         self.batch = []
+        self.bulk = self.bulk_blocks = 0
         self.extra_time = 0.0
 
     def _finish(self, request: Request, now: float) -> None:
@@ -543,7 +604,7 @@ class Instance:
         aggregates = self.aggregates
         if aggregates is not None and aggregates[0] == n:
             # The iteration or run that just ended left every running request decoding.
-            _, context, min_left = aggregates
+            _, context, min_left, _ = aggregates
             iterations = min(iterations, min_left)
         else:
             context = 0
@@ -601,7 +662,7 @@ class Instance:
         first = base + slope * context
         last = first + slope * n * (done - 1)
         block_size = self.block_size
-        new_blocks = stalled = remaining = remaining_context = 0
+        new_blocks = stalled = remaining = remaining_context = next_blocks = 0
         min_left = math.inf
         finished = False
         gaps = self.gaps
@@ -633,7 +694,9 @@ class Instance:
                 remaining_context += computed + 1
                 if left < min_left:
                     min_left = left
-        self.run_aggregates = (remaining, remaining_context, min_left)
+                if computed + 1 > request.num_blocks * block_size:
+                    next_blocks += 1
+        self.run_aggregates = (remaining, remaining_context, min_left, next_blocks)
         continuing = n - stalled
         if continuing:
             gaps.add_run(first, last, done, continuing)

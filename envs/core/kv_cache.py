@@ -199,10 +199,14 @@ class BlockManager:
         return moved
 
     # ----------------------------------------------------------------- checks
-    def check(self, live: list[Request]) -> None:
-        """Raise if any block is leaked, double-counted, negative or over capacity."""
+    def check(self, live: list[Request], pending: int = 0) -> None:
+        """Raise if any block is leaked, double-counted, negative or over capacity.
+
+        `pending`: blocks allocated in bulk for an iteration in flight and handed to their
+        requests when it ends.
+        """
         referenced = sum(1 for refs in self.refcount.values() if refs > 0)
-        private = 0
+        private = pending
         refs_seen: dict[int, int] = {}
         for request in live:
             cached = request.cached_hashes or []

@@ -42,8 +42,9 @@ class Simulator:
             `next_decision()` for the caller to `apply()`. Default: all three defaults
             (round-robin routing, FCFS admission, latest-arrival preemption).
         record_token_times: keep every token's timestamp on each request (memory heavy).
-        decode_runs: advance decode-only stretches in closed form (off: one event per
-            iteration; the results agree to float rounding, which the tests check).
+        decode_runs: the fast paths: decode-only stretches advanced in closed form, and
+            all-decoding batches scheduled as a group (off: one event per iteration, one
+            batch entry per request; the results agree to float rounding, as tests check).
         debug_checks: after every event, check KV invariants and that time never goes back.
     """
 
@@ -260,7 +261,7 @@ class Simulator:
         self._last_checked_time = time
         for instance in self.instances:
             live = instance.waiting + instance.running + instance.swapped
-            instance.bm.check(live)
+            instance.bm.check(live, pending=instance.bulk_blocks)
             if instance.bm.num_used > instance.bm.num_blocks:
                 raise RuntimeError("more KV blocks used than exist")
 
