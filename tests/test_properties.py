@@ -113,3 +113,26 @@ def test_same_seed_same_numbers_and_stepping_drains(scenario) -> None:
         stepped.apply(agent.decide(decision))
     summary = stepped.report().summary
     assert summary["serving/finished"] + summary["serving/rejected"] == len(workload)
+
+
+@settings(max_examples=60, deadline=None)
+@given(scenarios())
+def test_fast_paths_match_the_reference_path(scenario) -> None:
+    """Closed-form decode runs and group scheduling change no number (to float rounding)."""
+    workload, config, instances, seed = scenario
+
+    def run(fast: bool):
+        policies = {kind: RandomValid() for kind in DecisionKind}
+        sim = Simulator(AffineCost(), config, num_instances=instances, policies=policies,
+                        decode_runs=fast)
+        return sim.run(workload, seed=seed)
+
+    fast, reference = run(True), run(False)
+    for column in ("first_scheduled", "first_token", "finish"):
+        np.testing.assert_allclose(fast.records[column], reference.records[column], rtol=1e-9)
+    for column in ("preemptions", "swaps", "instance", "prefix_hit_tokens"):
+        np.testing.assert_array_equal(fast.records[column], reference.records[column])
+    assert fast.counters["iterations"] == reference.counters["iterations"]
+    np.testing.assert_allclose(np.sort(np.repeat(fast.tbt_values, fast.tbt_weights)),
+                               np.sort(np.repeat(reference.tbt_values, reference.tbt_weights)),
+                               rtol=1e-9, atol=1e-12)

@@ -664,7 +664,7 @@ class Instance:
         block_size = self.block_size
         new_blocks = stalled = remaining = remaining_context = next_blocks = 0
         min_left = math.inf
-        finished = False
+        finished: list[Request] = []
         gaps = self.gaps
         singles = gaps.singles
         if self.record_token_times:
@@ -687,8 +687,7 @@ class Instance:
                 new_blocks += need
             left = request.output_len - generated
             if left == 0:
-                self._finish(request, end)
-                finished = True
+                finished.append(request)
             else:
                 remaining += 1
                 remaining_context += computed + 1
@@ -702,14 +701,18 @@ class Instance:
             gaps.add_run(first, last, done, continuing)
         if stalled and done > 1:  # after its first gap, a stalled request keeps the pace
             gaps.add_run(first + slope * n, last, done - 1, stalled)
+        # Blocks were needed during the run, before anything finished at its end: take them
+        # first, so a cached block is evicted exactly when iterating one by one would.
         if new_blocks:
             self.bm.take_blocks(new_blocks)
+        for request in finished:
+            self._finish(request, end)
         self.num_iterations += done
         self.busy_time += end - start
         run[0] = end
         run[4] = context + n * done
         run[5] -= done
-        return finished
+        return bool(finished)
 
 
 def _elapsed(base: float, slope: float, n: int, context: int, iterations: int) -> float:
