@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 import pytest
-from conftest import AffineCost, make_workload
+from sim_fixtures import AffineCost, make_workload
 
 from envs.core.decisions import STOP, Action, DecisionKind, InvalidActionError
 from envs.core.instance import InstanceConfig

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import AffineCost, make_workload
+from sim_fixtures import AffineCost, make_workload
 
 from envs.costs import RooflineCostModel
 

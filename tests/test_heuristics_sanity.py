@@ -9,8 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from conftest import AffineCost, make_workload
 from omegaconf import OmegaConf
+from sim_fixtures import AffineCost, make_workload
 
 from agents import build_scheduler
 from envs.build import build_simulator

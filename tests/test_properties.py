@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import numpy as np
-from conftest import AffineCost, make_workload
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from sim_fixtures import AffineCost, make_workload
 
 from envs.core.decisions import STOP, Action, DecisionKind
 from envs.core.instance import InstanceConfig

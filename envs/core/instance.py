@@ -260,11 +260,18 @@ class Instance:
         waiting, running = self.waiting, self.running
         max_seqs = self.config.max_num_seqs
         ask = self.sim.ask
+        head_only = self.sim.admit_head_only
         while waiting and len(running) < max_seqs:
             if not self.v0 and self.budget <= 0:
                 return
-            if not self.sim.admit_is_internal and not self.any_admissible():
-                return  # nothing to decide: no candidate fits
+            # A decision is asked only when some candidate fits (as decode runs assume).
+            if head_only and not self.can_admit(waiting[0]):
+                if self.batch or self.bulk or running:
+                    return  # a head-of-line policy would stop here
+                if not self.any_admissible():
+                    return
+            elif not head_only and not self.any_admissible():
+                return
             action = yield from ask(Decision(DecisionKind.ADMIT, now, waiting, instance=self))
             if action.choice == STOP:
                 return
@@ -526,7 +533,10 @@ class Instance:
         for request, num_new in self.batch:
             computed = request.num_computed + num_new
             request.num_computed = computed
-            if prefix_caching and request.prefix_hashes:
+            if prefix_caching and computed - num_new < request.prompt_len and \
+                    request.prefix_hashes:
+                # Prompt blocks are published as a prefill computes them (decodes add none;
+                # blocks swapped back in stay private copies).
                 bm.commit_full_blocks(request)
             generated = request.num_generated
             if computed != request.prompt_len + generated:
@@ -632,22 +642,28 @@ class Instance:
         return True
 
     def advance_to(self, now: float) -> None:
-        """Apply the iterations of the current decode run that have ended by `now`.
+        """Bring the current decode run's state to `now`, as iterating one by one would.
 
         Routing reads instance state mid-run; this makes that state exact without moving the
-        run's scheduled end.
+        run's scheduled end: iterations that ended before `now` are applied (one ending at
+        `now` exactly is not: arrivals go before iteration ends at equal times), and the
+        iteration in flight holds the KV blocks it was given when it was scheduled.
         """
         run = self.run
         if run is None or now <= run[0]:
             return
         start, n, base, slope, context, iterations = run
-        done = _first_reaching(base, slope, n, context, now - start)
-        if _elapsed(base, slope, n, context, done) > now - start:
-            done -= 1
-        done = min(done, iterations - 1)
+        done = min(_first_reaching(base, slope, n, context, now - start) - 1, iterations - 1)
         if done > 0:
             self._apply_run(done, start + _elapsed(base, slope, n, context, done))
-            self._sample_kv(now)
+        block_size, in_flight = self.block_size, 0
+        for request in self.running:
+            if request.num_computed + 1 > request.num_blocks * block_size:
+                request.num_blocks += 1
+                in_flight += 1
+        if in_flight:
+            self.bm.take_blocks(in_flight)
+        self._sample_kv(now)
 
     def _finish_run(self, now: float) -> None:
         if self._apply_run(self.run[5], now):
