@@ -1,0 +1,34 @@
+"""`ServingEnv` stepping on the live backend (the env swaps its simulator for it).
+
+Until `ServingEnv` takes `backend="live"` (see docs/live.md for the change), the test
+builds the env and replaces `env.sim` with a `LiveBackend` carrying the env's own policies.
+"""
+
+from __future__ import annotations
+
+import gymnasium as gym
+import numpy as np
+
+import envs  # noqa: F401  (registers the env ids)
+from envs.workloads.workload import Workload
+
+
+def test_admission_env_runs_an_episode_on_live_engines(live_backend):
+    rng = np.random.default_rng(0)
+    n = 64
+    workload = Workload.from_lengths(np.cumsum(rng.exponential(0.05, n)),
+                                     rng.integers(20, 300, n), rng.integers(5, 50, n))
+    env = gym.make("servegym/Admission-v0", workload=workload, split="all", rate=20.0,
+                   episode_requests=24).unwrapped
+    live_backend.policies = env.sim.policies
+    env.sim = live_backend
+    observation, info = env.reset(seed=0)
+    assert env.observation_space.contains(observation)
+    steps, done = 0, False
+    while not done:
+        action = int(np.flatnonzero(info["action_mask"])[0])
+        observation, reward, done, _, info = env.step(action)
+        assert np.isfinite(reward)
+        steps += 1
+    assert steps > 0
+    assert info["serving"]["serving/finished"] == 24
