@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import AffineCost, make_workload
+from sim_fixtures import AffineCost, make_workload
 
 from agents import build_scheduler, parse_spec
 from agents.heuristics import POLICIES, make_policy, policy_names
