@@ -10,13 +10,13 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from envs.build import build_simulator
+from envs.backends import build_backend
 from envs.core.decisions import DecisionKind, InvalidActionError, Policy, default_policies
 from envs.costs import build_cost_model
 from envs.observations import ObservationEncoder
 from envs.rewards import RewardConfig, RewardTracker
 from envs.workloads import Workload, build_workload, load_azure_2023, scale_to_rate
-from envs.workloads.transforms import split_by_time
+from envs.workloads.transforms import clip_to_context, split_by_time
 
 KIND_NAMES = tuple(kind.name for kind in DecisionKind)
 CONTROLS = {"route": DecisionKind.ROUTE, "admit": DecisionKind.ADMIT,
@@ -91,7 +91,8 @@ class ServingEnv(gym.Env):
     (log-normal error of "predicted"), reward and reward_options (RewardConfig fields),
     policies ({"admit"|"preempt"|"route": Policy} for uncontrolled decisions),
     invalid_action ("raise" | "fallback"), invalid_action_penalty,
-    debug_checks (simulator invariant checks after every event).
+    debug_checks (simulator invariant checks after every event),
+    backend ("sim" | "live": real vLLM engines, see docs/live.md) and live_options.
 
     ## Version History
     v0: initial release.
@@ -120,6 +121,8 @@ class ServingEnv(gym.Env):
         invalid_action: str = "raise",
         invalid_action_penalty: float = 0.1,
         debug_checks: bool = False,
+        backend: str = "sim",
+        live_options: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.controlled = self._check_control(control)
@@ -144,9 +147,13 @@ class ServingEnv(gym.Env):
         if num_slots < 1 or num_slots < num_instances and DecisionKind.ROUTE in self.controlled:
             raise ValueError(f"num_slots ({num_slots}) must be >= 1 and >= num_instances "
                              f"({num_instances}) when routing is controlled")
-        cost = build_cost_model(model, gpu, tensor_parallel, source=cost_source)
-        self.sim = build_simulator(cost, num_instances, cluster.get("instance"),
-                                   policies=self._policies(policies), debug_checks=debug_checks)
+        cost = (build_cost_model(model, gpu, tensor_parallel, source=cost_source)
+                if backend == "sim" else None)
+        self.sim = build_backend(backend, cost, num_instances, cluster.get("instance"),
+                                 policies=self._policies(policies), debug_checks=debug_checks,
+                                 **dict(live_options or {}))
+        if backend == "live":  # the small engine's context: clip rather than reject
+            self.source = clip_to_context(self.source, self.sim.max_model_len)[0]
         options = dict(reward_options or {})
         self.rewards = RewardTracker(RewardConfig(kind=reward, **options))
         self.encoder = ObservationEncoder(num_slots, self.rewards.config.default_ttft_slo,

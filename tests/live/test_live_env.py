@@ -1,8 +1,5 @@
-"""`ServingEnv` stepping on the live backend (the env swaps its simulator for it).
-
-Until `ServingEnv` takes `backend="live"` (see docs/live.md for the change), the test
-builds the env and replaces `env.sim` with a `LiveBackend` carrying the env's own policies.
-"""
+"""`ServingEnv` stepping on the live backend: swapped in for `env.sim` (reusing the
+session's engines), and built by the env itself with `backend="live"`."""
 
 from __future__ import annotations
 
@@ -32,3 +29,21 @@ def test_admission_env_runs_an_episode_on_live_engines(live_backend):
         steps += 1
     assert steps > 0
     assert info["serving"]["serving/finished"] == 24
+
+
+def test_env_builds_live_engines_from_its_arguments():
+    rng = np.random.default_rng(1)
+    n = 32
+    workload = Workload.from_lengths(np.cumsum(rng.exponential(0.05, n)),
+                                     rng.integers(20, 2000, n), rng.integers(5, 40, n))
+    env = gym.make("servegym/Admission-v0", backend="live", workload=workload, split="all",
+                   rate=20.0, episode_requests=12,
+                   cluster={"num_instances": 1, "instance": {"num_kv_blocks": 64}}).unwrapped
+    assert (env.source.prompt_len + env.source.output_len).max() <= env.sim.max_model_len
+    _, info = env.reset(seed=0)
+    done = False
+    while not done:
+        _, reward, done, _, info = env.step(int(np.flatnonzero(info["action_mask"])[0]))
+        assert np.isfinite(reward)
+    assert info["serving"]["serving/finished"] == 12
+    env.sim.close()
