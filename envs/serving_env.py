@@ -250,11 +250,21 @@ class ServingEnv(gym.Env):
         if decision is None:
             self.encoder.mask[:] = False
             info = {"action_mask": self.encoder.mask.copy(), "decision": None,
-                    "serving": self.sim.report().summary}
+                    "serving": self._episode_summary()}
             return self.encoder.zeros(), reward, True, False, info
         observation = self.encoder.encode(decision, self.sim)
         info = {"action_mask": self.encoder.mask.copy(), "decision": KIND_NAMES[decision.kind]}
         return observation, reward, False, False, info
+
+    def _episode_summary(self) -> dict[str, float]:
+        """The serving summary; requests without SLO targets are judged by the reward's
+        default targets (else a trace without targets would always read 100% attainment)."""
+        report = self.sim.report()
+        workload = self.sim.workload
+        if np.isinf(workload.ttft_slo).all() and np.isinf(workload.tpot_slo).all():
+            config = self.rewards.config
+            return report.summarize(config.default_ttft_slo, config.default_tpot_slo)
+        return report.summary
 
     def action_masks(self) -> np.ndarray:
         return self.encoder.mask.copy()

@@ -53,7 +53,7 @@ def test_spec_builds_one_policy_per_kind_with_defaults_elsewhere() -> None:
     ("srpt-pred(sigma=)", "bad arguments"),
     ("sjf-oracle(buckets=[1, 2)", "cannot parse|bad arguments"),
     ("", "non-empty"),
-    ("agent:runs/ppo.zip", "no learned-agent loader"),
+    ("agent:runs/ppo.zip", "no saved agent there"),
 ])
 def test_bad_specs_get_clear_errors(spec: str, message: str) -> None:
     with pytest.raises(ValueError, match=message):

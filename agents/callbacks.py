@@ -1,0 +1,140 @@
+"""SB3 callbacks of train.py: progress bar, checkpoints, serving evaluations, episode stats.
+
+* `ProgressBar`: a tqdm bar over timesteps (starts at the resumed step).
+* `Checkpoints`: every `freq` timesteps, `agents.learners.save_checkpoint` (model,
+  VecNormalize statistics, replay buffer, agent metadata) into `<run dir>/checkpoints/`.
+* `ServingEvaluation`: every `freq` timesteps, the current model as a `LearnedPolicy` on
+  `agents.evaluation` episodes of the training split (stream `PERIODIC`); the means of
+  `serving/slo_attainment`, `serving/ttft_p99`, `serving/tbt_p99`, `serving/e2e_mean`,
+  `serving/throughput_rps` and `serving/goodput_rps` go to the logger under their own
+  names, at that timestep.
+* `EpisodeServing`: the serving summary of each finished training episode
+  (`info["serving"]`), averaged over the last 20 episodes at each rollout's end as
+  `rollout/e2e_mean`, `rollout/ttft_p99`, `rollout/throughput_rps`. (Not SLO attainment:
+  the env's summary judges requests by the workload's own targets, none for the Azure
+  traces, so it reads 1.0; the evaluations apply the default targets.)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from stable_baselines3.common.callbacks import BaseCallback
+
+from agents.evaluation import EvalEpisode, compare, policy_means
+from agents.learned import LearnedPolicy, scheduler_for
+from agents.learners import save_checkpoint
+
+PERIODIC_METRICS = ("serving/slo_attainment", "serving/ttft_p99", "serving/tbt_p99",
+                    "serving/e2e_mean", "serving/throughput_rps", "serving/goodput_rps")
+ROLLOUT_METRICS = {"serving/e2e_mean": "rollout/e2e_mean", "serving/ttft_p99": "rollout/ttft_p99",
+                   "serving/throughput_rps": "rollout/throughput_rps"}
+
+
+class ProgressBar(BaseCallback):
+    """tqdm over timesteps, up to `total` (the run's target, resumed runs included)."""
+
+    def __init__(self, total: int) -> None:
+        super().__init__()
+        self.total = total
+        self.bar: Any = None
+
+    def _on_training_start(self) -> None:
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=self.total, initial=self.model.num_timesteps, desc="training",
+                        unit="step", dynamic_ncols=True, mininterval=1.0)
+
+    def _on_step(self) -> bool:
+        self.bar.update(self.model.num_timesteps - self.bar.n)
+        return True
+
+    def _on_training_end(self) -> None:
+        self.bar.update(self.model.num_timesteps - self.bar.n)
+        self.bar.close()
+
+
+class _Every(BaseCallback):
+    """Fires `fire()` whenever the timestep count crosses a multiple of `freq`."""
+
+    def __init__(self, freq: int) -> None:
+        super().__init__()
+        self.freq = freq
+        self.last = 0
+
+    def _on_training_start(self) -> None:
+        self.last = self.model.num_timesteps // self.freq if self.freq else 0
+
+    def _on_step(self) -> bool:
+        if self.freq and self.model.num_timesteps // self.freq > self.last:
+            self.last = self.model.num_timesteps // self.freq
+            self.fire()
+        return True
+
+    def fire(self) -> None:
+        raise NotImplementedError
+
+
+class Checkpoints(_Every):
+    """Checkpoint every `freq` timesteps (see `agents.learners.save_checkpoint`)."""
+
+    def __init__(self, freq: int, run_dir: Path, metadata: Mapping[str, Any], keep: int) -> None:
+        super().__init__(freq)
+        self.run_dir = run_dir
+        self.metadata = metadata
+        self.keep = keep
+        self.saved: list[Path] = []
+
+    def fire(self) -> None:
+        self.saved.append(save_checkpoint(self.model, self.run_dir, self.metadata, self.keep))
+
+
+class ServingEvaluation(_Every):
+    """Serving metrics of the current model on fixed training-split episodes."""
+
+    def __init__(self, freq: int, episodes: Sequence[EvalEpisode], metadata: Mapping[str, Any],
+                 cost: Any, cluster: Mapping[str, Any], log: Callable[[dict, int], None]) -> None:
+        super().__init__(freq)
+        self.episodes = list(episodes)
+        self.metadata = metadata
+        self.cost = cost
+        self.cluster = cluster
+        self.log = log
+        self.history: list[dict[str, float]] = []
+
+    def fire(self) -> None:
+        policy = LearnedPolicy(self.model, self.metadata, self.model.get_vec_normalize_env(),
+                               bool(self.metadata["eval_deterministic"]))
+        scheduler = scheduler_for(policy, self.metadata["controlled"], self.metadata["policies"])
+        rows = compare({"agent": lambda: scheduler}, self.episodes, self.cost, self.cluster)
+        means = policy_means(rows)["agent"]
+        metrics = {key: means[key] for key in PERIODIC_METRICS}
+        self.history.append({"timesteps": float(self.model.num_timesteps), **metrics})
+        self.log(metrics, self.model.num_timesteps)
+
+
+class EpisodeServing(BaseCallback):
+    """Serving summaries of finished training episodes, recorded as `rollout/...` means."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.buffer: dict[str, list[float]] = {key: [] for key in ROLLOUT_METRICS.values()}
+
+    def _on_step(self) -> bool:
+        for info in self.locals.get("infos", ()):
+            serving = info.get("serving")
+            if serving:
+                for key, name in ROLLOUT_METRICS.items():
+                    self.buffer[name].append(float(serving[key]))
+        return True
+
+    def _on_rollout_end(self) -> None:
+        for name, values in self.buffer.items():
+            if values:
+                self.logger.record(name, float(np.mean(values[-20:])))
+
+
+__all__ = ["Checkpoints", "EpisodeServing", "ProgressBar", "ServingEvaluation"]

@@ -1,0 +1,342 @@
+"""Schemas of `python train.py`'s config (`conf/config.yaml`), registered in Hydra's ConfigStore.
+
+Every node of the train app's config is typed, so a misspelt key or a wrongly typed value
+fails at composition with Hydra's message naming the key and the schema, e.g.
+``Key 'learning_rat' not in 'PPOConfig'``. `register_configs()` stores:
+
+* ``train_schema`` (`TrainConfig`): the primary config's base; `conf/config.yaml` lists it
+  first in its defaults. Its `workload`, `cost` and `cluster` nodes type the groups shared
+  with `experiments/simulate.py` and `experiments/evaluate.py`.
+* ``agent/schema_ppo``, ``schema_a2c``, ``schema_dqn``, ``schema_heuristic``: one schema per
+  algorithm family; each `conf/agent/*.yaml` names its schema first in its defaults.
+
+Hyperparameter fields carry stable-baselines3's own names and defaults (SB3 2.x), so
+`AgentConfig.sb3_kwargs` passes them straight to the algorithm's constructor.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from typing import Any
+
+from omegaconf import MISSING
+
+from envs.core.instance import InstanceConfig
+
+ALGORITHMS = ("maskable_ppo", "ppo", "a2c", "dqn", "heuristic")
+MASKED_ALGORITHMS = ("maskable_ppo",)
+INVALID_ACTION_MODES = ("auto", "raise", "fallback")
+LOGGER_KINDS = ("wandb", "none")
+WANDB_MODES = ("offline", "online", "disabled")
+EVAL_SPLITS = ("train", "test", "all")
+
+
+# ============================================================================ shared groups
+@dataclass
+class WorkloadConfig:
+    """`conf/workload/*.yaml`: the arguments of `envs.workloads.build_workload`."""
+
+    _target_: str = "envs.workloads.build_workload"
+    source: dict[str, Any] = field(default_factory=dict)
+    rate: float | None = None
+    window: Any = None
+    split: str | None = None
+    num_requests: int | None = None
+    max_total_tokens: int | None = None
+    ttft_slo: float | None = None
+    tpot_slo: float | None = None
+    seed: int = 0
+    block_size: int = 16
+    name: str | None = None
+
+
+@dataclass
+class CostConfig:
+    """`conf/cost/*.yaml`: what `ServingEnv` passes to `build_cost_model`.
+
+    The env builds its cost model from these four fields only; options such as `network`
+    or `vidur_compatible` are refused here rather than silently dropped.
+    """
+
+    _target_: str = "envs.costs.build_cost_model"
+    model: str = "Llama-3-8B"
+    gpu: str = "H100-80GB"
+    tensor_parallel: int = 1
+    source: str = "auto"
+
+
+def _mutable_copy(frozen: type, name: str) -> type:
+    """A plain dataclass with the fields, types and defaults of the frozen `frozen`
+    (OmegaConf makes frozen dataclasses read-only, so group configs could not set them)."""
+    hints = typing.get_type_hints(frozen)
+    fields = [(f.name, hints[f.name], field(default=f.default))
+              for f in dataclasses.fields(frozen)]
+    return dataclasses.make_dataclass(name, fields)
+
+
+InstanceSchema = _mutable_copy(InstanceConfig, "InstanceSchema")
+
+
+@dataclass
+class ClusterConfig:
+    """`conf/cluster/*.yaml`: instances behind the router and `InstanceConfig`'s fields."""
+
+    num_instances: int = 1
+    instance: InstanceSchema = field(default_factory=InstanceSchema)  # type: ignore[valid-type]
+
+
+# ============================================================================ env
+@dataclass
+class EnvConfig:
+    """`conf/env/*.yaml`: the registered env and the `ServingEnv` arguments that the
+    workload / cost / cluster groups do not set.
+
+    control: decisions the agent answers (null: the id's registered ones).
+    rate: mean req/s of every episode (null: the trace's own). episode_requests: requests
+        per training episode. split: trace part the agent trains on ("train").
+    policies: registry names answering the decisions the agent does not control, e.g.
+        {preempt: swap-cost-aware}; the same heuristics serve those decisions in evaluation.
+    invalid_action: "auto" = "raise" for masked agents (MaskablePPO), "fallback" for the
+        others (an invalid action becomes the lowest valid one, costing the penalty).
+    max_episode_steps: extra `TimeLimit` (null: the registration's).
+    """
+
+    id: str = "servegym/Admission-v0"
+    control: list[str] | None = None
+    rate: float | None = 24.0
+    episode_requests: int = 1000
+    split: str = "train"
+    num_slots: int = 8
+    length_knowledge: str = "oracle"
+    length_sigma: float = 0.5
+    reward: str = "latency"
+    reward_options: dict[str, Any] = field(default_factory=dict)
+    policies: dict[str, str] = field(default_factory=dict)
+    invalid_action: str = "auto"
+    invalid_action_penalty: float = 0.1
+    max_episode_steps: int | None = None
+    debug_checks: bool = False
+
+
+# ============================================================================ agents
+@dataclass
+class AgentConfig:
+    """Fields every agent has; subclasses add the algorithm's hyperparameters.
+
+    algo: one of `ALGORITHMS`. total_timesteps: env steps (decisions) to train.
+    n_envs: parallel envs; vec_env: "dummy" (one process, the default) or "subproc".
+    vec_normalize: wrap in `VecNormalize` (statistics saved next to the model);
+    norm_obs / norm_reward / clip_obs: its options. net_arch: hidden layer sizes.
+    """
+
+    algo: str = MISSING
+    total_timesteps: int = 0
+    n_envs: int = 1
+    vec_env: str = "dummy"
+    vec_normalize: bool = False
+    norm_obs: bool = True
+    norm_reward: bool = True
+    clip_obs: float = 10.0
+    net_arch: list[int] = field(default_factory=lambda: [64, 64])
+    device: str = "cpu"
+
+    def sb3_kwargs(self) -> dict[str, Any]:
+        """The algorithm's constructor arguments: the fields a subclass adds."""
+        base = {f.name for f in dataclasses.fields(AgentConfig)}
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                if f.name not in base}
+
+
+@dataclass
+class PPOConfig(AgentConfig):
+    """PPO and MaskablePPO (`algo: ppo | maskable_ppo`); SB3's defaults."""
+
+    algo: str = "maskable_ppo"
+    learning_rate: float = 3e-4
+    n_steps: int = 2048
+    batch_size: int = 64
+    n_epochs: int = 10
+    gamma: float = 0.99
+    gae_lambda: float = 0.95
+    clip_range: float = 0.2
+    normalize_advantage: bool = True
+    ent_coef: float = 0.0
+    vf_coef: float = 0.5
+    max_grad_norm: float = 0.5
+    target_kl: float | None = None
+
+
+@dataclass
+class A2CConfig(AgentConfig):
+    """A2C; SB3's defaults."""
+
+    algo: str = "a2c"
+    learning_rate: float = 7e-4
+    n_steps: int = 5
+    gamma: float = 0.99
+    gae_lambda: float = 1.0
+    ent_coef: float = 0.0
+    vf_coef: float = 0.5
+    max_grad_norm: float = 0.5
+    rms_prop_eps: float = 1e-5
+    use_rms_prop: bool = True
+    normalize_advantage: bool = False
+
+
+@dataclass
+class DQNConfig(AgentConfig):
+    """DQN (trained unmasked with the env's fallback; masked argmax of Q at evaluation);
+    SB3's defaults except a 100k-transition buffer."""
+
+    algo: str = "dqn"
+    learning_rate: float = 1e-4
+    buffer_size: int = 100_000
+    learning_starts: int = 100
+    batch_size: int = 32
+    tau: float = 1.0
+    gamma: float = 0.99
+    train_freq: int = 4
+    gradient_steps: int = 1
+    target_update_interval: int = 10_000
+    exploration_fraction: float = 0.1
+    exploration_initial_eps: float = 1.0
+    exploration_final_eps: float = 0.05
+    max_grad_norm: float = 10.0
+
+
+@dataclass
+class HeuristicConfig(AgentConfig):
+    """No training: `policy` (a registry spec, e.g. "spf" or "srpt-pred(sigma=1.0)")
+    answers the controlled decisions and is evaluated exactly as a trained agent is."""
+
+    algo: str = "heuristic"
+    policy: str = "fcfs"
+
+
+AGENT_SCHEMAS: dict[str, type[AgentConfig]] = {
+    "schema_ppo": PPOConfig, "schema_a2c": A2CConfig, "schema_dqn": DQNConfig,
+    "schema_heuristic": HeuristicConfig,
+}
+
+
+# ============================================================================ the rest
+@dataclass
+class LoggerConfig:
+    """`conf/logger/*.yaml`. kind: "wandb" or "none". mode: W&B's mode ("offline" needs no
+    network; `wandb sync <run dir>/wandb/offline-run-*` uploads later); the environment
+    variable WANDB_MODE, when set, wins (tests set it to "disabled"). group: null = the
+    command-line overrides minus the seed."""
+
+    kind: str = "wandb"
+    project: str = "servegym"
+    entity: str | None = None
+    mode: str = "offline"
+    group: str | None = None
+    tags: list[str] = field(default_factory=list)
+    log_plots: bool = True
+
+
+@dataclass
+class EvalConfig:
+    """Evaluation: the agent and the baselines on the same workloads (see agents.evaluation).
+
+    split: trace part of the final evaluation ("test": held out). episodes: workload
+    windows; num_requests / rate: per window (null: the env's episode_requests / rate).
+    baselines: registry specs compared with the agent (null: every heuristic of the
+    controlled decision kinds). metric: the `serving/` metric whose mean over episodes (for
+    the agent) train.py returns, the sweep objective. freq: timesteps between evaluations
+    during training (0: none), on `freq_episodes` windows of the training split.
+    deterministic: greedy agent actions; false (default) samples from the trained policy
+    with a seeded generator (agents/learned.py explains why greedy fails on ADMIT).
+    """
+
+    split: str = "test"
+    episodes: int = 5
+    num_requests: int | None = None
+    rate: float | None = None
+    baselines: list[str] | None = None
+    metric: str = "serving/slo_attainment"
+    freq: int = 0
+    freq_episodes: int = 2
+    deterministic: bool = False
+
+
+@dataclass
+class CheckpointConfig:
+    """Checkpoints every `freq` timesteps (0: none) under `<run dir>/checkpoints/`; the
+    newest `keep` are kept (0: all)."""
+
+    freq: int = 25_000
+    keep: int = 3
+
+
+@dataclass
+class TrainConfig:
+    """The train app's config. seed: the one seed of every random draw. name: tag of the
+    run folder and of results. resume: a run folder to continue from its last checkpoint
+    (its own saved config is used). progress: tqdm bars."""
+
+    seed: int = 0
+    name: str = "default"
+    resume: str | None = None
+    progress: bool = True
+    env: EnvConfig = field(default_factory=EnvConfig)
+    workload: WorkloadConfig = field(default_factory=WorkloadConfig)
+    cost: CostConfig = field(default_factory=CostConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    agent: AgentConfig = MISSING
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+
+
+def register_configs() -> None:
+    """Store the schemas in Hydra's ConfigStore (idempotent)."""
+    from hydra.core.config_store import ConfigStore
+
+    store = ConfigStore.instance()
+    store.store(name="train_schema", node=TrainConfig)
+    for name, schema in AGENT_SCHEMAS.items():
+        store.store(group="agent", name=name, node=schema)
+
+
+def validate(cfg: TrainConfig) -> None:
+    """Checks that types alone cannot express; raises ValueError naming the key."""
+    if cfg.agent.algo not in ALGORITHMS:
+        raise ValueError(f"agent.algo={cfg.agent.algo!r}: choose one of {ALGORITHMS}")
+    if cfg.env.invalid_action not in INVALID_ACTION_MODES:
+        raise ValueError(f"env.invalid_action={cfg.env.invalid_action!r}: choose one of "
+                         f"{INVALID_ACTION_MODES}")
+    if cfg.env.invalid_action == "raise" and cfg.agent.algo not in (*MASKED_ALGORITHMS,
+                                                                     "heuristic"):
+        raise ValueError(f"agent {cfg.agent.algo!r} samples actions without masks: it needs "
+                         "env.invalid_action=fallback (or auto)")
+    if cfg.logger.kind not in LOGGER_KINDS:
+        raise ValueError(f"logger.kind={cfg.logger.kind!r}: choose one of {LOGGER_KINDS}")
+    if cfg.logger.mode not in WANDB_MODES:
+        raise ValueError(f"logger.mode={cfg.logger.mode!r}: choose one of {WANDB_MODES}")
+    if cfg.eval.split not in EVAL_SPLITS:
+        raise ValueError(f"eval.split={cfg.eval.split!r}: choose one of {EVAL_SPLITS}")
+    if cfg.agent.vec_env not in ("dummy", "subproc"):
+        raise ValueError(f"agent.vec_env={cfg.agent.vec_env!r}: choose dummy or subproc")
+    for key, value in (("agent.n_envs", cfg.agent.n_envs), ("eval.episodes", cfg.eval.episodes),
+                       ("eval.freq_episodes", cfg.eval.freq_episodes)):
+        if value < 1:
+            raise ValueError(f"{key} must be >= 1, got {value}")
+    for key, value in (("agent.total_timesteps", cfg.agent.total_timesteps),
+                       ("eval.freq", cfg.eval.freq), ("checkpoint.freq", cfg.checkpoint.freq),
+                       ("checkpoint.keep", cfg.checkpoint.keep)):
+        if value < 0:
+            raise ValueError(f"{key} must be >= 0, got {value}")
+    if not cfg.eval.metric.startswith("serving/"):
+        raise ValueError(f"eval.metric={cfg.eval.metric!r}: name a serving/ metric, "
+                         "e.g. serving/slo_attainment")
+
+
+__all__ = [
+    "ALGORITHMS", "A2CConfig", "AgentConfig", "CheckpointConfig", "ClusterConfig",
+    "CostConfig", "DQNConfig", "EnvConfig", "EvalConfig", "HeuristicConfig", "LoggerConfig",
+    "PPOConfig", "TrainConfig", "WorkloadConfig", "register_configs", "validate",
+]

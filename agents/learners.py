@@ -1,0 +1,270 @@
+"""Builders for learned agents: env arguments, vectorised envs, SB3 models, saving and loading.
+
+`train.py` wires these; nothing here reads Hydra. Conventions:
+
+* Env arguments (`env_kwargs`) are plain data from the `env`, `workload`, `cost` and
+  `cluster` config nodes; heuristics for the decisions the agent does not control are
+  named in `env.policies` and built fresh inside each env (`make_env`).
+* Unmasked agents (PPO, A2C, DQN) train with `invalid_action="fallback"`; MaskablePPO with
+  `"raise"` (it never picks an invalid action).
+* A saved agent is a folder: `model.zip` (SB3), `vecnormalize.pkl` (only with VecNormalize),
+  `agent.json` (what `agents.load_agent` needs to rebuild the observation encoder), and for
+  checkpoints of off-policy agents `replay_buffer.pkl` plus `state.json`. Files are written
+  atomically and never overwritten.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import os
+import pickle
+import shutil
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+
+from agents.config import MASKED_ALGORITHMS, AgentConfig, TrainConfig
+from envs.core.metrics import atomic_write
+
+MODEL_FILE = "model.zip"
+VECNORM_FILE = "vecnormalize.pkl"
+AGENT_FILE = "agent.json"
+REPLAY_FILE = "replay_buffer.pkl"
+STATE_FILE = "state.json"
+CHECKPOINTS = "checkpoints"
+BUILD_WORKLOAD = "envs.workloads.build_workload"
+BUILD_COST = "envs.costs.build_cost_model"
+
+
+def algorithm_class(algo: str) -> type:
+    """The SB3 class of `algo` (imported lazily: heuristic runs need no torch)."""
+    if algo == "maskable_ppo":
+        from sb3_contrib import MaskablePPO
+
+        return MaskablePPO
+    from stable_baselines3 import A2C, DQN, PPO
+
+    classes = {"ppo": PPO, "a2c": A2C, "dqn": DQN}
+    if algo not in classes:
+        raise ValueError(f"no SB3 algorithm for agent.algo={algo!r}; learned agents: "
+                         f"{['maskable_ppo', *classes]}")
+    return classes[algo]
+
+
+def is_masked(algo: str) -> bool:
+    return algo in MASKED_ALGORITHMS
+
+
+# ============================================================================ env
+def workload_arguments(workload: Mapping[str, Any]) -> dict[str, Any]:
+    """`build_workload` arguments from a workload config node (its `_target_` dropped)."""
+    spec = dict(workload)
+    target = spec.pop("_target_", BUILD_WORKLOAD)
+    if target != BUILD_WORKLOAD:
+        raise ValueError(f"workload._target_={target!r}: the envs build workloads with "
+                         f"{BUILD_WORKLOAD}; pick a workload/ config that uses it")
+    if spec.get("split") is not None:
+        raise ValueError(f"workload.split={spec['split']!r}: leave it null; the env takes its "
+                         "train part and evaluation its test part (env.split, eval.split)")
+    return spec
+
+
+def env_kwargs(cfg: TrainConfig) -> dict[str, Any]:
+    """`ServingEnv` keyword arguments (plain data) from the config; see `EnvConfig`."""
+    env, cost = cfg.env, cfg.cost
+    if cost._target_ != BUILD_COST:
+        raise ValueError(f"cost._target_={cost._target_!r}: the envs build {BUILD_COST}")
+    invalid = env.invalid_action
+    if invalid == "auto":
+        invalid = "raise" if is_masked(cfg.agent.algo) else "fallback"
+    kwargs: dict[str, Any] = {
+        "workload": workload_arguments(dataclasses.asdict(cfg.workload)),
+        "rate": env.rate, "episode_requests": env.episode_requests, "split": env.split,
+        "model": cost.model, "gpu": cost.gpu, "tensor_parallel": cost.tensor_parallel,
+        "cost_source": cost.source,
+        "cluster": {"num_instances": cfg.cluster.num_instances,
+                    "instance": dataclasses.asdict(cfg.cluster.instance)},
+        "num_slots": env.num_slots, "length_knowledge": env.length_knowledge,
+        "length_sigma": env.length_sigma, "reward": env.reward,
+        "reward_options": dict(env.reward_options), "invalid_action": invalid,
+        "invalid_action_penalty": env.invalid_action_penalty, "debug_checks": env.debug_checks,
+    }
+    if env.control is not None:
+        kwargs["control"] = list(env.control)
+    return kwargs
+
+
+def uncontrolled_policies(specs: Mapping[str, str]) -> dict[str, Any]:
+    """Fresh heuristics keyed by decision ("admit" | "preempt" | "route") from registry
+    specs, e.g. {"preempt": "swap-cost-aware"}; each spec must be of its key's kind."""
+    from agents import parse_spec
+    from agents.heuristics import make_policy, policy_info
+
+    policies = {}
+    for key, spec in specs.items():
+        terms = parse_spec(spec)
+        if len(terms) != 1:
+            raise ValueError(f"env.policies.{key}={spec!r}: give one registry name")
+        name, kwargs = terms[0]
+        kind = policy_info(name).kind.name.lower()
+        if kind != key:
+            raise ValueError(f"env.policies.{key}={spec!r} is a {kind} policy")
+        policies[key] = make_policy(name, **kwargs)
+    return policies
+
+
+def make_env(env_id: str, kwargs: Mapping[str, Any], policy_specs: Mapping[str, str],
+             max_episode_steps: int | None = None, monitor: bool = True
+             ) -> Callable[[], gym.Env]:
+    """A thunk building one env (with its own heuristics), wrapped in SB3's `Monitor`."""
+
+    def thunk() -> gym.Env:
+        import envs  # noqa: F401  (registers the ids, also in subprocesses)
+
+        extra = {} if max_episode_steps is None else {"max_episode_steps": max_episode_steps}
+        env = gym.make(env_id, policies=uncontrolled_policies(policy_specs), **kwargs, **extra)
+        if monitor:
+            from stable_baselines3.common.monitor import Monitor
+
+            env = Monitor(env)
+        return env
+
+    return thunk
+
+
+def build_vec_env(cfg: TrainConfig, kwargs: Mapping[str, Any],
+                  vecnormalize_path: Path | None = None) -> Any:
+    """`agent.n_envs` envs in a DummyVecEnv (or SubprocVecEnv), optionally VecNormalize'd
+    (statistics loaded from `vecnormalize_path` when resuming)."""
+    from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecNormalize
+
+    agent = cfg.agent
+    thunks = [make_env(cfg.env.id, kwargs, cfg.env.policies, cfg.env.max_episode_steps)
+              for _ in range(agent.n_envs)]
+    venv = SubprocVecEnv(thunks) if agent.vec_env == "subproc" else DummyVecEnv(thunks)
+    if not agent.vec_normalize:
+        return venv
+    if vecnormalize_path is not None:
+        return VecNormalize.load(str(vecnormalize_path), venv)
+    gamma = getattr(agent, "gamma", 0.99)
+    return VecNormalize(venv, norm_obs=agent.norm_obs, norm_reward=agent.norm_reward,
+                        clip_obs=agent.clip_obs, gamma=gamma)
+
+
+def build_model(agent: AgentConfig, venv: Any, seed: int) -> Any:
+    """A fresh SB3 model: `MlpPolicy` with `agent.net_arch`, seeded with `seed`."""
+    cls = algorithm_class(agent.algo)
+    return cls("MlpPolicy", venv, seed=seed, verbose=0, device=agent.device,
+               policy_kwargs={"net_arch": list(agent.net_arch)}, **agent.sb3_kwargs())
+
+
+def resume_seed(seed: int, timesteps: int) -> int:
+    """Seed of a run resumed at `timesteps`: derived from the run's seed, so reproducible."""
+    return int(np.random.SeedSequence([seed, timesteps]).generate_state(1)[0] % 2**31)
+
+
+def load_model(agent: AgentConfig, checkpoint: Path, venv: Any, seed: int) -> Any:
+    """The model of a checkpoint, attached to `venv` and re-seeded for the rest of training."""
+    cls = algorithm_class(agent.algo)
+    model = cls.load(str(checkpoint / MODEL_FILE), env=venv, device=agent.device)
+    replay = checkpoint / REPLAY_FILE
+    if replay.exists():
+        model.load_replay_buffer(str(replay))
+    model.set_random_seed(resume_seed(seed, model.num_timesteps))
+    return model
+
+
+# ============================================================================ saving
+def agent_metadata(algo: str, env: gym.Env, env_id: str, policy_specs: Mapping[str, str],
+                   deterministic: bool = True) -> dict[str, Any]:
+    """What `load_agent` needs to answer decisions as the env encodes them, read from a live
+    env (so it cannot drift from the env's own settings)."""
+    base = env.unwrapped
+    encoder = base.encoder
+    return {
+        "algo": algo, "env_id": env_id,
+        "controlled": sorted(kind.name.lower() for kind in base.controlled),
+        "num_slots": encoder.num_slots, "default_ttft_slo": encoder.default_ttft_slo,
+        "rate_scale": encoder.rate_scale, "length_knowledge": base.length_knowledge,
+        "length_sigma": base.length_sigma,
+        "output_mean": float(base.source.output_len.mean()),
+        "policies": dict(policy_specs), "eval_deterministic": bool(deterministic),
+    }
+
+
+def _bytes_of(save: Callable[[io.BytesIO], None]) -> bytes:
+    buffer = io.BytesIO()
+    save(buffer)
+    return buffer.getvalue()
+
+
+def _write_bytes(path: Path, data: bytes) -> Path:
+    return atomic_write(path, lambda handle: handle.buffer.write(data))
+
+
+def save_agent(model: Any, folder: Path, metadata: Mapping[str, Any],
+               extra: Mapping[str, Any] | None = None, replay_buffer: bool = False) -> Path:
+    """Write `folder` (which must not exist) through a temporary sibling renamed into place:
+    a folder that exists is complete. Returns `folder`."""
+    folder = Path(folder)
+    if folder.exists():
+        raise FileExistsError(f"{folder} exists; saved agents are never overwritten")
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = folder.parent / f".{folder.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        tmp.mkdir()
+        _write_bytes(tmp / MODEL_FILE, _bytes_of(model.save))
+        venv = model.get_vec_normalize_env()
+        if venv is not None:
+            _write_bytes(tmp / VECNORM_FILE, pickle.dumps(venv))
+        if replay_buffer and getattr(model, "replay_buffer", None) is not None:
+            _write_bytes(tmp / REPLAY_FILE, _bytes_of(model.save_replay_buffer))
+        info = {**metadata, "timesteps": int(model.num_timesteps), **(extra or {})}
+        atomic_write(tmp / AGENT_FILE, lambda h: json.dump(info, h, indent=2))
+        os.rename(tmp, folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return folder
+
+
+def save_checkpoint(model: Any, run_dir: Path, metadata: Mapping[str, Any], keep: int) -> Path:
+    """`<run_dir>/checkpoints/step_<timesteps>/` (model, VecNormalize, replay buffer, agent
+    metadata); the oldest beyond the newest `keep` are removed (0: keep all)."""
+    folder = Path(run_dir) / CHECKPOINTS / f"step_{model.num_timesteps:010d}"
+    path = save_agent(model, folder, metadata, replay_buffer=True)
+    if keep > 0:
+        for old in checkpoints(run_dir)[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
+    return path
+
+
+def checkpoints(run_dir: Path) -> list[Path]:
+    """Complete checkpoints of a run, oldest first."""
+    folder = Path(run_dir) / CHECKPOINTS
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.glob("step_*") if (p / AGENT_FILE).exists())
+
+
+def latest_checkpoint(run_dir: Path) -> Path:
+    """The newest complete checkpoint of `run_dir`, or a clear error."""
+    found = checkpoints(run_dir)
+    if not found:
+        raise FileNotFoundError(f"resume={run_dir}: no checkpoint under "
+                                f"{Path(run_dir) / CHECKPOINTS} (checkpoint.freq > 0 writes "
+                                "them)")
+    return found[-1]
+
+
+__all__ = [
+    "AGENT_FILE", "MODEL_FILE", "VECNORM_FILE", "agent_metadata", "algorithm_class",
+    "build_model", "build_vec_env", "checkpoints", "env_kwargs", "latest_checkpoint",
+    "load_model", "make_env", "save_agent", "save_checkpoint", "uncontrolled_policies",
+]

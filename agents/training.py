@@ -1,0 +1,314 @@
+"""The steps of `python train.py`, as functions: config, agents, evaluation, results.
+
+train.py calls these in order; each is a spec'd step that tests can call on its own.
+
+* `typed_config(container)`: a plain config (Hydra's composition, or a killed run's saved
+  `resolved_config.yaml`) -> a validated `TrainConfig`; the agent node is re-typed by its
+  `algo` (`maskable_ppo`/`ppo` -> PPOConfig, `a2c`, `dqn`, `heuristic`).
+* `resume_config(container, overrides)`: for `resume=<run dir>`, that run's saved config
+  (with `resume`, `progress` and `logger` from the new command) and its newest checkpoint.
+* `candidates(...)`: label -> policy factory for the final evaluation: the agent and every
+  baseline, each answering the controlled decisions, with the env's heuristics for the
+  others (see agents.evaluation for the shared workloads).
+* `write_results(...)`: metrics.json, eval.csv, comparison.md and plots into the run
+  folder, atomically and never overwriting.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+
+from agents.config import (
+    A2CConfig,
+    DQNConfig,
+    HeuristicConfig,
+    PPOConfig,
+    TrainConfig,
+    validate,
+)
+from agents.evaluation import (
+    FINAL,
+    PERIODIC,
+    EvalEpisode,
+    comparison_table,
+    evaluation_episodes,
+    policy_means,
+    split_workload,
+    write_rows_csv,
+)
+from agents.learned import KIND_ORDER, KINDS
+from agents.learners import env_kwargs, latest_checkpoint, workload_arguments
+from envs.core.decisions import DecisionKind, Policy, default_policies
+from envs.core.metrics import atomic_write
+
+SCHEMA_OF_ALGO = {"maskable_ppo": PPOConfig, "ppo": PPOConfig, "a2c": A2CConfig,
+                  "dqn": DQNConfig, "heuristic": HeuristicConfig}
+RESUME_KEEPS = ("resume", "progress", "logger")
+RESOLVED_CONFIG = "resolved_config.yaml"
+AGENT_LABEL = "agent"
+
+
+# ============================================================================ config
+def typed_config(container: Mapping[str, Any]) -> TrainConfig:
+    """A validated `TrainConfig` from a plain (resolved) config; see the module docstring."""
+    plain = {key: value for key, value in dict(container).items() if key != "hydra"}
+    agent = dict(plain.pop("agent", None) or {})
+    algo = agent.get("algo")
+    if algo not in SCHEMA_OF_ALGO:
+        raise ValueError(f"agent.algo={algo!r}: choose one of {sorted(SCHEMA_OF_ALGO)}")
+    merged = OmegaConf.merge(OmegaConf.structured(TrainConfig), plain)
+    merged.agent = OmegaConf.merge(OmegaConf.structured(SCHEMA_OF_ALGO[algo]), agent)
+    config = OmegaConf.to_object(merged)
+    validate(config)
+    return config
+
+
+def override_key(override: str) -> str:
+    return override.split("=", 1)[0].lstrip("+~").split(".", 1)[0].split("/", 1)[0]
+
+
+def resume_config(container: Mapping[str, Any], overrides: Sequence[str]
+                  ) -> tuple[dict[str, Any], Path | None]:
+    """(config, checkpoint): unchanged with no `resume`; else the resumed run's saved
+    config, with `resume`, `progress` and `logger` taken from the new command, and that
+    run's newest checkpoint. Other overrides are refused: a resumed run keeps its config."""
+    container = dict(container)
+    if container.get("resume") is None:
+        return container, None
+    run = Path(str(container["resume"]))
+    saved = run / RESOLVED_CONFIG
+    if not saved.is_file():
+        raise FileNotFoundError(f"resume={run}: no {RESOLVED_CONFIG} there; give the folder of "
+                                "a train.py run (outputs/train/<day>/<time>_<name>)")
+    extra = [o for o in overrides if override_key(o) not in (*RESUME_KEEPS, "hydra")]
+    if extra:
+        raise ValueError(f"resume={run} continues that run with its own config; drop the "
+                         f"other overrides {extra} (or start a new run)")
+    checkpoint = latest_checkpoint(run)
+    config = OmegaConf.to_container(OmegaConf.load(saved), resolve=True)
+    for key in RESUME_KEEPS:
+        config[key] = container[key]
+    return config, checkpoint
+
+
+def save_resolved_config(run_dir: Path, container: Mapping[str, Any]) -> Path:
+    """The run's effective config (what `resume` reads back)."""
+    text = OmegaConf.to_yaml(OmegaConf.create(dict(container)))
+    return atomic_write(Path(run_dir) / RESOLVED_CONFIG, lambda h: h.write(text))
+
+
+# ============================================================================ setting
+@dataclass
+class Setting:
+    """What the run's env is, read from one live env (so nothing is restated)."""
+
+    kwargs: dict[str, Any]
+    controlled: list[str]
+    cost: Any
+    cost_note: str
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def describe(self, config: TrainConfig) -> list[str]:
+        env = config.env
+        return [
+            f"env: {env.id} (controls {', '.join(self.controlled)}), "
+            f"{env.episode_requests}-request episodes at {env.rate} req/s, "
+            f"{env.split} split, reward {env.reward}",
+            f"cost model: {self.cost_note}",
+            f"cluster: {config.cluster.num_instances} x {config.cluster.instance.mode} "
+            f"(max_num_seqs {config.cluster.instance.max_num_seqs}, "
+            f"{config.cluster.instance.max_num_batched_tokens} tokens per batch)",
+            f"agent: {agent_name(config)}, seed {config.seed}",
+        ]
+
+
+def agent_name(config: TrainConfig) -> str:
+    agent = config.agent
+    if agent.algo == "heuristic":
+        return f"heuristic {agent.policy}"
+    return f"{agent.algo}, {agent.total_timesteps} timesteps, {agent.n_envs} env(s)"
+
+
+def cost_note(cost: Any, requested: str) -> str:
+    """The cost model's source, saying so when `auto` fell back to the roofline."""
+    source = getattr(cost, "source", "?")
+    model, gpu = (getattr(x, "name", x) for x in (cost.model, cost.gpu))
+    name = f"{model} on {gpu} TP{cost.tensor_parallel}"
+    if requested == "auto" and source == "roofline":
+        return (f"roofline ({name}: no measured table for this combination, "
+                "source=auto fell back to the roofline model)")
+    return f"{source} ({name})"
+
+
+def build_setting(config: TrainConfig, probe: Any) -> Setting:
+    """The `Setting` of a run from `probe`, one env built with the run's arguments."""
+    from agents.learners import agent_metadata
+
+    base = probe.unwrapped
+    cost = base.sim.cost
+    metadata = agent_metadata(config.agent.algo, probe, config.env.id, config.env.policies,
+                              config.eval.deterministic)
+    return Setting(env_kwargs(config), list(metadata["controlled"]), cost,
+                   cost_note(cost, config.cost.source), metadata)
+
+
+# ============================================================================ evaluation
+def episodes_for(config: TrainConfig, setting: Setting, split: str, count: int,
+                 stream: int) -> list[EvalEpisode]:
+    """Evaluation windows of the run (see agents.evaluation.evaluation_episodes)."""
+    from envs.rewards import RewardConfig
+    from envs.workloads import build_workload
+
+    workload = build_workload(**workload_arguments(setting.kwargs["workload"]))
+    rewards = RewardConfig(kind=config.env.reward, **config.env.reward_options)
+    requests = config.eval.num_requests or config.env.episode_requests
+    rate = config.eval.rate if config.eval.rate is not None else config.env.rate
+    return evaluation_episodes(split_workload(workload, split), count, requests, rate,
+                               config.seed, stream, rewards.default_ttft_slo,
+                               rewards.default_tpot_slo)
+
+
+def final_episodes(config: TrainConfig, setting: Setting) -> list[EvalEpisode]:
+    return episodes_for(config, setting, config.eval.split, config.eval.episodes, FINAL)
+
+
+def periodic_episodes(config: TrainConfig, setting: Setting) -> list[EvalEpisode]:
+    return episodes_for(config, setting, config.env.split, config.eval.freq_episodes, PERIODIC)
+
+
+def with_controlled(chosen: Mapping[DecisionKind, Policy], controlled: Sequence[str],
+                    env_policies: Mapping[str, str]) -> dict[DecisionKind, Policy]:
+    """`chosen` for the controlled kinds; the env's heuristics (or defaults) for the rest."""
+    from agents.learners import uncontrolled_policies
+
+    out = default_policies()
+    out.update({KINDS[key]: p for key, p in uncontrolled_policies(env_policies).items()})
+    for name in controlled:
+        out[KINDS[name]] = chosen[KINDS[name]]
+    return {kind: out[kind] for kind in KIND_ORDER}
+
+
+def heuristic_factory(spec: str, controlled: Sequence[str], env_policies: Mapping[str, str]
+                      ) -> Callable[[], dict[DecisionKind, Policy]]:
+    """Fresh policies of a registry spec for the controlled kinds (others: the env's)."""
+    from agents import build_scheduler, parse_spec
+    from agents.heuristics import policy_info
+
+    for name, _ in parse_spec(spec):
+        kind = policy_info(name).kind.name.lower()
+        if kind not in controlled:
+            raise ValueError(f"policy {spec!r}: {name} answers {kind} decisions, which the "
+                             f"agent does not control ({controlled}); set env.policies.{kind}")
+    return lambda: with_controlled(build_scheduler(spec), controlled, env_policies)
+
+
+def baseline_specs(config: TrainConfig, controlled: Sequence[str]) -> list[str]:
+    """`eval.baselines`, or every registered heuristic of the controlled decision kinds."""
+    if config.eval.baselines is not None:
+        return list(config.eval.baselines)
+    from agents.heuristics import policy_names
+
+    return [name for key in controlled for name in policy_names(KINDS[key])]
+
+
+def candidates(config: TrainConfig, setting: Setting,
+               agent: Callable[[], dict[DecisionKind, Policy]]
+               ) -> dict[str, Callable[[], dict[DecisionKind, Policy]]]:
+    """label -> policy factory: "agent" first, then the baselines in registry order."""
+    out = {AGENT_LABEL: agent}
+    for spec in baseline_specs(config, setting.controlled):
+        out[spec] = heuristic_factory(spec, setting.controlled, config.env.policies)
+    return out
+
+
+# ============================================================================ results
+def objective(config: TrainConfig, rows: Sequence[Mapping[str, Any]]) -> float:
+    """The sweep metric: mean of `eval.metric` over the agent's evaluation episodes."""
+    means = policy_means(rows)[AGENT_LABEL]
+    if config.eval.metric not in means:
+        known = ", ".join(sorted(means))
+        raise ValueError(f"eval.metric={config.eval.metric!r} is not a serving metric; "
+                         f"known: {known}")
+    return means[config.eval.metric]
+
+
+def comparison_markdown(config: TrainConfig, setting: Setting, rows: Sequence[Mapping],
+                        command: str, episodes: Sequence[EvalEpisode]) -> str:
+    requests = len(episodes[0].workload) if episodes else 0
+    lines = [
+        f"# {config.name}: {agent_name(config)} vs heuristics",
+        "",
+        *[f"- {line}" for line in setting.describe(config)],
+        f"- evaluation: {len(episodes)} windows of {requests} requests from the "
+        f"{config.eval.split} split, identical for every policy; mean [min, max] over windows",
+        f"- command: `{command}`",
+        "",
+        comparison_table(rows),
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def write_results(run_dir: Path, config: TrainConfig, container: Mapping[str, Any],
+                  setting: Setting, rows: Sequence[Mapping[str, Any]],
+                  episodes: Sequence[EvalEpisode], train_info: Mapping[str, Any],
+                  command: str, overrides: Sequence[str]) -> dict[str, Any]:
+    """metrics.json, eval.csv, comparison.md, comparison.png and training.png (when trained)
+    into `run_dir`; returns the metrics written."""
+    from agents.plots import plot_comparison, plot_training
+
+    run_dir = Path(run_dir)
+    value = objective(config, rows)
+    metrics = {
+        "name": config.name, "seed": config.seed, "status": "ok", "run_dir": str(run_dir),
+        "command": command, "overrides": list(overrides),
+        "setting": setting.describe(config),
+        "cost_model": {"source": getattr(setting.cost, "source", "?"),
+                       "note": setting.cost_note},
+        "train": dict(train_info),
+        "eval": {"split": config.eval.split, "episodes": len(episodes),
+                 "requests": len(episodes[0].workload) if episodes else 0,
+                 "seeds": [e.seed for e in episodes], "policies": policy_means(rows)},
+        "objective": {"metric": config.eval.metric, "policy": AGENT_LABEL, "value": value},
+        "python": platform.python_version(), "written": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "config": dict(container),
+    }
+    write_rows_csv(run_dir / "eval.csv", rows)
+    atomic_write(run_dir / "comparison.md",
+                 lambda h: h.write(comparison_markdown(config, setting, rows, command, episodes)))
+    plot_comparison(run_dir / "comparison.png", rows, title=f"{config.name}, seed {config.seed}")
+    if train_info.get("progress_csv"):
+        plot_training(run_dir / "training.png", Path(train_info["progress_csv"]),
+                      train_info.get("periodic_eval", []))
+    atomic_write(run_dir / "metrics.json", lambda h: json.dump(metrics, h, indent=2,
+                                                                default=float))
+    return metrics
+
+
+def write_failure(run_dir: Path, error: BaseException, command: str) -> Path | None:
+    """`failed.json` with the error, so sweeps and aggregation see which job failed."""
+    import traceback
+
+    payload = {"status": "failed", "command": command, "error": repr(error),
+               "traceback": traceback.format_exception(error)}
+    try:
+        return atomic_write(Path(run_dir) / "failed.json",
+                            lambda h: json.dump(payload, h, indent=2))
+    except OSError:
+        return None
+
+
+__all__ = [
+    "AGENT_LABEL", "PERIODIC", "Setting", "build_setting", "candidates", "final_episodes",
+    "heuristic_factory", "objective", "periodic_episodes", "resume_config",
+    "save_resolved_config", "typed_config", "with_controlled", "write_failure",
+    "write_results",
+]

@@ -1,0 +1,295 @@
+"""train.py in-process: config schemas, the shared evaluation path, agents, results, W&B."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+import envs  # noqa: F401  (registers the ids)
+from agents import build_scheduler, load_agent
+from agents.config import register_configs
+from agents.evaluation import evaluation_episodes
+from agents.learned import LearnedPolicy, scheduler_for
+from agents.learners import agent_metadata, save_agent
+from agents.run_logger import run_group
+from agents.training import typed_config
+from envs.build import build_simulator
+from envs.core.decisions import DecisionKind
+from envs.workloads import load_azure_2023
+from envs.workloads.transforms import split_by_time
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["env.episode_requests=32", "eval.episodes=2", "eval.baselines=[fcfs,spf]",
+        "eval.freq=0", "checkpoint.freq=0", "progress=false", "logger=none"]
+PPO_TINY = ["agent.total_timesteps=128", "agent.n_steps=64", "agent.batch_size=32",
+            "agent.n_epochs=1"]
+
+
+@pytest.fixture(autouse=True)
+def _quiet(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    torch.set_num_threads(1)
+
+
+def compose_config(overrides: list[str]):
+    register_configs()
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        return compose("config", overrides=overrides)
+
+
+def train_module():
+    spec = importlib.util.spec_from_file_location("train", ROOT / "train.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def run_train(tmp_path: Path, overrides: list[str], name: str = "run") -> tuple[float, Path]:
+    cfg = compose_config(overrides)
+    run_dir = tmp_path / name
+    run_dir.mkdir()
+    value = train_module().run(cfg, run_dir, overrides, "python train.py " + " ".join(overrides))
+    return value, run_dir
+
+
+# ============================================================================ config
+@pytest.mark.parametrize("overrides", [
+    [], ["agent=ppo"], ["agent=a2c"], ["agent=dqn"], ["agent=heuristic", "agent.policy=spf"],
+    ["env=preemption"], ["env=routing"], ["env=serving"], ["logger=none"],
+    ["experiment=smoke"], ["cluster=sarathi", "cost=llama2_7b_a100_tp1"],
+])
+def test_every_group_option_composes_to_a_typed_config(overrides: list[str]) -> None:
+    config = typed_config(OmegaConf.to_container(compose_config(overrides), resolve=True))
+    assert config.agent.algo in ("maskable_ppo", "ppo", "a2c", "dqn", "heuristic")
+    assert config.workload.seed == config.seed
+
+
+def test_env_presets_set_their_cluster() -> None:
+    routing = compose_config(["env=routing"])
+    assert routing.cluster.num_instances == 4 and routing.env.id == "servegym/Routing-v0"
+    preemption = compose_config(["env=preemption"])
+    assert preemption.cluster.instance.num_kv_blocks == 2048
+    assert compose_config(["env=routing", "cluster=vllm_v1"]).cluster.num_instances == 1
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ("agent.learning_rat=0.1", "learning_rat"),
+    ("+agent.learning_rat=0.1", "Key 'learning_rat' not in 'PPOConfig'"),
+    ("+cluster.instance.max_num_seq=3", "max_num_seq"),
+    ("env.rate=fast", "could not be converted to Float"),
+    ("+cost.network=dgx", "Key 'network' not in 'CostConfig'"),
+    ("agent=sac", "Could not find 'agent/sac'"),
+])
+def test_bad_overrides_fail_with_a_clear_message(override: str, message: str) -> None:
+    with pytest.raises(Exception) as caught:  # at composition or when typed
+        typed_config(OmegaConf.to_container(compose_config([override]), resolve=True))
+    error, text = caught.value, ""
+    while error is not None:  # Hydra chains the cause, and prints it on the command line
+        text, error = text + str(error), error.__cause__
+    assert message in text
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    (["agent=ppo", "env.invalid_action=raise"], "needs env.invalid_action=fallback"),
+    (["logger.kind=tensorboard"], "logger.kind"),
+    (["eval.metric=ttft"], "serving/ metric"),
+    (["agent.algo=sac"], "agent.algo='sac'"),
+])
+def test_invalid_values_are_refused_before_any_work(overrides: list[str], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        typed_config(OmegaConf.to_container(compose_config(overrides), resolve=True))
+
+
+def test_run_group_drops_the_seed_and_run_plumbing() -> None:
+    assert run_group(["seed=3", "agent=ppo", "env.rate=20", "logger=none"]) == \
+        "agent=ppo,env.rate=20"
+    assert run_group(["seed=1", "resume=x"]) == "default"
+
+
+def test_resume_errors_name_the_problem(tmp_path: Path) -> None:
+    from agents.training import RESOLVED_CONFIG, resume_config
+
+    container = OmegaConf.to_container(compose_config([]), resolve=True)
+    with pytest.raises(FileNotFoundError, match="no resolved_config.yaml there"):
+        resume_config({**container, "resume": str(tmp_path)}, [f"resume={tmp_path}"])
+    (tmp_path / RESOLVED_CONFIG).write_text(OmegaConf.to_yaml(container))
+    with pytest.raises(FileNotFoundError, match="no checkpoint under"):
+        resume_config({**container, "resume": str(tmp_path)}, [f"resume={tmp_path}"])
+    assert resume_config(container, []) == (container, None)
+
+
+# ============================================================================ one path
+def test_learned_policy_in_the_simulator_replays_the_env_episode() -> None:
+    """The agent as a simulator policy decides exactly as it does stepping the env."""
+    from sb3_contrib import MaskablePPO
+
+    env = gym.make("servegym/Admission-v0", episode_requests=48, rate=24.0, split="test")
+    model = MaskablePPO("MlpPolicy", env, seed=0, n_steps=64, batch_size=32)
+    metadata = agent_metadata("maskable_ppo", env, "servegym/Admission-v0", {})
+    observation, info = env.reset(seed=5)
+    env_actions = []
+    while True:
+        action = int(model.predict(observation, action_masks=info["action_mask"],
+                                   deterministic=True)[0])
+        env_actions.append(action)
+        observation, _, terminated, _, info = env.step(action)
+        if terminated:
+            break
+    base = env.unwrapped
+    policy = LearnedPolicy(model, metadata)
+    acted: list[int] = []
+    act = policy.act
+    policy.act = lambda obs, mask: acted.append(act(obs, mask)) or acted[-1]
+    sim = build_simulator(base.sim.cost, 1, None,
+                          policies=scheduler_for(policy, ["admit"], {}))
+    report = sim.run(base.sim.workload, seed=0)
+    assert acted == env_actions
+    # The env judges target-less traces by the reward's default SLOs.
+    defaults = env.unwrapped.rewards.config
+    assert report.summarize(defaults.default_ttft_slo, defaults.default_tpot_slo) == \
+        info["serving"]
+
+
+def test_greedy_act_equals_sb3_predict_and_a_stalling_agent_is_cut_short() -> None:
+    from sb3_contrib import MaskablePPO
+
+    from agents.evaluation import run_episode
+
+    env = gym.make("servegym/Admission-v0", episode_requests=32)
+    model = MaskablePPO("MlpPolicy", env, seed=1)
+    policy = LearnedPolicy(model, agent_metadata("maskable_ppo", env, "id", {}),
+                           max_decisions_per_request=0.5)  # < 1 admission each
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        observation = rng.uniform(-1, 1, env.observation_space.shape).astype(np.float32)
+        mask = rng.random(env.action_space.n) < 0.5
+        mask[rng.integers(mask.size)] = True
+        expected = model.predict(observation, action_masks=mask, deterministic=True)[0]
+        assert policy.act(observation, mask) == int(expected)
+    episode = evaluation_episodes(split_by_time(load_azure_2023("conv"), "test"), 1, 200,
+                                  40.0, seed=0)[0]
+    row = run_episode(scheduler_for(policy, ["admit"], {}), episode,
+                      env.unwrapped.sim.cost, {"num_instances": 1})
+    assert row["stalled"] == 1 and np.isnan(row["serving/slo_attainment"])
+
+
+def test_evaluation_windows_are_the_same_for_every_policy_and_follow_the_seed() -> None:
+    source = split_by_time(load_azure_2023("conv"), "test")
+    first = evaluation_episodes(source, 3, 100, 24.0, seed=0)
+    again = evaluation_episodes(source, 3, 100, 24.0, seed=0)
+    other = evaluation_episodes(source, 3, 100, 24.0, seed=1)
+    for a, b in zip(first, again, strict=True):
+        np.testing.assert_array_equal(a.workload.arrival_time, b.workload.arrival_time)
+        assert a.seed == b.seed
+    assert not np.array_equal(first[0].workload.prompt_len, other[0].workload.prompt_len)
+    assert all(np.all(e.workload.ttft_slo == 2.0) for e in first)
+    assert first[0].workload.arrival_time[0] == 0.0
+
+
+@pytest.mark.parametrize("algo", ["ppo", "a2c", "dqn"])
+def test_unmasked_agents_pick_only_valid_actions_at_evaluation(tmp_path: Path,
+                                                               algo: str) -> None:
+    from agents.learners import algorithm_class
+
+    env = gym.make("servegym/Admission-v0", episode_requests=32, invalid_action="fallback")
+    model = algorithm_class(algo)("MlpPolicy", env, seed=0)
+    metadata = agent_metadata(algo, env, "servegym/Admission-v0", {}, deterministic=False)
+    folder = save_agent(model, tmp_path / "model", metadata)
+    policies = load_agent(folder)
+    assert isinstance(policies[DecisionKind.ADMIT], LearnedPolicy)
+    workload = env.unwrapped.source.head(64)
+    sim = build_simulator(env.unwrapped.sim.cost, 1, None, policies=policies)
+    report = sim.run(workload, seed=0)  # inline answers are validated by the simulator
+    assert report.summary["serving/finished"] == 64
+
+
+# ============================================================================ train.py
+def test_maskable_ppo_run_writes_every_result_and_never_overwrites(tmp_path: Path) -> None:
+    overrides = [*TINY, *PPO_TINY, "checkpoint.freq=64", "eval.freq=64",
+                 "eval.freq_episodes=1"]
+    value, run_dir = run_train(tmp_path, overrides)
+    for name in ("metrics.json", "eval.csv", "comparison.md", "comparison.png",
+                 "training.png", "resolved_config.yaml", "model/model.zip",
+                 "model/agent.json", "sb3/progress.csv"):
+        assert (run_dir / name).is_file(), name
+    assert len(list((run_dir / "checkpoints").glob("step_*/model.zip"))) == 2
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["objective"] == {"metric": "serving/slo_attainment", "policy": "agent",
+                                    "value": value}
+    assert set(metrics["eval"]["policies"]) == {"agent", "fcfs", "spf"}
+    assert metrics["cost_model"]["source"] == "roofline"
+    assert "fell back to the roofline" in metrics["cost_model"]["note"]
+    assert metrics["train"]["timesteps"] == 128 and len(metrics["train"]["periodic_eval"]) == 2
+    assert "agent" in (run_dir / "comparison.md").read_text()
+    # the saved agent is a policy spec for the evaluation harness too
+    policies = build_scheduler(f"agent:{run_dir / 'model'}")
+    assert isinstance(policies[DecisionKind.ADMIT], LearnedPolicy)
+    with pytest.raises(FileExistsError):
+        train_module().run(compose_config(overrides), run_dir, overrides, "again")
+
+
+def test_same_seed_same_results(tmp_path: Path) -> None:
+    overrides = [*TINY, *PPO_TINY]
+    first, a = run_train(tmp_path, overrides, "a")
+    second, b = run_train(tmp_path, overrides, "b")
+    assert first == second
+    assert (a / "eval.csv").read_text().split("\n")[1:] != []
+    rows = [line.split(",")[:4] + line.split(",")[5:] for line in
+            (a / "eval.csv").read_text().splitlines()]
+    rows_b = [line.split(",")[:4] + line.split(",")[5:] for line in
+              (b / "eval.csv").read_text().splitlines()]
+    assert rows == rows_b  # all but the wall time
+
+
+def test_heuristic_agent_matches_its_baseline_row(tmp_path: Path) -> None:
+    _, run_dir = run_train(tmp_path, [*TINY, "agent=heuristic", "agent.policy=spf"])
+    policies = json.loads((run_dir / "metrics.json").read_text())["eval"]["policies"]
+    assert policies["agent"] == policies["spf"]
+    assert not (run_dir / "model").exists()
+
+
+@pytest.mark.parametrize("overrides", [
+    ["agent=ppo", *PPO_TINY, "agent.vec_normalize=true", "agent.n_envs=2"],
+    ["agent=a2c", "agent.total_timesteps=64", "agent.n_envs=2"],
+    ["agent=dqn", "agent.total_timesteps=128", "agent.learning_starts=32",
+     "agent.buffer_size=1000", "checkpoint.freq=64"],
+])
+def test_other_algorithms_train_and_evaluate(tmp_path: Path, overrides: list[str]) -> None:
+    _, run_dir = run_train(tmp_path, [*TINY, *overrides])
+    metadata = json.loads((run_dir / "model" / "agent.json").read_text())
+    assert metadata["algo"] == overrides[0].split("=")[1]
+    if "agent.vec_normalize=true" in overrides:
+        assert (run_dir / "model" / "vecnormalize.pkl").is_file()
+    if "agent=dqn" in overrides:
+        assert list((run_dir / "checkpoints").glob("step_*/replay_buffer.pkl"))
+
+
+def test_heuristic_outside_the_controlled_kinds_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="does not control"):
+        run_train(tmp_path, [*TINY, "agent=heuristic", "agent.policy=lor"])
+
+
+def test_wandb_offline_run_holds_the_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                                         ) -> None:
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    overrides = [o for o in TINY if o != "logger=none"] + [*PPO_TINY, "logger=wandb",
+                                                           "eval.freq=64",
+                                                           "agent.total_timesteps=256"]
+    _, run_dir = run_train(tmp_path, overrides)
+    runs = list((run_dir / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1
+    (log,) = runs[0].glob("run-*.wandb")  # the run's records: config, metrics, summary
+    data = log.read_bytes()
+    for expected in (b"maskable_ppo", b"Admission-v0", b"serving/slo_attainment",
+                     b"train/value_loss", b"rollout/ep_rew_mean"):
+        assert expected in data, expected
+    assert list(runs[0].glob("files/media/images/eval/comparison_*.png"))

@@ -1,0 +1,152 @@
+"""train.py as a command: multirun, a failing job, kill and resume, aggregation, launchers."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "experiments"))
+
+import aggregate  # noqa: E402
+
+TINY = ["env.episode_requests=32", "eval.episodes=2", "eval.baselines=[fcfs,spf]",
+        "eval.freq=0", "checkpoint.freq=0", "progress=false", "logger=none"]
+
+
+def train(args: list[str], cwd: Path, check: bool = True, **kwargs) -> subprocess.CompletedProcess:
+    env = {**os.environ, "WANDB_MODE": "disabled", "HYDRA_FULL_ERROR": "1"}
+    result = subprocess.run([sys.executable, str(ROOT / "train.py"), *args], cwd=cwd, env=env,
+                            capture_output=True, text=True, timeout=300, **kwargs)
+    if check and result.returncode != 0:
+        raise AssertionError(f"train.py {args} failed:\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def jobs(sweep: Path) -> list[Path]:
+    return sorted(p for p in sweep.iterdir() if p.is_dir() and p.name.isdigit())
+
+
+def test_multirun_and_aggregation(tmp_path: Path) -> None:
+    sweep = tmp_path / "sweep"
+    train(["-m", "agent=maskable_ppo,ppo", "seed=0,1", "agent.total_timesteps=64",
+           "agent.n_steps=64", "agent.batch_size=64", "agent.n_epochs=1", *TINY,
+           f"hydra.sweep.dir={sweep}"], tmp_path)
+    found = jobs(sweep)
+    assert len(found) == 4
+    for job in found:
+        assert (job / "metrics.json").is_file() and (job / "eval.csv").is_file()
+    seeds = {json.loads((job / "metrics.json").read_text())["seed"] for job in found}
+    assert seeds == {0, 1}
+
+    out = aggregate.aggregate([sweep], tmp_path / "results")
+    summary = (out / "summary.md").read_text()
+    assert "| agent [agent=maskable_ppo] | 2 |" in summary and "| agent [agent=ppo] |" in summary
+    assert "| fcfs | 2 |" in summary and "±" in summary
+    assert "python train.py -m agent=maskable_ppo,ppo seed=0,1" in summary
+    for name in ("summary.csv", "runs.csv", "summary.png", "jobs/0/metrics.json",
+                 "jobs/3/eval.csv"):
+        assert (out / name).is_file(), name
+    with pytest.raises(FileExistsError):
+        aggregate.aggregate([sweep], out)
+
+
+def test_a_failing_job_keeps_the_others_results(tmp_path: Path) -> None:
+    sweep = tmp_path / "sweep"
+    result = train(["-m", "agent=heuristic", "agent.policy=spf,no-such-policy", *TINY,
+                    f"hydra.sweep.dir={sweep}"], tmp_path, check=False)
+    assert result.returncode != 0
+    good, bad = jobs(sweep)
+    assert (good / "metrics.json").is_file()
+    assert not (bad / "metrics.json").exists()
+    assert "unknown policy 'no-such-policy'" in json.loads((bad / "failed.json").read_text())[
+        "error"]
+    found, failed = aggregate.find_jobs([sweep])
+    assert len(found) == 1 and failed == [bad]
+    summary = (aggregate.aggregate([sweep], tmp_path / "out") / "summary.md").read_text()
+    assert "1 failed" in summary and str(bad) in summary
+
+
+def test_killed_run_resumes_from_its_last_checkpoint(tmp_path: Path) -> None:
+    first = tmp_path / "first"
+    args = ["agent.total_timesteps=4096", "agent.n_steps=64", "agent.batch_size=64",
+            "agent.n_epochs=1", "checkpoint.freq=256", *[o for o in TINY if "checkpoint" not in o],
+            f"hydra.run.dir={first}"]
+    env = {**os.environ, "WANDB_MODE": "disabled"}
+    process = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *args], cwd=tmp_path,
+                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while not list(first.glob("checkpoints/step_*/agent.json")):
+        assert process.poll() is None, process.stderr.read().decode()
+        assert time.monotonic() < deadline, "no checkpoint within 2 minutes"
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    assert process.wait() == -signal.SIGKILL
+    assert not (first / "metrics.json").exists()
+    saved = sorted(first.glob("checkpoints/step_*"))
+
+    second = tmp_path / "second"
+    refused = train([f"resume={first}", "seed=5", f"hydra.run.dir={tmp_path / 'x'}"], tmp_path,
+                    check=False)
+    assert refused.returncode != 0 and "drop the other overrides ['seed=5']" in refused.stderr
+    train([f"resume={first}", "progress=false", f"hydra.run.dir={second}"], tmp_path)
+    metrics = json.loads((second / "metrics.json").read_text())
+    assert metrics["train"]["timesteps"] == 4096
+    resumed_from = Path(metrics["train"]["resumed_from"])
+    assert resumed_from.parent == first / "checkpoints" and resumed_from in saved
+    assert metrics["config"]["agent"]["total_timesteps"] == 4096
+    assert (second / "model" / "model.zip").is_file()
+    assert sorted(first.glob("checkpoints/step_*")) == saved  # the killed run is untouched
+
+
+def test_optuna_sweeper_returns_the_sweep_metric(tmp_path: Path) -> None:
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
+    sweep = tmp_path / "optuna"
+    train(["-m", "experiment=optuna_maskable_ppo", "hydra.sweeper.n_trials=2",
+           "agent.total_timesteps=64", "agent.n_steps=64", "agent.batch_size=64",
+           "eval.episodes=1", "env.episode_requests=32", "logger=none", "progress=false",
+           f"hydra.sweep.dir={sweep}"], tmp_path)
+    best = (sweep / "optimization_results.yaml").read_text()
+    assert "best_value" in best and "agent.learning_rate" in best
+    values = [json.loads((job / "metrics.json").read_text())["objective"]["value"]
+              for job in jobs(sweep)]
+    assert len(values) == 2 and all(0.0 <= v <= 1.0 for v in values)
+
+
+@pytest.mark.slow
+def test_joblib_launcher_runs_jobs_in_processes(tmp_path: Path) -> None:
+    pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
+    sweep = tmp_path / "joblib"
+    train(["-m", "hydra/launcher=joblib_local", "agent=heuristic", "seed=0,1", *TINY,
+           f"hydra.sweep.dir={sweep}"], tmp_path)
+    assert all((job / "metrics.json").is_file() for job in jobs(sweep))
+    assert len(jobs(sweep)) == 2
+
+
+@pytest.mark.slow
+def test_ray_launcher_in_a_loopback_only_namespace(tmp_path: Path) -> None:
+    """Ray on this machine only: a new network namespace whose one interface is loopback."""
+    pytest.importorskip("ray")
+    pytest.importorskip("hydra_plugins.hydra_ray_launcher")
+    if os.geteuid() != 0 or shutil.which("unshare") is None or shutil.which("ip") is None:
+        pytest.skip("needs root, unshare and ip for a loopback-only network namespace")
+    sweep = tmp_path / "ray"
+    command = " ".join([
+        "ip link set lo up;", sys.executable, str(ROOT / "train.py"), "-m",
+        "hydra/launcher=ray_local", "agent=heuristic", "seed=0,1", *[f"'{o}'" for o in TINY],
+        f"hydra.sweep.dir={sweep}",
+    ])
+    env = {**os.environ, "WANDB_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
+    result = subprocess.run(["unshare", "--net", "sh", "-c", command], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert len(jobs(sweep)) == 2
+    assert all((job / "metrics.json").is_file() for job in jobs(sweep))
