@@ -71,7 +71,8 @@ class ServingEnv(gym.Env):
     `envs/rewards.py`.
 
     ## Starting State
-    `reset(seed)` draws a slice of `episode_requests` consecutive requests from the
+    `reset(seed)` draws a slice of `episode_requests` consecutive requests (or, with
+    `episode_seconds`, the requests arriving in that many seconds of trace time) from the
     workload's `split` (the first 70% of the trace's time span for "train", the rest for
     "test"), shifts it to start at time 0, optionally rescales it to `rate` req/s, and runs
     the simulator to the first decision the agent controls.
@@ -85,7 +86,8 @@ class ServingEnv(gym.Env):
     control: decisions the agent answers, any of "admit", "preempt", "route".
     workload: a `Workload`, `build_workload` arguments (a mapping, as in conf/workload/),
     or "azure_conv" / "azure_code". rate: target mean req/s.
-    episode_requests, split ("train" | "test" | "all"), model, gpu, tensor_parallel,
+    episode_requests, episode_seconds (a window of trace time instead, before `rate`
+    rescaling), split ("train" | "test" | "all"), model, gpu, tensor_parallel,
     cost_source, cluster ({"num_instances": N, "instance": InstanceConfig fields}),
     num_slots (K), length_knowledge ("oracle" | "predicted" | "none"), length_sigma
     (log-normal error of "predicted"), reward and reward_options (RewardConfig fields),
@@ -106,6 +108,7 @@ class ServingEnv(gym.Env):
         workload: Workload | str = "azure_conv",
         rate: float | None = 16.0,
         episode_requests: int = 256,
+        episode_seconds: float | None = None,
         split: str = "train",
         model: str = "Llama-3-8B",
         gpu: str = "H100-80GB",
@@ -138,6 +141,9 @@ class ServingEnv(gym.Env):
         self.length_sigma = length_sigma
         self.rate = rate
         self.episode_requests = episode_requests
+        if episode_seconds is not None and episode_seconds <= 0:
+            raise ValueError(f"episode_seconds must be positive, got {episode_seconds}")
+        self.episode_seconds = episode_seconds
         self.source = self._split(self._load(workload), split)
         if len(self.source) < episode_requests:
             raise ValueError(f"the {split} split has {len(self.source)} requests, fewer than "
@@ -208,8 +214,7 @@ class ServingEnv(gym.Env):
         super().reset(seed=seed)
         rng = self.np_random
         for _ in range(10):
-            start = int(rng.integers(0, len(self.source) - self.episode_requests + 1))
-            episode = self.source.take(np.arange(start, start + self.episode_requests))
+            episode = self.source.take(self._slice(rng))
             episode = dataclasses.replace(
                 episode, arrival_time=episode.arrival_time - episode.arrival_time[0])
             if self.rate is not None:
@@ -255,6 +260,18 @@ class ServingEnv(gym.Env):
         observation = self.encoder.encode(decision, self.sim)
         info = {"action_mask": self.encoder.mask.copy(), "decision": KIND_NAMES[decision.kind]}
         return observation, reward, False, False, info
+
+    def _slice(self, rng: np.random.Generator) -> np.ndarray:
+        """Indices of the next episode: N consecutive requests, or a window of trace time."""
+        times = self.source.arrival_time
+        if self.episode_seconds is None:
+            start = int(rng.integers(0, len(self.source) - self.episode_requests + 1))
+            return np.arange(start, start + self.episode_requests)
+        latest = max(times[0], times[-1] - self.episode_seconds)
+        begin = float(rng.uniform(times[0], latest)) if latest > times[0] else float(times[0])
+        first = int(np.searchsorted(times, begin, side="left"))
+        last = int(np.searchsorted(times, begin + self.episode_seconds, side="left"))
+        return np.arange(first, max(last, first + 1))  # at least one request
 
     def _episode_summary(self) -> dict[str, float]:
         """The serving summary; requests without SLO targets are judged by the reward's

@@ -148,3 +148,16 @@ def test_ppo_and_maskable_ppo_train_briefly(env_id: str) -> None:
                 seed=0).learn(1024)
     unmasked = gym.make(env_id, invalid_action="fallback", **SMALL)
     PPO("MlpPolicy", unmasked, n_steps=256, batch_size=64, n_epochs=1, seed=0).learn(1024)
+
+
+def test_episodes_by_trace_time() -> None:
+    env = gym.make("servegym/Admission-v0", episode_seconds=30.0, rate=None).unwrapped
+    env.reset(seed=4)
+    arrivals = env.sim.workload.arrival_time
+    assert arrivals[0] == 0.0 and arrivals[-1] < 30.0
+    times = env.source.arrival_time
+    begin = np.random.default_rng(9).uniform(times[0], times[-1] - 30.0)
+    expected = np.flatnonzero((times >= begin) & (times < begin + 30.0))
+    np.testing.assert_array_equal(env._slice(np.random.default_rng(9)), expected)
+    with pytest.raises(ValueError, match="episode_seconds"):
+        gym.make("servegym/Admission-v0", episode_seconds=0.0)
