@@ -21,6 +21,7 @@ import numpy as np
 from envs.core.decisions import Action, Decision, DecisionKind, Policy, default_policies
 from envs.core.instance import Instance, InstanceConfig
 from envs.core.metrics import ServingReport, build_report
+from envs.core.occupancy import Occupancy
 from envs.core.request import REJECTED, Request
 
 if TYPE_CHECKING:
@@ -31,7 +32,7 @@ ARRIVAL_PRIORITY = 0  # arrivals of an instant are enqueued before any instance 
 INSTANCE_PRIORITY = 1
 
 
-class Simulator:
+class Simulator(Occupancy):
     """Simulates `num_instances` identical instances; implements the Backend protocol.
 
     Args:
@@ -111,13 +112,7 @@ class Simulator:
             for i in range(self.num_instances)
         ]
         self.requests: list[Request] = []
-        # Requests that left (finished or rejected), in order; envs read them incrementally.
-        self.departed: list[Request] = []
-        # Sums for the time integral of requests in the system (Little's law rewards).
-        self.arrived_count = 0
-        self.arrival_sum = 0.0
-        self.departed_arrival_sum = 0.0
-        self.departed_finish_sum = 0.0
+        self.reset_occupancy()
         self._heap: list[tuple[float, int, int, int]] = []
         self._counter = itertools.count()
         self._arrivals = workload.arrival_time.tolist()
@@ -221,28 +216,8 @@ class Simulator:
         if self.record_token_times:
             request.token_times = []
         self.requests.append(request)
-        self.arrived_count += 1
-        self.arrival_sum += request.arrival_time
+        self.record_arrival(request)
         return request
-
-    def record_departure(self, request: Request, time: float) -> None:
-        """A request left the system at `time` (finished, or rejected on arrival)."""
-        self.departed.append(request)
-        self.departed_arrival_sum += request.arrival_time
-        self.departed_finish_sum += time
-
-    def requests_in_system(self) -> int:
-        return self.arrived_count - len(self.departed)
-
-    def latency_area(self, time: float) -> float:
-        """Integral over [0, time] of the number of requests in the system (request-seconds).
-
-        Exact for any `time` not before the last processed event: departed requests count
-        until they left, the others until `time`.
-        """
-        active_arrivals = self.arrival_sum - self.departed_arrival_sum
-        return (self.departed_finish_sum - self.departed_arrival_sum
-                + self.requests_in_system() * time - active_arrivals)
 
     def _route(self, request: Request) -> Generator[Decision, Action, None]:
         now = self.now

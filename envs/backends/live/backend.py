@@ -40,6 +40,7 @@ from envs.backends.live.model import TinyLlamaSpec, ensure_tiny_llama
 from envs.core.decisions import STOP, Action, Decision, DecisionKind, Policy, default_policies
 from envs.core.instance import InstanceConfig, TokenGaps
 from envs.core.metrics import ServingReport, build_report
+from envs.core.occupancy import Occupancy
 from envs.core.request import FINISHED, REJECTED, RUNNING, WAITING, Request
 
 CLOCKS = ("thread_time", "perf_counter")
@@ -376,7 +377,7 @@ class LiveInstance:
         return bool(self.waiting or self.running)
 
 
-class LiveBackend:
+class LiveBackend(Occupancy):
     """`num_instances` in-process vLLM engines behind a router; the simulator's protocol.
 
     Args:
@@ -499,9 +500,7 @@ class LiveBackend:
         for instance in self.instances:
             instance.reset_state()
         self.requests: list[Request] = []
-        self.departed: list[Request] = []
-        self.arrived_count = 0
-        self.arrival_sum = self.departed_arrival_sum = self.departed_finish_sum = 0.0
+        self.reset_occupancy()
         self._arrivals = workload.arrival_time.tolist()
         self.next_arrival_time = self._arrivals[0] if self._arrivals else math.inf
         self.admit_is_internal = DecisionKind.ADMIT in self.policies
@@ -620,8 +619,7 @@ class LiveBackend:
             float(w.ttft_slo[index]), float(w.tpot_slo[index]), None,
         )
         self.requests.append(request)
-        self.arrived_count += 1
-        self.arrival_sum += request.arrival_time
+        self.record_arrival(request)
         return request
 
     def _route(self, request: Request) -> Generator[Decision, Action, None]:
@@ -632,19 +630,6 @@ class LiveBackend:
                             cluster=self)
         action = yield from self.ask(decision)
         self.instances[action.choice].enqueue(request, self.now)
-
-    def record_departure(self, request: Request, time_: float) -> None:
-        self.departed.append(request)
-        self.departed_arrival_sum += request.arrival_time
-        self.departed_finish_sum += time_
-
-    def requests_in_system(self) -> int:
-        return self.arrived_count - len(self.departed)
-
-    def latency_area(self, time_: float) -> float:
-        active = self.arrival_sum - self.departed_arrival_sum
-        return (self.departed_finish_sum - self.departed_arrival_sum
-                + self.requests_in_system() * time_ - active)
 
 
 LIVE_DEFAULTS = {
