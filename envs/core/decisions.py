@@ -151,6 +151,14 @@ class RoundRobinRouting:
         return choice
 
 
+def reset_policies(policies: dict[DecisionKind, Policy], rng: np.random.Generator) -> None:
+    """Give each policy with a `reset` its own child generator of the episode's `rng`."""
+    for policy, child in zip(policies.values(), rng.spawn(len(policies)), strict=True):
+        reset = getattr(policy, "reset", None)
+        if reset is not None:
+            reset(child)
+
+
 def default_policies() -> dict[DecisionKind, Policy]:
     return {
         DecisionKind.ROUTE: RoundRobinRouting(),

@@ -18,7 +18,14 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from envs.core.decisions import Action, Decision, DecisionKind, Policy, default_policies
+from envs.core.decisions import (
+    Action,
+    Decision,
+    DecisionKind,
+    Policy,
+    default_policies,
+    reset_policies,
+)
 from envs.core.instance import Instance, InstanceConfig
 from envs.core.metrics import ServingReport, build_report
 from envs.core.occupancy import Occupancy
@@ -99,11 +106,7 @@ class Simulator(Occupancy):
             )
         self.workload = workload
         self.rng = np.random.default_rng(seed)
-        for policy, child in zip(self.policies.values(), self.rng.spawn(len(self.policies)),
-                                 strict=True):
-            reset = getattr(policy, "reset", None)
-            if reset is not None:
-                reset(child)
+        reset_policies(self.policies, self.rng)
         self.now = 0.0
         self._last_checked_time = -math.inf
         self.instances = [

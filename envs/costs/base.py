@@ -67,3 +67,22 @@ class CostModel(ABC):
     def describe(self) -> dict[str, Any]:
         """JSON-serialisable summary; subclasses add their model, GPU and parameters."""
         return {"source": self.source, "block_size": self.block_size}
+
+
+def check_decodes(decode_count: int, decode_context_sum: int) -> None:
+    """Reject decode arguments that break the context convention (shared by every model)."""
+    if (decode_count < 0 or decode_context_sum < decode_count
+            or (decode_context_sum and not decode_count)):
+        raise ValueError(
+            f"need decode_count >= 0 and decode_context_sum >= decode_count (each "
+            f"context counts the decoded token), and no context without requests; "
+            f"got decode_count={decode_count}, decode_context_sum={decode_context_sum}"
+        )
+
+
+def bad_chunk(new: int, cached: int) -> ValueError:
+    """The error for a prefill chunk with `new < 1` or `cached < 0`."""
+    return ValueError(
+        f"prefill chunk (new_tokens={new}, cached_context_tokens={cached}) needs "
+        f"new_tokens >= 1 and cached_context_tokens >= 0"
+    )

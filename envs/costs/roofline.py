@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from envs.costs.base import CostModel
+from envs.costs.base import CostModel, bad_chunk, check_decodes
 from envs.costs.specs import (
     GPUSpec,
     ModelSpec,
@@ -197,25 +197,13 @@ class RooflineCostModel(CostModel):
         decode_count: int,
         decode_context_sum: int,
     ) -> float:
-        if (
-            decode_count < 0
-            or decode_context_sum < decode_count
-            or (decode_context_sum and not decode_count)
-        ):
-            raise ValueError(
-                f"need decode_count >= 0 and decode_context_sum >= decode_count (each "
-                f"context counts the decoded token), and no context without requests; "
-                f"got decode_count={decode_count}, decode_context_sum={decode_context_sum}"
-            )
+        check_decodes(decode_count, decode_context_sum)
         tokens = decode_count
         attention = 0.0
         pair_s, kv_s, q_s = self._attn_pair_s, self._attn_kv_s, self._attn_q_s
         for new, cached in prefill_chunks:
             if new < 1 or cached < 0:
-                raise ValueError(
-                    f"prefill chunk (new_tokens={new}, cached_context_tokens={cached}) needs "
-                    f"new_tokens >= 1 and cached_context_tokens >= 0"
-                )
+                raise bad_chunk(new, cached)
             tokens += new
             compute = pair_s * (new * cached + new * (new + 1) * 0.5)  # causal
             memory = kv_s * (cached + new) + q_s * new

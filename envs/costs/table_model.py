@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from envs.costs.attention_fit import AttentionFit, AttentionShape, fit_attention
-from envs.costs.base import CostModel
+from envs.costs.base import CostModel, bad_chunk, check_decodes
 from envs.costs.catalog import Calibration, canonical_name, load_calibration
 from envs.costs.roofline import _check_count
 from envs.costs.specs import (
@@ -273,22 +273,13 @@ class TableCostModel(CostModel):
         decode_count: int,
         decode_context_sum: int,
     ) -> float:
-        if (decode_count < 0 or decode_context_sum < decode_count
-                or (decode_context_sum and not decode_count)):
-            raise ValueError(
-                f"need decode_count >= 0 and decode_context_sum >= decode_count (each "
-                f"context counts the decoded token), and no context without requests; "
-                f"got decode_count={decode_count}, decode_context_sum={decode_context_sum}"
-            )
+        check_decodes(decode_count, decode_context_sum)
         tokens = decode_count
         attention = 0.0
         p0, p1, p2, p3, p4 = self._prefill
         for new, cached in prefill_chunks:
             if new < 1 or cached < 0:
-                raise ValueError(
-                    f"prefill chunk (new_tokens={new}, cached_context_tokens={cached}) needs "
-                    f"new_tokens >= 1 and cached_context_tokens >= 0"
-                )
+                raise bad_chunk(new, cached)
             tokens += new
             attention += p0 + p2 * cached + new * (p1 + p3 * cached + p4 * (new + 1) * 0.5)
         if not tokens:

@@ -37,7 +37,15 @@ import numpy as np
 
 from envs.backends.live import configure_environment
 from envs.backends.live.model import TinyLlamaSpec, ensure_tiny_llama
-from envs.core.decisions import STOP, Action, Decision, DecisionKind, Policy, default_policies
+from envs.core.decisions import (
+    STOP,
+    Action,
+    Decision,
+    DecisionKind,
+    Policy,
+    default_policies,
+    reset_policies,
+)
 from envs.core.instance import InstanceConfig, TokenGaps
 from envs.core.metrics import ServingReport, build_report
 from envs.core.occupancy import Occupancy
@@ -488,11 +496,7 @@ class LiveBackend(Occupancy):
         self.episode += 1
         self.workload = workload
         self.rng = np.random.default_rng(seed)
-        for policy, child in zip(self.policies.values(), self.rng.spawn(len(self.policies)),
-                                 strict=True):
-            reset = getattr(policy, "reset", None)
-            if reset is not None:
-                reset(child)
+        reset_policies(self.policies, self.rng)
         self._token_rng = np.random.default_rng([seed, 7])
         vocab = getattr(self.model, "vocab_size", 2048)
         self._vocab = vocab
