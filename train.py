@@ -31,7 +31,6 @@ from agents import learners, training
 from agents.callbacks import Checkpoints, EpisodeServing, ProgressBar, ServingEvaluation
 from agents.config import TrainConfig, register_configs
 from agents.evaluation import compare, comparison_table
-from agents.learned import load_policy, scheduler_for
 from agents.run_logger import NullLogger, build_logger, run_group, sb3_logger
 
 log = logging.getLogger("train")
@@ -39,9 +38,11 @@ register_configs()
 
 
 def train_agent(config: TrainConfig, setting: training.Setting, run_dir: Path,
-                logger: NullLogger, checkpoint: Path | None) -> tuple[Any, dict[str, Any]]:
-    """Train (or resume) the SB3 agent, save it to `<run dir>/model/`, and return a factory
-    of its policies (loaded back from disk, as `agent:<path>` would) and training facts."""
+                logger: NullLogger, checkpoint: Path | None
+                ) -> tuple[dict[str, Path], dict[str, Any]]:
+    """Train (or resume) the SB3 agent, save it to `<run dir>/model/` (the last model) and
+    `<run dir>/best/` (the best by the periodic evaluation on training windows; the last
+    model when there was none), and return those folders and training facts."""
     vecnorm = checkpoint / learners.VECNORM_FILE if checkpoint else None
     venv = learners.build_vec_env(config, setting.kwargs,
                                   vecnorm if vecnorm and vecnorm.exists() else None)
@@ -54,7 +55,7 @@ def train_agent(config: TrainConfig, setting: training.Setting, run_dir: Path,
 
     evaluator = ServingEvaluation(config.eval.freq, training.periodic_episodes(config, setting),
                                   setting.metadata, setting.cost, setting.kwargs["cluster"],
-                                  logger.log)
+                                  logger.log, run_dir=run_dir, metric=config.eval.metric)
     callbacks = [EpisodeServing(), evaluator,
                  Checkpoints(config.checkpoint.freq, run_dir, setting.metadata,
                              config.checkpoint.keep)]
@@ -68,14 +69,16 @@ def train_agent(config: TrainConfig, setting: training.Setting, run_dir: Path,
     wall = time.perf_counter() - started
     learners.save_agent(model, run_dir / "model", setting.metadata)
     venv.close()
-
-    policy, metadata = load_policy(run_dir / "model")
+    best = training.keep_best(run_dir, evaluator.best_path)
     info = {"timesteps": int(model.num_timesteps), "wall_s": wall,
             "steps_per_s": (model.num_timesteps - start_steps) / max(wall, 1e-9),
             "resumed_from": str(checkpoint) if checkpoint else None,
             "progress_csv": str(run_dir / "sb3" / "progress.csv"),
-            "periodic_eval": evaluator.history}
-    return lambda: scheduler_for(policy, metadata["controlled"], metadata["policies"]), info
+            "periodic_eval": evaluator.history,
+            "best": {"timesteps": evaluator.best_timesteps, "metric": config.eval.metric,
+                     "train_value": evaluator.best_value if best else None,
+                     "folder": str(best or run_dir / "model")}}
+    return {"best": best or run_dir / "model", "last": run_dir / "model"}, info
 
 
 def run(cfg: DictConfig, run_dir: Path, overrides: list[str], command: str) -> float:
@@ -101,7 +104,8 @@ def run(cfg: DictConfig, run_dir: Path, overrides: list[str], command: str) -> f
                                                config.env.policies)
             train_info: dict[str, Any] = {}
         else:
-            agent, train_info = train_agent(config, setting, run_dir, logger, checkpoint)
+            folders, train_info = train_agent(config, setting, run_dir, logger, checkpoint)
+            agent = training.agent_factories(folders, config.eval.deterministic)
         episodes = training.final_episodes(config, setting)
         rows = compare(training.candidates(config, setting, agent), episodes, setting.cost,
                        setting.kwargs["cluster"], progress=config.progress)

@@ -7,7 +7,10 @@
   `agents.evaluation` episodes of the training split (stream `PERIODIC`); the means of
   `serving/slo_attainment`, `serving/ttft_p99`, `serving/tbt_p99`, `serving/e2e_mean`,
   `serving/throughput_rps` and `serving/goodput_rps` go to the logger under their own
-  names, at that timestep.
+  names, at that timestep. When `run_dir` is given, the model with the best mean
+  `metric` so far (ties: the earlier) is saved to `<run dir>/checkpoints/best_step_<t>/`
+  (the older best is removed), so training that later forgets keeps what it learned.
+  These windows come from the training split only, never the held-out one.
 * `EpisodeServing`: the serving summary of each finished training episode
   (`info["serving"]`), averaged over the last 20 episodes at each rollout's end as
   `rollout/e2e_mean`, `rollout/ttft_p99`, `rollout/throughput_rps`. (Not SLO attainment:
@@ -26,7 +29,7 @@ from stable_baselines3.common.callbacks import BaseCallback
 
 from agents.evaluation import EvalEpisode, compare, policy_means
 from agents.learned import LearnedPolicy, scheduler_for
-from agents.learners import save_checkpoint
+from agents.learners import CHECKPOINTS, save_agent, save_checkpoint
 
 PERIODIC_METRICS = ("serving/slo_attainment", "serving/ttft_p99", "serving/tbt_p99",
                     "serving/e2e_mean", "serving/throughput_rps", "serving/goodput_rps")
@@ -96,8 +99,14 @@ class ServingEvaluation(_Every):
     """Serving metrics of the current model on fixed training-split episodes."""
 
     def __init__(self, freq: int, episodes: Sequence[EvalEpisode], metadata: Mapping[str, Any],
-                 cost: Any, cluster: Mapping[str, Any], log: Callable[[dict, int], None]) -> None:
+                 cost: Any, cluster: Mapping[str, Any], log: Callable[[dict, int], None],
+                 run_dir: Path | None = None, metric: str = "serving/goodput_rps") -> None:
         super().__init__(freq)
+        self.run_dir = run_dir
+        self.metric = metric
+        self.best_value = -np.inf
+        self.best_path: Path | None = None
+        self.best_timesteps: int | None = None
         self.episodes = list(episodes)
         self.metadata = metadata
         self.cost = cost
@@ -114,6 +123,20 @@ class ServingEvaluation(_Every):
         metrics = {key: means[key] for key in PERIODIC_METRICS}
         self.history.append({"timesteps": float(self.model.num_timesteps), **metrics})
         self.log(metrics, self.model.num_timesteps)
+        value = float(means.get(self.metric, np.nan))
+        if self.run_dir is not None and value > self.best_value:  # NaN never wins
+            self._save_best(value)
+
+    def _save_best(self, value: float) -> None:
+        steps = int(self.model.num_timesteps)
+        folder = Path(self.run_dir) / CHECKPOINTS / f"best_step_{steps:010d}"
+        save_agent(self.model, folder, self.metadata, extra={"best_metric": self.metric,
+                                                             "best_value": value})
+        if self.best_path is not None:
+            import shutil
+
+            shutil.rmtree(self.best_path, ignore_errors=True)
+        self.best_value, self.best_path, self.best_timesteps = value, folder, steps
 
 
 class EpisodeServing(BaseCallback):

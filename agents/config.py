@@ -24,6 +24,7 @@ from typing import Any
 from omegaconf import MISSING
 
 from envs.core.instance import InstanceConfig
+from envs.observations import DEFAULT_ADMIT_KEYS, DEFAULT_PREEMPT_KEYS
 
 ALGORITHMS = ("maskable_ppo", "ppo", "a2c", "dqn", "heuristic")
 MASKED_ALGORITHMS = ("maskable_ppo",)
@@ -31,6 +32,7 @@ INVALID_ACTION_MODES = ("auto", "raise", "fallback")
 LOGGER_KINDS = ("wandb", "none")
 WANDB_MODES = ("offline", "online", "disabled")
 EVAL_SPLITS = ("train", "test", "all")
+NETWORKS = ("mlp", "scorer")
 
 
 # ============================================================================ shared groups
@@ -101,6 +103,8 @@ class EnvConfig:
     invalid_action: "auto" = "raise" for masked agents (MaskablePPO), "fallback" for the
         others (an invalid action becomes the lowest valid one, costing the penalty).
     max_episode_steps: extra `TimeLimit` (null: the registration's).
+    num_slots, admit_keys, preempt_keys: the candidate sets (envs/observations.py).
+    episode_end: "auto", "horizon" or "drain" (ServingEnv's docstring).
     """
 
     id: str = "servegym/Admission-v0"
@@ -108,10 +112,13 @@ class EnvConfig:
     rate: float | None = 24.0
     episode_requests: int = 1000
     split: str = "train"
-    num_slots: int = 8
+    num_slots: int = 16
+    admit_keys: list[str] = field(default_factory=lambda: list(DEFAULT_ADMIT_KEYS))
+    preempt_keys: list[str] = field(default_factory=lambda: list(DEFAULT_PREEMPT_KEYS))
+    episode_end: str = "auto"
     length_knowledge: str = "oracle"
     length_sigma: float = 0.5
-    reward: str = "latency"
+    reward: str = "goodput"
     reward_options: dict[str, Any] = field(default_factory=dict)
     policies: dict[str, str] = field(default_factory=dict)
     invalid_action: str = "auto"
@@ -128,7 +135,10 @@ class AgentConfig:
     algo: one of `ALGORITHMS`. total_timesteps: env steps (decisions) to train.
     n_envs: parallel envs; vec_env: "dummy" (one process, the default) or "subproc".
     vec_normalize: wrap in `VecNormalize` (statistics saved next to the model);
-    norm_obs / norm_reward / clip_obs: its options. net_arch: hidden layer sizes.
+    norm_obs / norm_reward / clip_obs: its options. network: "mlp" (SB3's MlpPolicy with
+    `net_arch` hidden layers) or "scorer" (agents/scorer_policy.py: one shared network
+    scores every candidate slot, Decima-style; PPO and MaskablePPO only), with
+    `scorer_hidden` / `scorer_embed` its layer sizes.
     """
 
     algo: str = MISSING
@@ -140,6 +150,9 @@ class AgentConfig:
     norm_reward: bool = True
     clip_obs: float = 10.0
     net_arch: list[int] = field(default_factory=lambda: [64, 64])
+    network: str = "mlp"
+    scorer_hidden: int = 64
+    scorer_embed: int = 32
     device: str = "cpu"
 
     def sb3_kwargs(self) -> dict[str, Any]:
@@ -248,8 +261,9 @@ class EvalConfig:
     controlled decision kinds). metric: the `serving/` metric whose mean over episodes (for
     the agent) train.py returns, the sweep objective. freq: timesteps between evaluations
     during training (0: none), on `freq_episodes` windows of the training split.
-    deterministic: greedy agent actions; false (default) samples from the trained policy
-    with a seeded generator (agents/learned.py explains why greedy fails on ADMIT).
+    deterministic: greedy agent actions (default; the headline row "agent"); false samples
+    from the trained policy with a seeded generator. The other mode, and the last model in
+    both, are reported beside it (agents.training.agent_factories).
     """
 
     split: str = "test"
@@ -257,10 +271,10 @@ class EvalConfig:
     num_requests: int | None = None
     rate: float | None = None
     baselines: list[str] | None = None
-    metric: str = "serving/slo_attainment"
+    metric: str = "serving/goodput_rps"
     freq: int = 0
     freq_episodes: int = 2
-    deterministic: bool = False
+    deterministic: bool = True
 
 
 @dataclass
@@ -319,6 +333,15 @@ def validate(cfg: TrainConfig) -> None:
         raise ValueError(f"logger.mode={cfg.logger.mode!r}: choose one of {WANDB_MODES}")
     if cfg.eval.split not in EVAL_SPLITS:
         raise ValueError(f"eval.split={cfg.eval.split!r}: choose one of {EVAL_SPLITS}")
+    if cfg.agent.network not in NETWORKS:
+        raise ValueError(f"agent.network={cfg.agent.network!r}: choose one of {NETWORKS}")
+    if cfg.agent.network == "scorer" and cfg.agent.algo not in ("ppo", "maskable_ppo"):
+        raise ValueError(f"agent.network=scorer works with ppo and maskable_ppo, not "
+                         f"{cfg.agent.algo!r}; use agent.network=mlp")
+    if cfg.agent.network == "scorer" and cfg.agent.vec_normalize and cfg.agent.norm_obs:
+        raise ValueError("agent.network=scorer reads slot validity from raw features; set "
+                         "agent.norm_obs=false (observations are already in [-1, 1]) or "
+                         "agent.vec_normalize=false")
     if cfg.agent.vec_env not in ("dummy", "subproc"):
         raise ValueError(f"agent.vec_env={cfg.agent.vec_env!r}: choose dummy or subproc")
     for key, value in (("agent.n_envs", cfg.agent.n_envs), ("eval.episodes", cfg.eval.episodes),
@@ -332,7 +355,21 @@ def validate(cfg: TrainConfig) -> None:
             raise ValueError(f"{key} must be >= 0, got {value}")
     if not cfg.eval.metric.startswith("serving/"):
         raise ValueError(f"eval.metric={cfg.eval.metric!r}: name a serving/ metric, "
-                         "e.g. serving/slo_attainment")
+                         "e.g. serving/goodput_rps")
+    _validate_env(cfg.env)
+
+
+def _validate_env(env: EnvConfig) -> None:
+    """Candidate sets and episode ends, checked at composition (before any env is built)."""
+    from envs.observations import ADMIT_KEYS, PREEMPT_KEYS, check_keys
+    from envs.serving_env import EPISODE_ENDS
+
+    if env.num_slots < 1:
+        raise ValueError(f"env.num_slots must be >= 1, got {env.num_slots}")
+    check_keys(env.admit_keys, ADMIT_KEYS, "env.admit_keys", env.num_slots)
+    check_keys(env.preempt_keys, PREEMPT_KEYS, "env.preempt_keys", env.num_slots)
+    if env.episode_end not in EPISODE_ENDS:
+        raise ValueError(f"env.episode_end={env.episode_end!r}: choose one of {EPISODE_ENDS}")
 
 
 __all__ = [

@@ -42,6 +42,7 @@ from envs.workloads.transforms import split_by_time
 FINAL = 1
 PERIODIC = 2
 TABLE_METRICS = (
+    ("serving/goodput_rps", "goodput (req/s)", 1.0, "{:.2f}"),
     ("serving/slo_attainment", "SLO attainment", 1.0, "{:.3f}"),
     ("serving/ttft_p99", "TTFT p99 (s)", 1.0, "{:.2f}"),
     ("serving/tbt_p99", "TBT p99 (ms)", 1000.0, "{:.0f}"),

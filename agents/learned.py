@@ -38,11 +38,31 @@ from typing import Any
 import numpy as np
 
 from envs.core.decisions import Action, Decision, DecisionKind, Policy, default_policies
-from envs.observations import ObservationEncoder
+from envs.observations import (
+    DEFAULT_ADMIT_KEYS,
+    DEFAULT_PREEMPT_KEYS,
+    OBS_LAYOUT_VERSION,
+    ObservationEncoder,
+)
 
 KINDS = {"admit": DecisionKind.ADMIT, "preempt": DecisionKind.PREEMPT,
          "route": DecisionKind.ROUTE}
 KIND_ORDER = (DecisionKind.ROUTE, DecisionKind.ADMIT, DecisionKind.PREEMPT)
+
+
+class LayoutMismatchError(ValueError):
+    """A saved agent was trained on another observation layout than this code encodes."""
+
+
+def check_layout(metadata: Mapping[str, Any], where: str) -> None:
+    """Refuse an agent whose observation layout differs from `OBS_LAYOUT_VERSION`."""
+    version = metadata.get("obs_layout", 1)
+    if version != OBS_LAYOUT_VERSION:
+        raise LayoutMismatchError(
+            f"the agent at {where} was trained on observation layout {version}, but this "
+            f"servegym encodes layout {OBS_LAYOUT_VERSION} (envs/observations.py): its "
+            "network would read the wrong features. Retrain it with this version (python "
+            "train.py ...), or evaluate it with the servegym version it was trained with.")
 
 
 class AgentStalledError(RuntimeError):
@@ -79,7 +99,11 @@ class LearnedPolicy:
         self.encoder = ObservationEncoder(int(metadata["num_slots"]),
                                           float(metadata["default_ttft_slo"]),
                                           rate_scale=float(metadata["rate_scale"]),
-                                          output_estimate=self._estimate)
+                                          output_estimate=self._estimate,
+                                          admit_keys=metadata.get("admit_keys",
+                                                                  DEFAULT_ADMIT_KEYS),
+                                          preempt_keys=metadata.get("preempt_keys",
+                                                                    DEFAULT_PREEMPT_KEYS))
         self._rng: np.random.Generator | None = None
         self._bound: Any = None
         self._estimates: list[float] = []
@@ -108,7 +132,9 @@ class LearnedPolicy:
         """The greedy valid action for one observation (see the module docstring).
 
         One forward pass of the network, without SB3's `predict` plumbing: for MaskablePPO
-        the argmax of the masked logits is exactly `predict(..., deterministic=True)`.
+        the argmax of the masked logits is exactly `predict(..., deterministic=True)`. The
+        logits come from the policy's own action distribution, so any SB3 actor-critic
+        policy (MlpPolicy, agents.scorer_policy's scorers) acts the same way.
         """
         import torch
 
@@ -119,9 +145,7 @@ class LearnedPolicy:
             if self.algo == "dqn":
                 scores = self.model.q_net(tensor)[0]
             else:
-                policy = self.model.policy
-                features = policy.extract_features(tensor, policy.pi_features_extractor)
-                scores = policy.action_net(policy.mlp_extractor.forward_actor(features))[0]
+                scores = self.model.policy.get_distribution(tensor).distribution.logits[0]
             scores = scores.numpy().astype(np.float64)
         if not self.deterministic:
             if self._rng is None:
@@ -195,6 +219,7 @@ def load_policy(path: str | Path, deterministic: bool | None = None
     torch.set_num_threads(1)
     folder = agent_folder(path)
     metadata = json.loads((folder / AGENT_FILE).read_text())
+    check_layout(metadata, str(folder))
     model = algorithm_class(metadata["algo"]).load(str(folder / MODEL_FILE), device="cpu")
     normalizer = None
     if (folder / VECNORM_FILE).exists():
@@ -213,5 +238,6 @@ def load_agent(path: str | Path) -> dict[DecisionKind, Policy]:
     return scheduler_for(policy, metadata["controlled"], metadata.get("policies", {}))
 
 
-__all__ = ["AgentNotFoundError", "AgentStalledError", "LearnedPolicy", "agent_folder",
+__all__ = ["AgentNotFoundError", "AgentStalledError", "LayoutMismatchError", "LearnedPolicy",
+           "agent_folder", "check_layout",
            "load_agent", "load_policy", "scheduler_for"]

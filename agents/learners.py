@@ -30,6 +30,7 @@ import numpy as np
 
 from agents.config import MASKED_ALGORITHMS, AgentConfig, TrainConfig
 from envs.core.metrics import atomic_write
+from envs.observations import OBS_LAYOUT_VERSION
 
 MODEL_FILE = "model.zip"
 VECNORM_FILE = "vecnormalize.pkl"
@@ -89,7 +90,9 @@ def env_kwargs(cfg: TrainConfig) -> dict[str, Any]:
         "cost_source": cost.source,
         "cluster": {"num_instances": cfg.cluster.num_instances,
                     "instance": dataclasses.asdict(cfg.cluster.instance)},
-        "num_slots": env.num_slots, "length_knowledge": env.length_knowledge,
+        "num_slots": env.num_slots, "admit_keys": list(env.admit_keys),
+        "preempt_keys": list(env.preempt_keys), "episode_end": env.episode_end,
+        "length_knowledge": env.length_knowledge,
         "length_sigma": env.length_sigma, "reward": env.reward,
         "reward_options": dict(env.reward_options), "invalid_action": invalid,
         "invalid_action_penalty": env.invalid_action_penalty, "debug_checks": env.debug_checks,
@@ -157,10 +160,20 @@ def build_vec_env(cfg: TrainConfig, kwargs: Mapping[str, Any],
 
 
 def build_model(agent: AgentConfig, venv: Any, seed: int) -> Any:
-    """A fresh SB3 model: `MlpPolicy` with `agent.net_arch`, seeded with `seed`."""
+    """A fresh SB3 model seeded with `seed`: `MlpPolicy` with `agent.net_arch`, or with
+    `agent.network="scorer"` the shared candidate scorer (agents/scorer_policy.py)."""
     cls = algorithm_class(agent.algo)
-    return cls("MlpPolicy", venv, seed=seed, verbose=0, device=agent.device,
-               policy_kwargs={"net_arch": list(agent.net_arch)}, **agent.sb3_kwargs())
+    if agent.network == "scorer":
+        from agents.scorer_policy import policy_class
+        from envs.observations import GLOBAL_FEATURES, SLOT_FEATURES
+
+        policy: Any = policy_class(agent.algo)
+        policy_kwargs = {"global_features": GLOBAL_FEATURES, "slot_features": SLOT_FEATURES,
+                         "hidden": agent.scorer_hidden, "embed": agent.scorer_embed}
+    else:
+        policy, policy_kwargs = "MlpPolicy", {"net_arch": list(agent.net_arch)}
+    return cls(policy, venv, seed=seed, verbose=0, device=agent.device,
+               policy_kwargs=policy_kwargs, **agent.sb3_kwargs())
 
 
 def resume_seed(seed: int, timesteps: int) -> int:
@@ -189,7 +202,9 @@ def agent_metadata(algo: str, env: gym.Env, env_id: str, policy_specs: Mapping[s
     return {
         "algo": algo, "env_id": env_id,
         "controlled": sorted(kind.name.lower() for kind in base.controlled),
-        "num_slots": encoder.num_slots, "default_ttft_slo": encoder.default_ttft_slo,
+        "obs_layout": OBS_LAYOUT_VERSION, "num_slots": encoder.num_slots,
+        "admit_keys": list(encoder.admit_keys), "preempt_keys": list(encoder.preempt_keys),
+        "default_ttft_slo": encoder.default_ttft_slo,
         "rate_scale": encoder.rate_scale, "length_knowledge": base.length_knowledge,
         "length_sigma": base.length_sigma,
         "output_mean": float(base.source.output_len.mean()),

@@ -54,6 +54,7 @@ SCHEMA_OF_ALGO = {"maskable_ppo": PPOConfig, "ppo": PPOConfig, "a2c": A2CConfig,
 RESUME_KEEPS = ("resume", "progress", "logger")
 RESOLVED_CONFIG = "resolved_config.yaml"
 AGENT_LABEL = "agent"
+BEST_FOLDER = "best"
 
 
 # ============================================================================ config
@@ -219,11 +220,46 @@ def baseline_specs(config: TrainConfig, controlled: Sequence[str]) -> list[str]:
     return [name for key in controlled for name in policy_names(KINDS[key])]
 
 
+def keep_best(run_dir: Path, best_checkpoint: Path | None) -> Path | None:
+    """Copy the best periodic checkpoint to `<run dir>/best/` (never overwritten)."""
+    import shutil
+
+    if best_checkpoint is None or not Path(best_checkpoint).is_dir():
+        return None
+    target = Path(run_dir) / BEST_FOLDER
+    if target.exists():
+        raise FileExistsError(f"{target} exists; saved agents are never overwritten")
+    shutil.copytree(best_checkpoint, target)
+    return target
+
+
+def agent_factories(folders: Mapping[str, Path], deterministic: bool
+                    ) -> dict[str, Callable[[], dict[DecisionKind, Policy]]]:
+    """Labels -> policy factories of a trained agent: "agent" is the best model acting as
+    `eval.deterministic` says (the headline and the sweep objective); beside it the best in
+    the other mode and the last model in both (greedy and sampled, best and last)."""
+    from agents.learned import load_policy, scheduler_for
+
+    def factory(folder: Path, greedy: bool) -> Callable[[], dict[DecisionKind, Policy]]:
+        policy, metadata = load_policy(folder, deterministic=greedy)
+        return lambda: scheduler_for(policy, metadata["controlled"], metadata["policies"])
+
+    other = "sampled" if deterministic else "greedy"
+    return {
+        AGENT_LABEL: factory(folders["best"], deterministic),
+        f"{AGENT_LABEL}-best-{other}": factory(folders["best"], not deterministic),
+        f"{AGENT_LABEL}-last-greedy": factory(folders["last"], True),
+        f"{AGENT_LABEL}-last-sampled": factory(folders["last"], False),
+    }
+
+
 def candidates(config: TrainConfig, setting: Setting,
                agent: Callable[[], dict[DecisionKind, Policy]]
+               | Mapping[str, Callable[[], dict[DecisionKind, Policy]]]
                ) -> dict[str, Callable[[], dict[DecisionKind, Policy]]]:
-    """label -> policy factory: "agent" first, then the baselines in registry order."""
-    out = {AGENT_LABEL: agent}
+    """label -> policy factory: the agent's rows first ("agent", and for a trained agent
+    its other modes, see `agent_factories`), then the baselines in registry order."""
+    out = dict(agent) if isinstance(agent, Mapping) else {AGENT_LABEL: agent}
     for spec in baseline_specs(config, setting.controlled):
         out[spec] = heuristic_factory(spec, setting.controlled, config.env.policies)
     return out

@@ -5,12 +5,17 @@ Action layout (every env): `Discrete(2K + 1)`.
     a in [K, 2K)   PREEMPT only: choose slot a - K and swap it to host memory
     a == 2K        ADMIT only: STOP, no more admissions this iteration
 
-Candidate slots (canonical order):
-    ADMIT    the first K waiting requests, in queue order, that fit into the batch now
-             (preempted-by-recompute requests first, then arrival order)
-    PREEMPT  the K most recently admitted running requests, newest first (vLLM's victim is
-             slot 0); the request short of KV is among them when it is recent enough
+Candidate slots (candidate sets, observation layout version `OBS_LAYOUT_VERSION`):
+    ADMIT    up to K waiting requests that fit into the batch now, drawn round-robin from
+             several rankings (`admit_keys`, default oldest, shortest prefill, shortest
+             output, least TTFT slack): slot i takes the best request under key i mod n
+             that no earlier slot holds, so the pick of every such rule is visible whatever
+             the queue length. Each slot shows the key that chose it (its role).
+    PREEMPT  up to K running requests drawn the same way from `preempt_keys` (default
+             newest = vLLM's victim, most KV blocks, least progress, longest remaining)
     ROUTE    the instances, by index (K >= number of instances)
+Sort keys (ties: queue order): see `ADMIT_KEYS` and `PREEMPT_KEYS`. `admit_keys=("oldest",)`
+gives the first K fitting requests in queue order (layout version 1's candidates).
 
 Observation: float32 vector of length `GLOBAL + K * SLOT`, every entry in [-1, 1].
 Counts and lengths are squashed as x / (x + scale) so they stay bounded without clipping.
@@ -36,17 +41,19 @@ Slot features for requests (ADMIT, PREEMPT):
     squash(tokens, 256)  4 time since arrival squash(s, ttft target)  5 TTFT slack
     clip((target - waited) / target, -1, 1), 1 once the first token is out  6 prefix-cache
     hit fraction (ADMIT) or KV blocks held / capacity (PREEMPT)  7 tenant / tenants
-    8 priority squash(p, 4)
+    8 priority squash(p, 4)  9-14 role: one-hot index of the sort key that chose the slot
 Slot features for instances (ROUTE):
     0 valid  1 waiting squash(n, max_num_seqs)  2 running / max_num_seqs  3 KV used fraction
     4 queued prompt tokens squash(tokens, budget)  5 prefix hit fraction for the arriving
-    request  6 swapped squash(n, 8)  7 outstanding requests squash(n, max_num_seqs)  8 0
+    request  6 swapped squash(n, 8)  7 outstanding requests squash(n, max_num_seqs)  8 0  9-14 0
 """
 
 from __future__ import annotations
 
 import bisect
+import heapq
 import math
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -60,7 +67,12 @@ if TYPE_CHECKING:
     from envs.core.simulator import Simulator
 
 GLOBAL_FEATURES = 16
-SLOT_FEATURES = 9
+BASE_SLOT_FEATURES = 9
+MAX_ROLES = 6  # sort keys per decision kind
+SLOT_FEATURES = BASE_SLOT_FEATURES + MAX_ROLES
+OBS_LAYOUT_VERSION = 2  # saved with every agent; an agent of another layout is refused
+DEFAULT_ADMIT_KEYS = ("oldest", "shortest_prefill", "shortest_output", "least_slack")
+DEFAULT_PREEMPT_KEYS = ("newest", "most_blocks", "least_progress", "longest_remaining")
 RATE_WINDOW_S = 10.0
 
 
@@ -68,12 +80,87 @@ def squash(value: float, scale: float) -> float:
     return value / (value + scale) if value > 0 else 0.0
 
 
+def _ttft_deadline(encoder: ObservationEncoder, request: Request) -> float:
+    target = request.ttft_slo if request.ttft_slo < math.inf else encoder.default_ttft_slo
+    return request.arrival_time + target
+
+
+# Sort keys: (encoder, request, decision) -> value, smallest first; ties keep queue order.
+ADMIT_KEYS: dict[str, Callable[[ObservationEncoder, Request, Decision], float]] = {
+    "oldest": lambda enc, r, d: 0.0,  # queue order (recompute-preempted first, then arrival)
+    "shortest_prefill": lambda enc, r, d: r.prompt_len + r.num_generated - r.num_computed,
+    "shortest_output": lambda enc, r, d: enc.output_estimate(r),
+    "shortest_remaining": lambda enc, r, d: enc.output_estimate(r) - r.num_generated,
+    "least_slack": lambda enc, r, d: _ttft_deadline(enc, r),
+    "most_prefix_hits": lambda enc, r, d: -d.instance.bm.count_prefix_hits(r)[0],
+    "highest_priority": lambda enc, r, d: r.priority,  # lower value = more urgent (vLLM)
+}
+PREEMPT_KEYS: dict[str, Callable[[ObservationEncoder, Request, Decision], float]] = {
+    "newest": lambda enc, r, d: 0.0,  # most recently admitted first (vLLM's victim)
+    "most_blocks": lambda enc, r, d: -r.num_blocks,
+    "least_progress": lambda enc, r, d: r.num_computed,
+    "longest_remaining": lambda enc, r, d: -(enc.output_estimate(r) - r.num_generated),
+    "lowest_priority": lambda enc, r, d: -r.priority,
+}
+
+
+def check_keys(keys: Sequence[str], known: Mapping[str, Any], what: str,
+               num_slots: int) -> tuple[str, ...]:
+    """Validated sort keys: known names, no repeats, at most MAX_ROLES, at most K."""
+    keys = (keys,) if isinstance(keys, str) else tuple(keys)
+    unknown = [k for k in keys if k not in known]
+    if unknown or not keys:
+        raise ValueError(f"{what}={list(keys)}: unknown sort key(s) {unknown}; choose from "
+                         f"{sorted(known)}")
+    if len(set(keys)) != len(keys) or len(keys) > MAX_ROLES:
+        raise ValueError(f"{what}={list(keys)}: give at most {MAX_ROLES} distinct keys")
+    if num_slots < len(keys):
+        raise ValueError(f"num_slots={num_slots} is smaller than the {len(keys)} sort keys of "
+                         f"{what}; every key needs a slot: raise num_slots or drop keys")
+    return keys
+
+
+def round_robin_slots(rankings: Sequence[Sequence[int]], num_slots: int
+                      ) -> tuple[list[int], list[int]]:
+    """(slots, roles): slot i takes the best not-yet-taken candidate of ranking i mod n."""
+    slots: list[int] = []
+    roles: list[int] = []
+    taken: set[int] = set()
+    cursors = [0] * len(rankings)
+    live = len(rankings)
+    while len(slots) < num_slots and live:
+        live = 0
+        for role, ranking in enumerate(rankings):
+            if len(slots) == num_slots:
+                break
+            cursor = cursors[role]
+            while cursor < len(ranking) and ranking[cursor] in taken:
+                cursor += 1
+            if cursor < len(ranking):
+                index = ranking[cursor]
+                taken.add(index)
+                slots.append(index)
+                roles.append(role)
+                cursor += 1
+                live += 1
+            cursors[role] = cursor
+    return slots, roles
+
+
 class ObservationEncoder:
     """Turns a decision into (observation, mask, slot -> candidate index)."""
 
     def __init__(self, num_slots: int, default_ttft_slo: float, rate_scale: float,
-                 output_estimate: Any) -> None:
+                 output_estimate: Any, admit_keys: Sequence[str] = DEFAULT_ADMIT_KEYS,
+                 preempt_keys: Sequence[str] = DEFAULT_PREEMPT_KEYS) -> None:
+        if num_slots < 1:
+            raise ValueError(f"num_slots must be >= 1, got {num_slots}")
         self.num_slots = num_slots
+        self.admit_keys = check_keys(admit_keys, ADMIT_KEYS, "admit_keys", num_slots)
+        self.preempt_keys = check_keys(preempt_keys, PREEMPT_KEYS, "preempt_keys", num_slots)
+        self._admit_sorts = [ADMIT_KEYS[k] for k in self.admit_keys]
+        self._preempt_sorts = [PREEMPT_KEYS[k] for k in self.preempt_keys]
+        self.slot_roles: list[int] = []
         self.size = GLOBAL_FEATURES + num_slots * SLOT_FEATURES
         self.num_actions = 2 * num_slots + 1
         self.stop_action = 2 * num_slots
@@ -132,17 +219,35 @@ class ObservationEncoder:
 
     def _admit_slots(self, decision: Decision) -> list[int]:
         can_admit = decision.instance.can_admit
-        slots = []
-        for index, request in enumerate(decision.candidates):
-            if can_admit(request):
-                slots.append(index)
-                if len(slots) == self.num_slots:
-                    break
-        return slots
+        candidates = decision.candidates
+        fitting = [i for i, request in enumerate(candidates) if can_admit(request)]
+        return self._ranked_slots(decision, fitting, self._admit_sorts)
 
     def _preempt_slots(self, decision: Decision) -> list[int]:
-        last = len(decision.candidates) - 1
-        return [last - i for i in range(min(self.num_slots, last + 1))]
+        newest_first = list(range(len(decision.candidates) - 1, -1, -1))
+        return self._ranked_slots(decision, newest_first, self._preempt_sorts)
+
+    def _ranked_slots(self, decision: Decision, indices: list[int],
+                      sorts: Sequence[Callable[..., float]]) -> list[int]:
+        """Candidate indices of the slots; `self.slot_roles` gets each slot's key index."""
+        if len(sorts) == 1 and sorts[0] in (ADMIT_KEYS["oldest"], PREEMPT_KEYS["newest"]):
+            slots = indices[: self.num_slots]  # already in that order
+            self.slot_roles = [0] * len(slots)
+            return slots
+        candidates = decision.candidates
+        k = self.num_slots
+        oldest = (ADMIT_KEYS["oldest"], PREEMPT_KEYS["newest"])
+        rankings = []
+        for sort in sorts:
+            if sort in oldest:
+                rankings.append(indices)
+                continue
+            # (value, index) pairs: ties keep queue order. No key needs more than K picks.
+            keyed = [(sort(self, candidates[i], decision), i) for i in indices]
+            best = heapq.nsmallest(k, keyed) if len(keyed) > k else sorted(keyed)
+            rankings.append([i for _, i in best])
+        slots, self.slot_roles = round_robin_slots(rankings, k)
+        return slots
 
     def _global(self, instance: Instance | None, sim: Simulator, kind: DecisionKind,
                 request: Request | None) -> list[float]:
@@ -204,7 +309,8 @@ class ObservationEncoder:
         default_slo = self.default_ttft_slo
         out: list[float] = []
         candidates = decision.candidates
-        for index in slots:
+        roles = self.slot_roles
+        for position, index in enumerate(slots):
             r = candidates[index]
             target = r.ttft_slo if r.ttft_slo < math.inf else default_slo
             waited = now - r.arrival_time
@@ -225,6 +331,9 @@ class ObservationEncoder:
                 r.tenant / tenants if tenants > 0 else 0.0,
                 squash(r.priority, 4),
             )
+            role = [0.0] * MAX_ROLES
+            role[roles[position]] = 1.0
+            out += role
         return out
 
     @staticmethod
@@ -252,4 +361,5 @@ class ObservationEncoder:
                 squash(len(inst.waiting) + len(inst.running) + len(inst.swapped), seqs),
                 0.0,
             )
+            out += [0.0] * MAX_ROLES
         return out

@@ -11,9 +11,16 @@ import numpy as np
 from gymnasium import spaces
 
 from envs.backends import build_backend
-from envs.core.decisions import DecisionKind, InvalidActionError, Policy, default_policies
+from envs.core.decisions import (
+    DecisionKind,
+    InvalidActionError,
+    Policy,
+    default_policies,
+    reset_policies,
+)
+from envs.core.request import FINISHED, REJECTED
 from envs.costs import build_cost_model
-from envs.observations import ObservationEncoder
+from envs.observations import DEFAULT_ADMIT_KEYS, DEFAULT_PREEMPT_KEYS, ObservationEncoder
 from envs.rewards import RewardConfig, RewardTracker
 from envs.workloads import Workload, build_workload, load_azure_2023, scale_to_rate
 from envs.workloads.transforms import clip_to_context, split_by_time
@@ -24,6 +31,7 @@ CONTROLS = {"route": DecisionKind.ROUTE, "admit": DecisionKind.ADMIT,
 LENGTH_KNOWLEDGE = ("oracle", "predicted", "none")
 TRACE_NAMES = {"azure_conv": "conv", "azure_code": "code"}
 INVALID_ACTION = ("raise", "fallback")
+EPISODE_ENDS = ("auto", "horizon", "drain")
 
 
 class ServingEnv(gym.Env):
@@ -49,26 +57,32 @@ class ServingEnv(gym.Env):
     `InvalidActionError` naming the decision and the valid choices (or, with
     `invalid_action="fallback"` for agents without masking such as plain PPO, is replaced
     by the lowest valid action and costs `invalid_action_penalty`). Candidate order is
-    canonical (see `envs/observations.py`): ADMIT slots are the first K waiting requests
-    that fit, in queue order; PREEMPT slots are the running requests, newest first;
-    ROUTE slots are the instances by index.
+    a candidate set (see `envs/observations.py`): ADMIT slots are up to K waiting requests
+    that fit, drawn round-robin from several rankings (`admit_keys`: oldest, shortest
+    prefill, shortest output, least TTFT slack by default), so what those rules would pick
+    is always visible; PREEMPT slots likewise from `preempt_keys` (newest first = vLLM's
+    victim, most blocks, least progress, longest remaining); ROUTE slots are the instances
+    by index. Each request slot shows the key that chose it.
 
     ## Observation Space
-    `Box(-1, 1, (16 + 9K,), float32)`: 16 global features (queue lengths, KV blocks free
+    `Box(-1, 1, (16 + 15K,), float32)`: 16 global features (queue lengths, KV blocks free
     and used, batch tokens and sequences, running requests, recent arrival rate, progress
     through the episode, requests in system, decision kind, the arriving / needy request)
-    and K slots of 9 features (validity, prompt length, tokens done, output-length
-    estimate, waiting time, TTFT slack, prefix-cache hits or KV held, tenant, priority; for
-    ROUTE: per-instance queue, load, KV use, queued tokens, prefix affinity), zero-padded.
+    and K slots of 15 features (validity, prompt length, tokens done, output-length
+    estimate, waiting time, TTFT slack, prefix-cache hits or KV held, tenant, priority, a
+    one-hot of the slot's sort key; for ROUTE: per-instance queue, load, KV use, queued
+    tokens, prefix affinity), zero-padded.
     Exact layout and normalisation: `envs/observations.py`.
 
     ## Rewards
     `reward="latency"` (default): minus the time integral of requests in the system between
     decisions, over `latency_scale_s` (Little's law: minimises mean latency); `"slo"`: +1
     per request that leaves meeting its TTFT and TPOT targets, `-miss_penalty` otherwise
-    (rejected included); `"goodput"`: +1 per request meeting both. Options: a fairness
-    term across tenants and an average-reward (differential) form. Formulas:
-    `envs/rewards.py`.
+    (rejected included); `"goodput"`: +1 per request meeting both. `reward_options`:
+    `ttft_credit` pays part of a request's credit at its first token (aligned in time
+    with the admission that settled it; the episode sum is unchanged), a fairness term
+    across tenants and an average-reward (differential) form, which charges the running
+    reward rate per simulated second (time-aware credit). Formulas: `envs/rewards.py`.
 
     ## Starting State
     `reset(seed)` draws a slice of `episode_requests` consecutive requests (or, with
@@ -78,6 +92,14 @@ class ServingEnv(gym.Env):
     the simulator to the first decision the agent controls.
 
     ## Episode End
+    `episode_end="horizon"` (what `"auto"`, the default, means for the goodput and slo
+    rewards): `terminated` at the first decision after the last
+    arrival at which every request still in the system is a certain miss (no first token
+    by its TTFT target, or too late to meet its TPOT target): nothing an agent does after
+    that changes the goodput, so delaying lost requests cannot earn reward; those
+    requests count as misses (their early TTFT credit is taken back), and the simulator
+    is drained by the default policies only to write the report. `"drain"` (what
+    `"auto"` means for the latency reward, which must charge every request's latency):
     `terminated` when every request of the slice has finished or been rejected. A time
     limit (`max_episode_steps` at registration or `gymnasium.wrappers.TimeLimit`) gives
     `truncated`. At the end `info["serving"]` holds the serving summary (`serving/...`).
@@ -89,15 +111,17 @@ class ServingEnv(gym.Env):
     episode_requests, episode_seconds (a window of trace time instead, before `rate`
     rescaling), split ("train" | "test" | "all"), model, gpu, tensor_parallel,
     cost_source, cluster ({"num_instances": N, "instance": InstanceConfig fields}),
-    num_slots (K), length_knowledge ("oracle" | "predicted" | "none"), length_sigma
-    (log-normal error of "predicted"), reward and reward_options (RewardConfig fields),
+    num_slots (K), admit_keys and preempt_keys (candidate sort keys, `ADMIT_KEYS` /
+    `PREEMPT_KEYS` of envs/observations.py), episode_end ("auto" | "horizon" | "drain"),
+    length_knowledge ("oracle" | "predicted" | "none"), length_sigma (log-normal error
+    of "predicted"), reward and reward_options (RewardConfig fields),
     policies ({"admit"|"preempt"|"route": Policy} for uncontrolled decisions),
     invalid_action ("raise" | "fallback"), invalid_action_penalty,
     debug_checks (simulator invariant checks after every event),
     backend ("sim" | "live": real vLLM engines, see docs/live.md) and live_options.
 
     ## Version History
-    v0: initial release.
+    v0: initial release; observation layout 2 (candidate sets with roles), horizon ends.
     """
 
     metadata = {"render_modes": []}
@@ -115,7 +139,10 @@ class ServingEnv(gym.Env):
         tensor_parallel: int = 1,
         cost_source: str = "auto",
         cluster: Mapping[str, Any] | None = None,
-        num_slots: int = 8,
+        num_slots: int = 16,
+        admit_keys: Sequence[str] = DEFAULT_ADMIT_KEYS,
+        preempt_keys: Sequence[str] = DEFAULT_PREEMPT_KEYS,
+        episode_end: str = "auto",
         length_knowledge: str = "oracle",
         length_sigma: float = 0.5,
         reward: str = "latency",
@@ -137,6 +164,11 @@ class ServingEnv(gym.Env):
             raise ValueError(f"invalid_action must be one of {INVALID_ACTION}, "
                              f"got {invalid_action!r}")
         self.invalid_action = invalid_action
+        if episode_end not in EPISODE_ENDS:
+            raise ValueError(f"episode_end must be one of {EPISODE_ENDS}, got {episode_end!r}")
+        if episode_end == "auto":
+            episode_end = "drain" if reward == "latency" else "horizon"
+        self.episode_end = episode_end
         self.invalid_action_penalty = invalid_action_penalty
         self.length_sigma = length_sigma
         self.rate = rate
@@ -164,7 +196,8 @@ class ServingEnv(gym.Env):
         self.rewards = RewardTracker(RewardConfig(kind=reward, **options))
         self.encoder = ObservationEncoder(num_slots, self.rewards.config.default_ttft_slo,
                                           rate_scale=rate or 10.0,
-                                          output_estimate=self._output_estimate)
+                                          output_estimate=self._output_estimate,
+                                          admit_keys=admit_keys, preempt_keys=preempt_keys)
         self.action_space = spaces.Discrete(self.encoder.num_actions)
         self.observation_space = spaces.Box(-1.0, 1.0, (self.encoder.size,), np.float32)
         self._decision = None
@@ -221,6 +254,8 @@ class ServingEnv(gym.Env):
                 episode = scale_to_rate(episode, self.rate)
             self._draw_estimates(episode, rng)
             self.sim.reset(episode, seed=int(rng.integers(2**31)))
+            self._drain_seed = int(rng.integers(2**31))
+            self._horizon = float(episode.arrival_time[-1]) if len(episode) else 0.0
             self.rewards.reset(self.sim)
             self.encoder.episode_requests = len(episode)
             self._decision = self.sim.next_decision()
@@ -252,6 +287,11 @@ class ServingEnv(gym.Env):
         self.sim.apply(self.encoder.to_action(action, decision), validated=True)
         self._decision = decision = self.sim.next_decision()
         reward = self.rewards.step(self.sim.now) - penalty
+        if decision is not None and self.episode_end == "horizon" and \
+                self._past_horizon(decision.time):
+            reward += self.rewards.finalize()
+            self._drain()
+            self._decision = decision = None
         if decision is None:
             self.encoder.mask[:] = False
             info = {"action_mask": self.encoder.mask.copy(), "decision": None,
@@ -260,6 +300,37 @@ class ServingEnv(gym.Env):
         observation = self.encoder.encode(decision, self.sim)
         info = {"action_mask": self.encoder.mask.copy(), "decision": KIND_NAMES[decision.kind]}
         return observation, reward, False, False, info
+
+    def _past_horizon(self, now: float) -> bool:
+        """True once every request has arrived and each one still in the system is a
+        certain miss; `self._horizon` caches the latest time one of them could still make
+        it (it only moves back as requests leave, so it is recomputed only when passed)."""
+        sim = self.sim
+        if now < self._horizon or sim.arrived_count < len(sim.workload):
+            return False
+        self._horizon = max((self._deadline(r) for r in sim.requests
+                             if r.status != FINISHED and r.status != REJECTED),
+                            default=-np.inf)
+        return now >= self._horizon
+
+    def _deadline(self, request: Any) -> float:
+        """The latest time at which `request` can still meet both SLO targets."""
+        config = self.rewards.config
+        ttft = request.ttft_slo if request.ttft_slo < np.inf else config.default_ttft_slo
+        tpot = request.tpot_slo if request.tpot_slo < np.inf else config.default_tpot_slo
+        if not request.num_generated:
+            return request.arrival_time + ttft  # no first token yet
+        if request.first_token_time - request.arrival_time > ttft:
+            return -np.inf  # already late
+        return request.first_token_time + tpot * max(request.output_len - 1, 0)
+
+    def _drain(self) -> None:
+        """Finish the simulation with the default policies (for the episode's report)."""
+        policies = default_policies()
+        reset_policies(policies, np.random.default_rng(self._drain_seed))
+        sim = self.sim
+        while (decision := sim.next_decision()) is not None:
+            sim.apply(policies[decision.kind].decide(decision))
 
     def _slice(self, rng: np.random.Generator) -> np.ndarray:
         """Indices of the next episode: N consecutive requests, or a window of trace time."""

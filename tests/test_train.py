@@ -205,6 +205,8 @@ def test_unmasked_agents_pick_only_valid_actions_at_evaluation(tmp_path: Path,
     folder = save_agent(model, tmp_path / "model", metadata)
     policies = load_agent(folder)
     assert isinstance(policies[DecisionKind.ADMIT], LearnedPolicy)
+    # An untrained agent may STOP whenever allowed; this test is about validity only.
+    policies[DecisionKind.ADMIT].max_decisions_per_request = 1e9
     workload = env.unwrapped.source.head(64)
     sim = build_simulator(env.unwrapped.sim.cost, 1, None, policies=policies)
     report = sim.run(workload, seed=0)  # inline answers are validated by the simulator
@@ -222,9 +224,11 @@ def test_maskable_ppo_run_writes_every_result_and_never_overwrites(tmp_path: Pat
         assert (run_dir / name).is_file(), name
     assert len(list((run_dir / "checkpoints").glob("step_*/model.zip"))) == 2
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    assert metrics["objective"] == {"metric": "serving/slo_attainment", "policy": "agent",
+    assert metrics["objective"] == {"metric": "serving/goodput_rps", "policy": "agent",
                                     "value": value}
-    assert set(metrics["eval"]["policies"]) == {"agent", "fcfs", "spf"}
+    assert set(metrics["eval"]["policies"]) == {"agent", "agent-best-sampled",
+                                                "agent-last-greedy", "agent-last-sampled",
+                                                "fcfs", "spf"}
     assert metrics["cost_model"]["source"] == "roofline"
     assert "fell back to the roofline" in metrics["cost_model"]["note"]
     assert metrics["train"]["timesteps"] == 128 and len(metrics["train"]["periodic_eval"]) == 2
@@ -240,7 +244,7 @@ def test_same_seed_same_results(tmp_path: Path) -> None:
     overrides = [*TINY, *PPO_TINY]
     first, a = run_train(tmp_path, overrides, "a")
     second, b = run_train(tmp_path, overrides, "b")
-    assert first == second
+    assert first == second or (np.isnan(first) and np.isnan(second))  # a stalled greedy agent
     assert (a / "eval.csv").read_text().split("\n")[1:] != []
     rows = [line.split(",")[:4] + line.split(",")[5:] for line in
             (a / "eval.csv").read_text().splitlines()]
@@ -257,7 +261,8 @@ def test_heuristic_agent_matches_its_baseline_row(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("overrides", [
-    ["agent=ppo", *PPO_TINY, "agent.vec_normalize=true", "agent.n_envs=2"],
+    ["agent=ppo", *PPO_TINY, "agent.vec_normalize=true", "agent.norm_obs=false",
+     "agent.n_envs=2"],
     ["agent=a2c", "agent.total_timesteps=64", "agent.n_envs=2"],
     ["agent=dqn", "agent.total_timesteps=128", "agent.learning_starts=32",
      "agent.buffer_size=1000", "checkpoint.freq=64"],

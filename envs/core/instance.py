@@ -549,6 +549,7 @@ class Instance:
                 continuing += 1
             elif generated == 1:
                 request.first_token_time = now
+                self.sim.record_first_token(request)
             else:
                 singles.append(now - last_token)
             request.last_token_time = now

@@ -10,10 +10,12 @@ from envs.core.request import Request
 
 
 class Occupancy:
-    """Mixin: a departure log and O(1) sums for the integral of requests in the system."""
+    """Mixin: departure and first-token logs, O(1) sums for the integral of requests in
+    the system."""
 
     def reset_occupancy(self) -> None:
         self.departed: list[Request] = []  # finished or rejected, in order; read incrementally
+        self.first_tokens: list[Request] = []  # requests in order of their first token
         self.arrived_count = 0
         self.arrival_sum = 0.0
         self.departed_arrival_sum = 0.0
@@ -22,6 +24,10 @@ class Occupancy:
     def record_arrival(self, request: Request) -> None:
         self.arrived_count += 1
         self.arrival_sum += request.arrival_time
+
+    def record_first_token(self, request: Request) -> None:
+        """A request produced its first token (its TTFT is settled)."""
+        self.first_tokens.append(request)
 
     def record_departure(self, request: Request, time: float) -> None:
         """A request left the system at `time` (finished, or rejected on arrival)."""

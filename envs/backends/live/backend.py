@@ -339,6 +339,7 @@ class LiveInstance:
             if generated > request.num_generated:
                 if request.num_generated == 0:
                     request.first_token_time = now
+                    self.sim.record_first_token(request)
                 else:
                     singles.append(now - request.last_token_time)
                 request.num_generated = generated
