@@ -92,6 +92,7 @@ def run(cfg: DictConfig, run_dir: Path, overrides: list[str], command: str) -> f
     kwargs = learners.env_kwargs(config)
     probe = learners.make_env(config.env.id, kwargs, config.env.policies, monitor=False)()
     setting = training.build_setting(config, probe)
+    training.check_objective(config, setting)  # a misspelt metric fails before training
     print("\n".join(setting.describe(config)), flush=True)
 
     # 3. Logger, 4. agent, 5. evaluation of the agent and the baselines on the same windows.

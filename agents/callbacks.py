@@ -28,7 +28,7 @@ import numpy as np
 from stable_baselines3.common.callbacks import BaseCallback
 
 from agents.evaluation import EvalEpisode, compare, policy_means
-from agents.learned import LearnedPolicy, scheduler_for
+from agents.learned import policy_from_model, scheduler_for
 from agents.learners import CHECKPOINTS, save_agent, save_checkpoint
 
 PERIODIC_METRICS = ("serving/slo_attainment", "serving/ttft_p99", "serving/tbt_p99",
@@ -115,8 +115,9 @@ class ServingEvaluation(_Every):
         self.history: list[dict[str, float]] = []
 
     def fire(self) -> None:
-        policy = LearnedPolicy(self.model, self.metadata, self.model.get_vec_normalize_env(),
-                               bool(self.metadata["eval_deterministic"]))
+        policy = policy_from_model(self.model, self.metadata,
+                                   self.model.get_vec_normalize_env(),
+                                   bool(self.metadata["eval_deterministic"]))
         scheduler = scheduler_for(policy, self.metadata["controlled"], self.metadata["policies"])
         rows = compare({"agent": lambda: scheduler}, self.episodes, self.cost, self.cluster)
         means = policy_means(rows)["agent"]

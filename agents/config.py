@@ -32,7 +32,7 @@ INVALID_ACTION_MODES = ("auto", "raise", "fallback")
 LOGGER_KINDS = ("wandb", "none")
 WANDB_MODES = ("offline", "online", "disabled")
 EVAL_SPLITS = ("train", "test", "all")
-NETWORKS = ("mlp", "scorer")
+NETWORKS = ("auto", "mlp", "scorer")
 
 
 # ============================================================================ shared groups
@@ -105,6 +105,8 @@ class EnvConfig:
     max_episode_steps: extra `TimeLimit` (null: the registration's).
     num_slots, admit_keys, preempt_keys: the candidate sets (envs/observations.py).
     episode_end: "auto", "horizon" or "drain" (ServingEnv's docstring).
+    interval_s: simulated seconds between an interval-mode agent's actions (interval ids
+        only, e.g. servegym/AdmissionInterval-v0; docs/interval.md).
     """
 
     id: str = "servegym/Admission-v0"
@@ -116,6 +118,7 @@ class EnvConfig:
     admit_keys: list[str] = field(default_factory=lambda: list(DEFAULT_ADMIT_KEYS))
     preempt_keys: list[str] = field(default_factory=lambda: list(DEFAULT_PREEMPT_KEYS))
     episode_end: str = "auto"
+    interval_s: float = 2.0
     length_knowledge: str = "oracle"
     length_sigma: float = 0.5
     reward: str = "goodput"
@@ -136,9 +139,10 @@ class AgentConfig:
     n_envs: parallel envs; vec_env: "dummy" (one process, the default) or "subproc".
     vec_normalize: wrap in `VecNormalize` (statistics saved next to the model);
     norm_obs / norm_reward / clip_obs: its options. network: "mlp" (SB3's MlpPolicy with
-    `net_arch` hidden layers) or "scorer" (agents/scorer_policy.py: one shared network
+    `net_arch` hidden layers), "scorer" (agents/scorer_policy.py: one shared network
     scores every candidate slot, Decima-style; PPO and MaskablePPO only), with
-    `scorer_hidden` / `scorer_embed` its layer sizes.
+    `scorer_hidden` / `scorer_embed` its layer sizes, or "auto": the scorer for PPO and
+    MaskablePPO on per-decision envs, the MLP otherwise (interval envs, A2C, DQN).
     """
 
     algo: str = MISSING
@@ -338,8 +342,11 @@ def validate(cfg: TrainConfig) -> None:
     if cfg.agent.network == "scorer" and cfg.agent.algo not in ("ppo", "maskable_ppo"):
         raise ValueError(f"agent.network=scorer works with ppo and maskable_ppo, not "
                          f"{cfg.agent.algo!r}; use agent.network=mlp")
-    if cfg.agent.network == "scorer" and cfg.agent.vec_normalize and cfg.agent.norm_obs:
-        raise ValueError("agent.network=scorer reads slot validity from raw features; set "
+    if cfg.agent.network != "mlp" and cfg.agent.algo in ("ppo", "maskable_ppo") and \
+            cfg.agent.vec_normalize and cfg.agent.norm_obs and \
+            not _interval_id(cfg.env.id):
+        raise ValueError("the scorer network (agent.network=auto or scorer) reads slot "
+                         "validity from raw features; set "
                          "agent.norm_obs=false (observations are already in [-1, 1]) or "
                          "agent.vec_normalize=false")
     if cfg.agent.vec_env not in ("dummy", "subproc"):
@@ -357,6 +364,7 @@ def validate(cfg: TrainConfig) -> None:
         raise ValueError(f"eval.metric={cfg.eval.metric!r}: name a serving/ metric, "
                          "e.g. serving/goodput_rps")
     _validate_env(cfg.env)
+    _validate_interval(cfg)
 
 
 def _validate_env(env: EnvConfig) -> None:
@@ -370,6 +378,27 @@ def _validate_env(env: EnvConfig) -> None:
     check_keys(env.preempt_keys, PREEMPT_KEYS, "env.preempt_keys", env.num_slots)
     if env.episode_end not in EPISODE_ENDS:
         raise ValueError(f"env.episode_end={env.episode_end!r}: choose one of {EPISODE_ENDS}")
+    if not env.interval_s > 0:
+        raise ValueError(f"env.interval_s must be positive, got {env.interval_s}")
+
+
+def _interval_id(env_id: str) -> bool:
+    from agents.learners import is_interval_env
+
+    return is_interval_env(env_id)
+
+
+def _validate_interval(cfg: TrainConfig) -> None:
+    """An interval-mode env has a Box action (weights): PPO or A2C with an MLP."""
+    if not _interval_id(cfg.env.id):
+        return
+    algo = cfg.agent.algo
+    if algo in ("maskable_ppo", "dqn"):
+        raise ValueError(f"{cfg.env.id} sets continuous priority weights: agent={algo} needs a "
+                         "discrete action space; use agent=ppo or agent=a2c (or a heuristic)")
+    if algo != "heuristic" and cfg.agent.network == "scorer":
+        raise ValueError(f"{cfg.env.id} has no candidate slots to score: set "
+                         "agent.network=auto or mlp")
 
 
 __all__ = [

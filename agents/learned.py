@@ -219,7 +219,8 @@ def load_policy(path: str | Path, deterministic: bool | None = None
     torch.set_num_threads(1)
     folder = agent_folder(path)
     metadata = json.loads((folder / AGENT_FILE).read_text())
-    check_layout(metadata, str(folder))
+    if metadata.get("mode") != "interval":
+        check_layout(metadata, str(folder))
     model = algorithm_class(metadata["algo"]).load(str(folder / MODEL_FILE), device="cpu")
     normalizer = None
     if (folder / VECNORM_FILE).exists():
@@ -228,7 +229,18 @@ def load_policy(path: str | Path, deterministic: bool | None = None
         normalizer.training = False
     if deterministic is None:
         deterministic = bool(metadata.get("eval_deterministic", True))
-    return LearnedPolicy(model, metadata, normalizer, deterministic), metadata
+    return policy_from_model(model, metadata, normalizer, deterministic), metadata
+
+
+def policy_from_model(model: Any, metadata: Mapping[str, Any], normalizer: Any = None,
+                      deterministic: bool = True) -> Policy:
+    """The simulator policy of a model: a `LearnedPolicy` for per-decision agents, an
+    `envs.interval_env.IntervalPolicy` for interval-mode ones (`metadata["mode"]`)."""
+    if metadata.get("mode") == "interval":
+        from envs.interval_env import IntervalPolicy
+
+        return IntervalPolicy.from_model(model, metadata, normalizer, deterministic)
+    return LearnedPolicy(model, metadata, normalizer, deterministic)
 
 
 def load_agent(path: str | Path) -> dict[DecisionKind, Policy]:
@@ -239,5 +251,5 @@ def load_agent(path: str | Path) -> dict[DecisionKind, Policy]:
 
 
 __all__ = ["AgentNotFoundError", "AgentStalledError", "LayoutMismatchError", "LearnedPolicy",
-           "agent_folder", "check_layout",
+           "agent_folder", "check_layout", "policy_from_model",
            "load_agent", "load_policy", "scheduler_for"]

@@ -75,8 +75,27 @@ def workload_arguments(workload: Mapping[str, Any]) -> dict[str, Any]:
     return spec
 
 
+INTERVAL_ENTRY_POINT = "envs.interval_env:IntervalEnv"
+PER_DECISION_ONLY = ("num_slots", "admit_keys", "preempt_keys", "episode_end",
+                     "invalid_action", "invalid_action_penalty")
+
+
+def is_interval_env(env_id: str) -> bool:
+    """Whether `env_id` is an interval-mode env (the agent sets priority weights once per
+    scheduling interval, envs/interval_env.py) rather than a per-decision `ServingEnv`."""
+    import envs  # noqa: F401  (registers the ids)
+
+    try:
+        spec = gym.spec(env_id)
+    except gym.error.Error as error:
+        raise ValueError(f"env.id={env_id!r} is not a registered env ({error}); the servegym "
+                         "ids are listed in envs/__init__.py") from None
+    return spec.entry_point == INTERVAL_ENTRY_POINT
+
+
 def env_kwargs(cfg: TrainConfig) -> dict[str, Any]:
-    """`ServingEnv` keyword arguments (plain data) from the config; see `EnvConfig`."""
+    """Env keyword arguments (plain data) from the config; see `EnvConfig`. Interval-mode
+    envs take `interval_s` and none of the per-decision options (slots, masks)."""
     env, cost = cfg.env, cfg.cost
     if cost._target_ != BUILD_COST:
         raise ValueError(f"cost._target_={cost._target_!r}: the envs build {BUILD_COST}")
@@ -99,6 +118,10 @@ def env_kwargs(cfg: TrainConfig) -> dict[str, Any]:
     }
     if env.control is not None:
         kwargs["control"] = list(env.control)
+    if is_interval_env(env.id):
+        for key in PER_DECISION_ONLY:
+            kwargs.pop(key)
+        kwargs["interval_s"] = env.interval_s
     return kwargs
 
 
@@ -160,10 +183,16 @@ def build_vec_env(cfg: TrainConfig, kwargs: Mapping[str, Any],
 
 
 def build_model(agent: AgentConfig, venv: Any, seed: int) -> Any:
-    """A fresh SB3 model seeded with `seed`: `MlpPolicy` with `agent.net_arch`, or with
-    `agent.network="scorer"` the shared candidate scorer (agents/scorer_policy.py)."""
+    """A fresh SB3 model seeded with `seed`: `MlpPolicy` with `agent.net_arch`, or the
+    shared candidate scorer (agents/scorer_policy.py) for `agent.network="scorer"`, and
+    for "auto" with PPO or MaskablePPO on a discrete (per-decision) action space."""
+    from gymnasium import spaces
+
     cls = algorithm_class(agent.algo)
-    if agent.network == "scorer":
+    scorer = agent.network == "scorer" or (
+        agent.network == "auto" and agent.algo in ("ppo", "maskable_ppo")
+        and isinstance(venv.action_space, spaces.Discrete))
+    if scorer:
         from agents.scorer_policy import policy_class
         from envs.observations import GLOBAL_FEATURES, SLOT_FEATURES
 
@@ -198,6 +227,9 @@ def agent_metadata(algo: str, env: gym.Env, env_id: str, policy_specs: Mapping[s
     """What `load_agent` needs to answer decisions as the env encodes them, read from a live
     env (so it cannot drift from the env's own settings)."""
     base = env.unwrapped
+    if hasattr(base, "agent_metadata"):  # interval mode: the env states what it needs
+        return {**base.agent_metadata(), "algo": algo, "env_id": env_id,
+                "policies": dict(policy_specs), "eval_deterministic": bool(deterministic)}
     encoder = base.encoder
     return {
         "algo": algo, "env_id": env_id,

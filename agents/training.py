@@ -265,6 +265,20 @@ def candidates(config: TrainConfig, setting: Setting,
     return out
 
 
+def check_objective(config: TrainConfig, setting: Setting) -> None:
+    """Refuse an `eval.metric` that the serving summary does not have, before training:
+    the summary's keys come from a few requests simulated with the default policies."""
+    from agents.evaluation import compare
+
+    episode = final_episodes(config, setting)[0]
+    small = EvalEpisode(episode.index, episode.workload.head(8), episode.seed)
+    rows = compare({"probe": default_policies}, [small], setting.cost, setting.kwargs["cluster"])
+    known = sorted(k for k in rows[0] if k.startswith("serving/"))
+    if config.eval.metric not in known:
+        raise ValueError(f"eval.metric={config.eval.metric!r} is not a serving metric; known: "
+                         f"{', '.join(known)}")
+
+
 # ============================================================================ results
 def objective(config: TrainConfig, rows: Sequence[Mapping[str, Any]]) -> float:
     """The sweep metric: mean of `eval.metric` over the agent's evaluation episodes."""

@@ -412,6 +412,7 @@ class IntervalPolicy:
                                          default_tpot_slo, rate_scale)
         self.intervals = 0
         self._boundary = 0.0
+        self.sample_rng: np.random.Generator | None = None
 
     @classmethod
     def from_metadata(cls, weights_fn: Callable[[np.ndarray], Any],
@@ -429,17 +430,39 @@ class IntervalPolicy:
     @classmethod
     def from_model(cls, model: Any, metadata: Mapping[str, Any], normalizer: Any = None,
                    deterministic: bool = True) -> IntervalPolicy:
-        """A policy acting with an SB3 model (`predict`), after `normalizer.normalize_obs`
-        (a VecNormalize, or None)."""
+        """A policy acting with an SB3 model, after `normalizer.normalize_obs` (a
+        VecNormalize, or None): the mean of its Gaussian action (`deterministic`), or a
+        sample of it drawn from a child of the generator the simulator hands the policy
+        at each reset (SB3's own sampling uses torch's global generator: not reproducible).
+        """
+        import torch
+
+        holder: list[IntervalPolicy] = []
 
         def weights_fn(observation: np.ndarray) -> np.ndarray:
             if normalizer is not None:
                 observation = normalizer.normalize_obs(observation).astype(np.float32)
-            return model.predict(observation, deterministic=deterministic)[0]
+            with torch.no_grad():
+                tensor = torch.as_tensor(observation, dtype=torch.float32).reshape(1, -1)
+                normal = model.policy.get_distribution(tensor).distribution
+                mean = normal.mean[0].numpy().astype(np.float64)
+                std = normal.stddev[0].numpy().astype(np.float64)
+            if deterministic:
+                return mean
+            rng = holder[0].sample_rng
+            if rng is None:
+                raise RuntimeError("IntervalPolicy: reset(rng) before sampling "
+                                   "(Simulator.reset does)")
+            return mean + std * rng.standard_normal(mean.shape)
 
-        return cls.from_metadata(weights_fn, metadata)
+        policy = cls.from_metadata(weights_fn, metadata)
+        holder.append(policy)
+        return policy
 
     def reset(self, rng: np.random.Generator | None = None) -> None:
+        # Sampling draws from a child generator, so the length predictions drawn from
+        # `rng` are the same in both modes (spawning does not advance `rng`).
+        self.sample_rng = rng.spawn(1)[0] if rng is not None else None
         self.admission.reset(rng)
         self.intervals = 0
         self._boundary = 0.0

@@ -61,6 +61,31 @@ def run_train(tmp_path: Path, overrides: list[str], name: str = "run") -> tuple[
 
 
 # ============================================================================ config
+@pytest.mark.parametrize(("overrides", "message"), [
+    (["env.admit_keys=[oldest,shortest_promt]"], "unknown sort key"),
+    (["env.num_slots=2"], "num_slots=2 is smaller than the 4 sort keys"),
+    (["env=admission_interval"], "needs a discrete action space; use agent=ppo"),
+    (["eval.metric=serving/goodput"], "not a serving metric; known: .*goodput_rps"),
+    (["env=admission_interval", "agent=ppo", "env.interval_s=0"], "interval_s must be positive"),
+])
+def test_bad_learning_settings_fail_before_training(tmp_path: Path, overrides: list[str],
+                                                    message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        run_train(tmp_path, [*TINY, *PPO_TINY, *overrides])
+    assert not (tmp_path / "run" / "model").exists()
+    assert not (tmp_path / "run" / "sb3").exists()
+
+
+def test_interval_agent_trains_and_is_evaluated_as_a_policy(tmp_path: Path) -> None:
+    _, run_dir = run_train(tmp_path, [*TINY, "env=admission_interval", "agent=ppo",
+                                      "agent.total_timesteps=32", "agent.n_steps=16",
+                                      "agent.batch_size=16", "agent.n_epochs=1"])
+    metadata = json.loads((run_dir / "model" / "agent.json").read_text())
+    assert metadata["mode"] == "interval" and metadata["algo"] == "ppo"
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert {"agent", "agent-last-sampled", "spf"} <= set(metrics["eval"]["policies"])
+
+
 @pytest.mark.parametrize("overrides", [
     [], ["agent=ppo"], ["agent=a2c"], ["agent=dqn"], ["agent=heuristic", "agent.policy=spf"],
     ["env=preemption"], ["env=routing"], ["env=serving"], ["logger=none"],

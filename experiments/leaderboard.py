@@ -1,0 +1,272 @@
+"""The leaderboard: every registered task x {learned agents, every relevant heuristic}.
+
+    python experiments/leaderboard.py run                 # the multirun, then the table
+    python experiments/leaderboard.py run --seeds 0,1,2 --jobs 2
+    python experiments/leaderboard.py aggregate multirun/train/<day>/<time>_leaderboard
+
+`run` launches one Hydra multirun of train.py over the leaderboard jobs and the seeds:
+
+    python train.py -m 'experiment=glob(lb_*)' seed=0,1,2
+
+Each `conf/experiment/lb_<task>_<agent>.yaml` is one task x learned agent with its
+training budget (all include `leaderboard_common.yaml`: held-out split, every heuristic
+of the controlled decision kinds, 5 windows). Every job trains its agent, then evaluates
+it (the best checkpoint by the periodic evaluation on training windows, greedy and
+sampled, and the last model) beside the heuristics on the same held-out windows, which
+for one seed are the same for every job of a task.
+
+`aggregate` reads the job folders (`metrics.json`) and writes, per task, the mean and 95%
+CI over seeds (t quantile, as experiments/aggregate.py) of the goodput rate
+(`serving/goodput_rps`: requests meeting both SLOs per second of makespan) and SLO
+attainment of every policy, the best heuristic, and each agent's gap to it:
+
+* `results/leaderboard.md` and `.json` (the latest; the command that made them at the
+  top) and `results/history/leaderboard_<stamp>.md` (never overwritten);
+* `results/leaderboard.png`: goodput rate per task, agents beside the best heuristics.
+
+Verdicts: "wins" when the agent's mean goodput rate is at least 5% above the best
+heuristic's, "loses" when more than 5% below, "ties" otherwise (with 3 seeds the CIs say
+how much of the gap is noise).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shlex
+import subprocess
+import sys
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from envs.core.metrics import atomic_write  # noqa: E402
+from experiments.aggregate import find_jobs, mean_ci  # noqa: E402
+
+HEADLINE = "serving/goodput_rps"
+ATTAINMENT = "serving/slo_attainment"
+AGENT_ROWS = {"agent": "best, greedy", "agent-best-sampled": "best, sampled",
+              "agent-best-greedy": "best, greedy", "agent-last-greedy": "last, greedy",
+              "agent-last-sampled": "last, sampled"}
+MARGIN = 0.05
+
+
+# ============================================================================ collect
+def agent_mode(job: Mapping[str, Any], label: str) -> str:
+    """The mode of the headline "agent" row follows the job's eval.deterministic."""
+    if label != "agent":
+        return AGENT_ROWS[label]
+    greedy = bool(job["config"]["eval"].get("deterministic", True))
+    return "best, greedy" if greedy else "best, sampled"
+
+
+def collect(jobs: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, dict[int, dict]]]:
+    """task -> row label -> seed -> {metric: value}; agents are labelled by algorithm and
+    mode, heuristics by name (their values are the same in every job of a task and seed,
+    so the first job's are kept)."""
+    table: dict[str, dict[str, dict[int, dict]]] = {}
+    for job in jobs:
+        task = job["config"]["env"]["id"]
+        algo = job["config"]["agent"]["algo"]
+        seed = int(job["seed"])
+        rows = table.setdefault(task, {})
+        for label, means in job["eval"]["policies"].items():
+            name = f"{algo} ({agent_mode(job, label)})" if label in AGENT_ROWS else label
+            rows.setdefault(name, {}).setdefault(seed, {k: means.get(k, math.nan)
+                                                          for k in (HEADLINE, ATTAINMENT)})
+    return table
+
+
+def is_agent(label: str) -> bool:
+    return label.endswith(")") and "(" in label
+
+
+def stats(seeds: Mapping[int, Mapping[str, float]], metric: str) -> tuple[float, float, float]:
+    return mean_ci([seeds[s][metric] for s in sorted(seeds)])
+
+
+def task_summary(rows: Mapping[str, Mapping[int, Mapping[str, float]]]) -> dict[str, Any]:
+    """Per task: every row's stats, the best heuristic, and each agent row's gap to it."""
+    out = {label: {"goodput_rps": stats(seeds, HEADLINE),
+                   "slo_attainment": stats(seeds, ATTAINMENT), "seeds": sorted(seeds)}
+           for label, seeds in rows.items()}
+    heuristics = {k: v for k, v in out.items() if not is_agent(k)}
+    best = max(heuristics, key=lambda k: _mean(heuristics[k]))
+    worst = min(heuristics, key=lambda k: _mean(heuristics[k]))
+    best_value = _mean(heuristics[best])
+    for row in out.values():
+        row["vs_best_heuristic"] = _mean(row) / best_value - 1 if best_value > 0 else math.nan
+    spread = 1 - _mean(heuristics[worst]) / best_value if best_value > 0 else math.nan
+    return {"rows": out, "best_heuristic": best, "worst_heuristic": worst,
+            "heuristic_spread": spread}
+
+
+def _mean(row: Mapping[str, Any]) -> float:
+    value = row["goodput_rps"][0]
+    return -math.inf if math.isnan(value) else value
+
+
+def verdict(gap: float) -> str:
+    if math.isnan(gap):
+        return "no result"
+    if gap >= MARGIN:
+        return "wins"
+    if gap < -MARGIN:
+        return "loses"
+    return "ties"
+
+
+# ============================================================================ render
+def cell(values: tuple[float, float, float], fmt: str) -> str:
+    mean, low, high = values
+    if math.isnan(mean):
+        return "nan"
+    if math.isnan(low):
+        return fmt.format(mean)
+    return f"{fmt.format(mean)} [{fmt.format(low)}, {fmt.format(high)}]"
+
+
+def headline_table(summaries: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    lines = ["| task | best heuristic | goodput (req/s) | best agent | goodput (req/s) "
+             "| vs best heuristic | verdict | heuristic spread |",
+             "|---|---|---|---|---|---|---|---|"]
+    for task, summary in summaries.items():
+        rows = summary["rows"]
+        best = summary["best_heuristic"]
+        agents = [k for k in rows if is_agent(k)]
+        top = max(agents, key=lambda k: _mean(rows[k])) if agents else None
+        gap = rows[top]["vs_best_heuristic"] if top else math.nan
+        lines.append(
+            f"| {task} | {best} | {cell(rows[best]['goodput_rps'], '{:.2f}')} | "
+            f"{top or '-'} | {cell(rows[top]['goodput_rps'], '{:.2f}') if top else '-'} | "
+            f"{gap:+.1%} | {verdict(gap)} | {summary['heuristic_spread']:.0%} |")
+    return lines
+
+
+def task_table(summary: Mapping[str, Any]) -> list[str]:
+    rows = summary["rows"]
+    lines = ["| policy | goodput (req/s) | SLO attainment | vs best heuristic | seeds |",
+             "|---|---|---|---|---|"]
+    for label in sorted(rows, key=lambda k: -_mean(rows[k])):
+        row = rows[label]
+        name = f"**{label}**" if is_agent(label) else label
+        lines.append(f"| {name} | {cell(row['goodput_rps'], '{:.2f}')} | "
+                     f"{cell(row['slo_attainment'], '{:.3f}')} | "
+                     f"{row['vs_best_heuristic']:+.1%} | {len(row['seeds'])} |")
+    return lines
+
+
+def markdown(summaries: Mapping[str, Mapping[str, Any]], command: str, folders: Sequence[str],
+             failed: Sequence[Path], stamp: str, jobs: Sequence[Mapping[str, Any]]) -> str:
+    budgets = sorted({(j["config"]["env"]["id"], j["config"]["agent"]["algo"],
+                       j["config"]["agent"].get("total_timesteps", 0)) for j in jobs})
+    lines = [
+        f"# Leaderboard ({stamp})", "",
+        f"Command: `{command}`", "",
+        f"Jobs: {', '.join(folders)}. Held-out split, 5 windows per seed, mean and 95% CI "
+        "over seeds; goodput rate = requests meeting both SLOs (TTFT, TPOT) per second of "
+        "makespan. Agents: the best checkpoint by the periodic evaluation on training "
+        "windows (greedy and sampled) and the last model. Verdict: wins / loses when the "
+        f"mean is {MARGIN:.0%} above / below the best heuristic's, else ties.", "",
+        *headline_table(summaries), "",
+        "Training budgets: " + "; ".join(f"{t} {a}: {s:,} steps" for t, a, s in budgets), "",
+    ]
+    if failed:
+        lines += [f"Failed jobs ({len(failed)}): " + ", ".join(str(f) for f in failed), ""]
+    for task, summary in summaries.items():
+        lines += [f"## {task}", "", *task_table(summary), ""]
+    return "\n".join(lines)
+
+
+def plot(path: Path, summaries: Mapping[str, Mapping[str, Any]]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(summaries), figsize=(4.2 * len(summaries), 4.2),
+                             squeeze=False)
+    for ax, (task, summary) in zip(axes[0], summaries.items(), strict=True):
+        rows = summary["rows"]
+        agents = [k for k in rows if is_agent(k) and "last" not in k]
+        heuristics = sorted((k for k in rows if not is_agent(k)),
+                            key=lambda k: -_mean(rows[k]))[:4]
+        labels = agents + heuristics
+        means = [rows[k]["goodput_rps"][0] for k in labels]
+        errors = [[m - rows[k]["goodput_rps"][1] if not math.isnan(rows[k]["goodput_rps"][1])
+                   else 0 for k, m in zip(labels, means, strict=True)],
+                  [rows[k]["goodput_rps"][2] - m if not math.isnan(rows[k]["goodput_rps"][2])
+                   else 0 for k, m in zip(labels, means, strict=True)]]
+        colors = ["tab:orange" if is_agent(k) else "tab:blue" for k in labels]
+        ax.bar(range(len(labels)), means, yerr=errors, color=colors, capsize=3)
+        ax.set_xticks(range(len(labels)), labels, rotation=60, ha="right", fontsize=7)
+        ax.set_title(task.replace("servegym/", ""), fontsize=9)
+        ax.set_ylabel("goodput (req/s)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# ============================================================================ commands
+def aggregate(folders: Sequence[Path], out: Path, command: str) -> dict[str, Any]:
+    jobs, failed = find_jobs(folders)
+    if not jobs:
+        raise SystemExit(f"no finished jobs under {[str(f) for f in folders]}; failed: "
+                         f"{[str(f) for f in failed]}")
+    table = collect(jobs)
+    summaries = {task: task_summary(table[task]) for task in sorted(table)}
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    text = markdown(summaries, command, [str(f) for f in folders], failed, stamp, jobs)
+    payload = {"created": stamp, "command": command, "tasks": summaries,
+               "failed": [str(f) for f in failed]}
+    atomic_write(out / "history" / f"leaderboard_{stamp}.md", lambda h: h.write(text))
+    atomic_write(out / "leaderboard.md", lambda h: h.write(text), overwrite=True)
+    atomic_write(out / "leaderboard.json",
+                 lambda h: json.dump(payload, h, indent=2, default=float), overwrite=True)
+    plot(out / "leaderboard.png", summaries)
+    print(text)
+    return payload
+
+
+def run(seeds: str, jobs: int, extra: Sequence[str]) -> Path:
+    """The multirun; returns its folder."""
+    stamp = datetime.now(UTC).strftime("%Y-%m-%d/%H-%M-%S")
+    folder = ROOT / "multirun" / "leaderboard" / stamp
+    command = [sys.executable, str(ROOT / "train.py"), "-m", "experiment=glob(lb_*)",
+               f"seed={seeds}", f"hydra.sweep.dir={folder}", *extra]
+    if jobs > 1:
+        command.append("hydra/launcher=joblib_local")
+        command.append(f"hydra.launcher.n_jobs={jobs}")
+    print("running:", shlex.join(command), flush=True)
+    subprocess.run(command, check=True, cwd=ROOT)
+    return folder
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    run_p = sub.add_parser("run", help="the multirun over lb_* jobs and seeds, then the table")
+    run_p.add_argument("--seeds", default="0,1,2")
+    run_p.add_argument("--jobs", type=int, default=1,
+                       help="parallel jobs (2+ needs the joblib extra: pip install -e .[joblib])")
+    run_p.add_argument("overrides", nargs="*", help="extra train.py overrides for every job")
+    agg_p = sub.add_parser("aggregate", help="the table from finished multirun folders")
+    agg_p.add_argument("folders", nargs="+", type=Path)
+    for p in (run_p, agg_p):
+        p.add_argument("--out", type=Path, default=ROOT / "results")
+    args = parser.parse_args(argv)
+    command = "python experiments/leaderboard.py " + shlex.join(
+        sys.argv[1:] if argv is None else list(argv))
+    folders = [run(args.seeds, args.jobs, args.overrides)] if args.command == "run" \
+        else args.folders
+    aggregate(folders, args.out, command)
+
+
+if __name__ == "__main__":
+    main()
