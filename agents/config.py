@@ -262,7 +262,10 @@ class EvalConfig:
     split: trace part of the final evaluation ("test": held out). episodes: workload
     windows; num_requests / rate: per window (null: the env's episode_requests / rate).
     baselines: registry specs compared with the agent (null: every heuristic of the
-    controlled decision kinds). metric: the `serving/` metric whose mean over episodes (for
+    controlled decision kinds). extra_baselines: specs evaluated besides them, e.g.
+    combinations "spf+swap-cost-aware+p2c" on tasks that control several decisions (an
+    agent answering all of them must beat the best hand-written combination, not only
+    each heuristic with defaults for the rest). metric: the `serving/` metric whose mean over episodes (for
     the agent) train.py returns, the sweep objective. freq: timesteps between evaluations
     during training (0: none), on `freq_episodes` windows of the training split.
     deterministic: greedy agent actions (default; the headline row "agent"); false samples
@@ -275,6 +278,7 @@ class EvalConfig:
     num_requests: int | None = None
     rate: float | None = None
     baselines: list[str] | None = None
+    extra_baselines: list[str] = field(default_factory=list)
     metric: str = "serving/goodput_rps"
     freq: int = 0
     freq_episodes: int = 2
@@ -395,7 +399,8 @@ def _validate_interval(cfg: TrainConfig) -> None:
     algo = cfg.agent.algo
     if algo in ("maskable_ppo", "dqn"):
         raise ValueError(f"{cfg.env.id} sets continuous priority weights: agent={algo} needs a "
-                         "discrete action space; use agent=ppo or agent=a2c (or a heuristic)")
+                         "discrete action space; use agent=ppo_interval (PPO sized for "
+                         "interval steps), agent=ppo or agent=a2c (or a heuristic)")
     if algo != "heuristic" and cfg.agent.network == "scorer":
         raise ValueError(f"{cfg.env.id} has no candidate slots to score: set "
                          "agent.network=auto or mlp")

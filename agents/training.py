@@ -212,12 +212,14 @@ def heuristic_factory(spec: str, controlled: Sequence[str], env_policies: Mappin
 
 
 def baseline_specs(config: TrainConfig, controlled: Sequence[str]) -> list[str]:
-    """`eval.baselines`, or every registered heuristic of the controlled decision kinds."""
+    """`eval.baselines` (or every registered heuristic of the controlled decision kinds),
+    then `eval.extra_baselines`."""
+    extra = list(config.eval.extra_baselines)
     if config.eval.baselines is not None:
-        return list(config.eval.baselines)
+        return list(config.eval.baselines) + extra
     from agents.heuristics import policy_names
 
-    return [name for key in controlled for name in policy_names(KINDS[key])]
+    return [name for key in controlled for name in policy_names(KINDS[key])] + extra
 
 
 def keep_best(run_dir: Path, best_checkpoint: Path | None) -> Path | None:
