@@ -265,9 +265,10 @@ class EvalConfig:
     controlled decision kinds). extra_baselines: specs evaluated besides them, e.g.
     combinations "spf+swap-cost-aware+p2c" on tasks that control several decisions (an
     agent answering all of them must beat the best hand-written combination, not only
-    each heuristic with defaults for the rest). metric: the `serving/` metric whose mean over episodes (for
-    the agent) train.py returns, the sweep objective. freq: timesteps between evaluations
-    during training (0: none), on `freq_episodes` windows of the training split.
+    each heuristic with defaults for the rest). metric: the `serving/` metric whose mean
+    over episodes (for the agent) train.py returns, the sweep objective. freq: timesteps
+    between evaluations during training (0: none), on `freq_episodes` windows of the
+    training split.
     deterministic: greedy agent actions (default; the headline row "agent"); false samples
     from the trained policy with a seeded generator. The other mode, and the last model in
     both, are reported beside it (agents.training.agent_factories).

@@ -17,14 +17,21 @@ _IDS = {
     "servegym/Preemption-v0": {
         "control": ("preempt",),
         # KV pressure makes preemption decisions frequent: a smaller KV pool, swap enabled,
-        # Azure conversation trace at 9 req/s, just above what the pool sustains. Measured
-        # (results/headroom.md): goodput spread (best - worst) / best 0.52 over the
-        # heuristics, the best at 0.90 SLO attainment; at 20 req/s all were overloaded.
-        # Same as conf/env/preemption.yaml (tests/test_headroom.py checks).
+        # ShareGPT lengths (long outputs grow the KV cache) at the Azure conversation
+        # trace's arrival times, 2.2 req/s. Measured (results/headroom.md): goodput spread
+        # (best - worst) / best 0.67 over the heuristics, the best at 0.75 SLO attainment;
+        # on the Azure trace at 20 req/s all were overloaded and scored alike.
+        # Same as conf/env/preemption.yaml and conf/workload/sharegpt_azure.yaml
+        # (tests/test_headroom.py checks).
         "cluster": {"num_instances": 1,
                     "instance": {"num_kv_blocks": 2048, "swap_space_blocks": 4096}},
-        "rate": 9.0,
-        "episode_requests": 512,
+        "workload": {
+            "source": {"kind": "sharegpt", "num_requests": 19366, "order": "random",
+                       "arrivals": {"process": "trace", "trace": "azure_conv", "rate": 2.2}},
+            "seed": 0, "block_size": 16,
+        },
+        "rate": 2.2,
+        "episode_requests": 1000,
     },
     "servegym/Routing-v0": {
         "control": ("route",),

@@ -29,8 +29,8 @@ from envs.workloads.transforms import split_by_time
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["env.episode_requests=32", "eval.episodes=2", "eval.baselines=[fcfs,spf]",
         "eval.freq=0", "checkpoint.freq=0", "progress=false", "logger=none"]
-PPO_TINY = ["agent.total_timesteps=128", "agent.n_steps=64", "agent.batch_size=32",
-            "agent.n_epochs=1"]
+PPO_TINY = ["agent.total_timesteps=128", "agent.n_envs=1", "agent.n_steps=64",
+            "agent.batch_size=32", "agent.n_epochs=1"]
 
 
 @pytest.fixture(autouse=True)
