@@ -77,7 +77,8 @@ def test_a_failing_job_keeps_the_others_results(tmp_path: Path) -> None:
 
 def test_killed_run_resumes_from_its_last_checkpoint(tmp_path: Path) -> None:
     first = tmp_path / "first"
-    args = ["agent.total_timesteps=4096", "agent.n_steps=64", "agent.batch_size=64",
+    args = ["agent.total_timesteps=4096", "agent.n_envs=1", "agent.n_steps=64",
+            "agent.batch_size=64",
             "agent.n_epochs=1", "checkpoint.freq=256", *[o for o in TINY if "checkpoint" not in o],
             f"hydra.run.dir={first}"]
     env = {**os.environ, "WANDB_MODE": "disabled"}
