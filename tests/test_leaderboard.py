@@ -1,0 +1,47 @@
+"""The leaderboard's aggregation: headline rows, best heuristic, verdicts, no cherry-picking."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from experiments import leaderboard
+
+
+def job(folder: Path, task: str, algo: str, seed: int, agent: float, sampled: float,
+        heuristics: dict[str, float]) -> None:
+    rows = {"agent": agent, "agent-best-sampled": sampled, "agent-last-greedy": agent - 1,
+            "agent-last-sampled": sampled - 1, **heuristics}
+    metrics = {
+        "seed": seed, "overrides": [f"seed={seed}"], "command": f"python train.py seed={seed}",
+        "config": {"env": {"id": task}, "agent": {"algo": algo, "total_timesteps": 10},
+                   "eval": {"deterministic": True}},
+        "eval": {"policies": {k: {"serving/goodput_rps": v, "serving/slo_attainment": v / 20}
+                              for k, v in rows.items()}},
+    }
+    (folder / ".hydra").mkdir(parents=True)
+    (folder / ".hydra" / "config.yaml").write_text("{}")
+    (folder / "metrics.json").write_text(json.dumps(metrics))
+
+
+def test_verdicts_use_the_headline_row_and_the_best_heuristic(tmp_path: Path) -> None:
+    sweep = tmp_path / "sweep"
+    for seed in (0, 1, 2):
+        # The sampled row is far better, but the headline is the greedy best checkpoint.
+        job(sweep / f"a{seed}", "T-win", "maskable_ppo", seed, 11.0 + 0.1 * seed, 30.0,
+            {"fcfs": 5.0, "spf": 10.0})
+        job(sweep / f"b{seed}", "T-lose", "ppo", seed, 8.0, 30.0, {"fcfs": 5.0, "spf": 10.0})
+    payload = leaderboard.aggregate([sweep], tmp_path / "out", "test")
+    win, lose = payload["tasks"]["T-win"], payload["tasks"]["T-lose"]
+    assert win["best_heuristic"] == "spf" and win["heuristic_spread"] == pytest.approx(0.5)
+    assert win["headline_agents"] == ["maskable_ppo (best, greedy)"]
+    gap = win["rows"]["maskable_ppo (best, greedy)"]["vs_best_heuristic"]
+    assert gap == pytest.approx(0.11) and leaderboard.verdict(gap) == "wins"
+    assert leaderboard.verdict(lose["rows"]["ppo (best, greedy)"]["vs_best_heuristic"]) == "loses"
+    assert leaderboard.verdict(0.01) == "ties"
+    text = (tmp_path / "out" / "leaderboard.md").read_text()
+    assert "| T-lose | ppo (best, greedy) | 8.00 [8.00, 8.00] |" in text and "loses" in text
+    assert (tmp_path / "out" / "leaderboard.png").is_file()
+    assert len(list((tmp_path / "out" / "history").glob("leaderboard_*.md"))) == 1
