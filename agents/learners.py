@@ -76,8 +76,6 @@ def workload_arguments(workload: Mapping[str, Any]) -> dict[str, Any]:
 
 
 INTERVAL_ENTRY_POINT = "envs.interval_env:IntervalEnv"
-PER_DECISION_ONLY = ("num_slots", "admit_keys", "preempt_keys", "episode_end",
-                     "invalid_action", "invalid_action_penalty")
 
 
 def is_interval_env(env_id: str) -> bool:
@@ -119,7 +117,9 @@ def env_kwargs(cfg: TrainConfig) -> dict[str, Any]:
     if env.control is not None:
         kwargs["control"] = list(env.control)
     if is_interval_env(env.id):
-        for key in PER_DECISION_ONLY:
+        from envs.interval_env import PER_DECISION_OPTIONS
+
+        for key in PER_DECISION_OPTIONS:
             kwargs.pop(key)
         kwargs["interval_s"] = env.interval_s
     return kwargs

@@ -45,7 +45,6 @@ from envs.core.decisions import Decision, DecisionKind, Policy
 from envs.observations import RATE_WINDOW_S, squash
 from envs.rewards import RewardTracker, met_slo
 from envs.serving_env import ServingEnv
-from envs.workloads import Workload
 
 OBSERVATIONS: tuple[str, ...] = (
     "waiting", "running", "swapped", "kv_used", "arrival_rate", "arrived", "time",
@@ -57,6 +56,10 @@ RECENT_DEPARTURES = 32
 # mapping; the evaluation path (agents.learned.scheduler_for) orders ROUTE, ADMIT, PREEMPT.
 ADMIT_POSITION = 1
 DEFAULT_INTERVAL_S = 2.0
+
+
+PER_DECISION_OPTIONS = ("num_slots", "admit_keys", "preempt_keys", "episode_end",
+                        "invalid_action", "invalid_action_penalty")
 
 
 def next_boundary(time: float, interval_s: float) -> float:
@@ -243,11 +246,12 @@ class IntervalEnv(gym.Env):
     (a guard that a correct simulator never trips).
 
     ## Arguments
-    interval_s (> 0, default 2.0), backfill, max_decisions_per_request, control (must be
-    ("admit",)), and `ServingEnv`'s: workload, rate, episode_requests, episode_seconds,
-    split, model, gpu, tensor_parallel, cost_source, cluster, length_knowledge,
-    length_sigma, reward, reward_options, policies ("preempt" / "route" heuristics),
-    debug_checks.
+    interval_s (> 0, default 2.0), reward (default "goodput"), policies ("preempt" /
+    "route" heuristics), backfill, max_decisions_per_request, control (must be
+    ("admit",)), and the rest of `ServingEnv`'s arguments with its defaults: workload,
+    rate, episode_requests, episode_seconds, split, model, gpu, tensor_parallel,
+    cost_source, cluster, length_knowledge, length_sigma, reward_options, debug_checks
+    (not its per-decision ones, `PER_DECISION_OPTIONS`: refused).
 
     ## Version History
     v0: initial release.
@@ -258,25 +262,12 @@ class IntervalEnv(gym.Env):
     def __init__(
         self,
         interval_s: float = DEFAULT_INTERVAL_S,
-        workload: Workload | str | Mapping[str, Any] = "azure_conv",
-        rate: float | None = 16.0,
-        episode_requests: int = 256,
-        episode_seconds: float | None = None,
-        split: str = "train",
-        model: str = "Llama-3-8B",
-        gpu: str = "H100-80GB",
-        tensor_parallel: int = 1,
-        cost_source: str = "auto",
-        cluster: Mapping[str, Any] | None = None,
-        length_knowledge: str = "oracle",
-        length_sigma: float = 0.5,
         reward: str = "goodput",
-        reward_options: Mapping[str, Any] | None = None,
         policies: Mapping[str, Policy] | None = None,
         backfill: bool = False,
         max_decisions_per_request: float = 1000.0,
         control: Sequence[str] = ("admit",),
-        debug_checks: bool = False,
+        **serving_options: Any,
     ) -> None:
         super().__init__()
         self.interval_s = check_interval(interval_s)
@@ -289,20 +280,22 @@ class IntervalEnv(gym.Env):
         if not max_decisions_per_request > 0:
             raise ValueError(f"max_decisions_per_request must be > 0, got "
                              f"{max_decisions_per_request!r}")
+        per_decision = sorted(set(serving_options) & set(PER_DECISION_OPTIONS))
+        if per_decision:
+            raise ValueError(f"IntervalEnv has no candidate slots or masks: drop {per_decision}")
         self.max_decisions_per_request = float(max_decisions_per_request)
-        self.serving = ServingEnv(
-            control=("admit",), workload=workload, rate=rate, episode_requests=episode_requests,
-            episode_seconds=episode_seconds, split=split, model=model, gpu=gpu,
-            tensor_parallel=tensor_parallel, cost_source=cost_source, cluster=cluster,
-            length_knowledge=length_knowledge, length_sigma=length_sigma, reward=reward,
-            reward_options=reward_options, policies=policies, debug_checks=debug_checks)
+        # ServingEnv owns the episode arguments and their defaults (workload, rate,
+        # episode_requests, split, model, gpu, cluster, length knowledge, ...).
+        self.serving = ServingEnv(control=("admit",), reward=reward, policies=policies,
+                                  **serving_options)
         self.sim = self.serving.sim
         self.reward_config = self.serving.rewards.config
         self.rewards = RewardTracker(self.reward_config)
         self.backfill = bool(backfill)
         self.output_mean = float(self.serving.source.output_len.mean())
-        self.rate_scale = float(rate or 10.0)
-        self.admission = _admission(length_knowledge, length_sigma, self.output_mean,
+        self.rate_scale = float(self.serving.rate or 10.0)
+        self.admission = _admission(self.serving.length_knowledge, self.serving.length_sigma,
+                                    self.output_mean,
                                     self.backfill, self.reward_config.default_ttft_slo)
         self.observer = IntervalObserver(self.admission.output_estimate,
                                          self.reward_config.default_ttft_slo,
