@@ -53,10 +53,13 @@ class ServingEnv(gym.Env):
     `K..2K-1` pick slot `a - K` and swap it (PREEMPT with swap space only); `2K` is STOP
     (ADMIT only; refused when it would leave the instance idle while a request fits, so no
     policy can starve the server). `action_masks()` (bool, True = valid) and
-    `info["action_mask"]` give the valid actions; an invalid action raises
-    `InvalidActionError` naming the decision and the valid choices (or, with
-    `invalid_action="fallback"` for agents without masking such as plain PPO, is replaced
-    by the lowest valid action and costs `invalid_action_penalty`). Candidate order is
+    `info["action_mask"]` give the valid actions. Every action of the action space is
+    accepted, as Gymnasium expects: one the mask forbids is replaced by the lowest valid
+    action and costs `invalid_action_penalty` (`invalid_action="fallback"`, the default;
+    `"raise"`, which train.py uses for masked agents, raises `InvalidActionError` naming
+    the decision and the valid choices instead). Anything outside the action space (a
+    float, a bool, a string, NaN, an array of another shape) raises `InvalidActionError`
+    saying what `step` takes. Candidate order is
     a candidate set (see `envs/observations.py`): ADMIT slots are up to K waiting requests
     that fit, drawn round-robin from several rankings (`admit_keys`: oldest, shortest
     prefill, shortest output, least TTFT slack by default), so what those rules would pick
@@ -148,7 +151,7 @@ class ServingEnv(gym.Env):
         reward: str = "latency",
         reward_options: Mapping[str, Any] | None = None,
         policies: Mapping[str, Policy] | None = None,
-        invalid_action: str = "raise",
+        invalid_action: str = "fallback",
         invalid_action_penalty: float = 0.1,
         debug_checks: bool = False,
         backend: str = "sim",
@@ -273,7 +276,7 @@ class ServingEnv(gym.Env):
         decision = self._decision
         if decision is None:
             raise RuntimeError("the episode has ended; call reset()")
-        action = int(action)
+        action = self._as_action_index(action)
         mask = self.encoder.mask
         penalty = 0.0
         if not 0 <= action < mask.size or not mask[action]:
@@ -300,6 +303,20 @@ class ServingEnv(gym.Env):
         observation = self.encoder.encode(decision, self.sim)
         info = {"action_mask": self.encoder.mask.copy(), "decision": KIND_NAMES[decision.kind]}
         return observation, reward, False, False, info
+
+    def _as_action_index(self, action: Any) -> int:
+        """The integer of an action in `Discrete(n)`, or a clear error for anything else."""
+        value = action
+        if isinstance(value, np.ndarray) and value.shape == ():
+            value = value.item()
+        if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+            raise InvalidActionError(
+                f"step() takes an integer action in {self.action_space} (e.g. numpy.int64), "
+                f"got {action!r} of type {type(action).__name__}")
+        value = int(value)
+        if not 0 <= value < self.action_space.n:
+            raise InvalidActionError(f"action {value} is outside {self.action_space}")
+        return value
 
     def _past_horizon(self, now: float) -> bool:
         """True once every request has arrived and each one still in the system is a

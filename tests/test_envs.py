@@ -42,12 +42,22 @@ def test_gymnasium_and_sb3_checkers_pass(env_id: str) -> None:
     from gymnasium.utils.env_checker import check_env as gym_check
     from stable_baselines3.common.env_checker import check_env as sb3_check
 
-    # The checkers step with unmasked random actions: invalid ones take the fallback path.
+    # Default kwargs: the checkers step with unmasked random actions from the action space,
+    # which the env accepts (masked ones take the fallback path).
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        gym_check(gym.make(env_id, invalid_action="fallback", **SMALL).unwrapped,
-                  skip_render_check=True)
-        sb3_check(gym.make(env_id, invalid_action="fallback", **SMALL).unwrapped, warn=True)
+        gym_check(gym.make(env_id, **SMALL).unwrapped, skip_render_check=True)
+        sb3_check(gym.make(env_id, **SMALL).unwrapped, warn=True)
+
+
+@pytest.mark.parametrize("action", [0.7, -0.5, "0", True, np.nan, None, np.array([0]), 10**6])
+def test_actions_outside_the_action_space_get_a_clear_error(action) -> None:
+    env = gym.make("servegym/Admission-v0", **SMALL)
+    env.reset(seed=0)
+    with pytest.raises(InvalidActionError, match="step\\(\\) takes an integer|outside"):
+        env.step(action)
+    _, _, _, _, info = env.step(np.int64(0))  # the decision is still pending
+    assert "action_mask" in info
 
 
 @pytest.mark.parametrize("env_id", IDS)
@@ -84,7 +94,7 @@ def test_random_valid_actions_keep_every_invariant(env_id: str, kwargs: dict) ->
 
 
 def test_invalid_action_names_the_decision_and_valid_choices() -> None:
-    env = gym.make("servegym/Admission-v0", **SMALL)
+    env = gym.make("servegym/Admission-v0", invalid_action="raise", **SMALL)
     _, info = env.reset(seed=0)
     invalid = int(np.flatnonzero(~info["action_mask"])[0])
     with pytest.raises(InvalidActionError, match=r"ADMIT decision; valid actions: \[0"):
@@ -93,7 +103,7 @@ def test_invalid_action_names_the_decision_and_valid_choices() -> None:
 
 
 def test_fallback_replaces_invalid_actions_with_a_penalty() -> None:
-    strict = gym.make("servegym/Admission-v0", **SMALL)
+    strict = gym.make("servegym/Admission-v0", invalid_action="raise", **SMALL)
     lenient = gym.make("servegym/Admission-v0", invalid_action="fallback",
                        invalid_action_penalty=0.5, **SMALL)
     _, info = strict.reset(seed=1)
