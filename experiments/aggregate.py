@@ -9,7 +9,8 @@ Reads every job folder under the given folders (a folder with `metrics.json`; on
 `results/train/<name>/`, `<name>` from the runs' `name` setting; it refuses to overwrite):
 
 * `summary.md`: the setting, the commands, and per policy the mean and 95% CI over seeds
-  of SLO attainment, TTFT p99, TBT p99, E2E mean and throughput; failed jobs listed.
+  of goodput rate, SLO attainment, TTFT p99, TBT p99, E2E mean and throughput; failed
+  jobs listed.
 * `summary.csv`: the same numbers; `runs.csv`: one row per job x policy (per-seed values).
 * `summary.png`: bars of the means with CI whiskers.
 * `jobs/<job>/`: each job's metrics.json, comparison.md, eval.csv and training.png.
@@ -45,6 +46,7 @@ from agents.training import AGENT_LABEL, override_key  # noqa: E402
 from envs.core.metrics import atomic_write  # noqa: E402
 
 METRICS = (
+    ("serving/goodput_rps", "goodput (req/s)", 1.0, "{:.2f}"),
     ("serving/slo_attainment", "SLO attainment", 1.0, "{:.3f}"),
     ("serving/ttft_p99", "TTFT p99 (s)", 1.0, "{:.2f}"),
     ("serving/tbt_p99", "TBT p99 (ms)", 1000.0, "{:.0f}"),
@@ -113,8 +115,9 @@ def collect(jobs: Sequence[Mapping[str, Any]]) -> dict[str, dict[int, dict[str, 
         group = run_group(overrides)
         setting = setting_group(overrides)
         for policy, means in job["eval"]["policies"].items():
-            if policy == AGENT_LABEL:
-                label = "agent" if group == "default" else f"agent [{group}]"
+            if policy == AGENT_LABEL or policy.startswith(f"{AGENT_LABEL}-"):
+                # the agent's rows (headline, other mode, last model) belong to its group
+                label = policy if group == "default" else f"{policy} [{group}]"
             else:
                 label = f"{policy} [{setting}]" if multiple_settings else policy
             table.setdefault(label, {}).setdefault(int(job["seed"]), dict(means))
