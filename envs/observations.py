@@ -104,6 +104,10 @@ PREEMPT_KEYS: dict[str, Callable[[ObservationEncoder, Request, Decision], float]
 }
 
 
+# Keys whose ranking is the candidates' own order: nothing to sort.
+QUEUE_ORDER_KEYS = (ADMIT_KEYS["oldest"], PREEMPT_KEYS["newest"])
+
+
 def check_keys(keys: Sequence[str], known: Mapping[str, Any], what: str,
                num_slots: int) -> tuple[str, ...]:
     """Validated sort keys: known names, no repeats, at most MAX_ROLES, at most K."""
@@ -230,16 +234,15 @@ class ObservationEncoder:
     def _ranked_slots(self, decision: Decision, indices: list[int],
                       sorts: Sequence[Callable[..., float]]) -> list[int]:
         """Candidate indices of the slots; `self.slot_roles` gets each slot's key index."""
-        if len(sorts) == 1 and sorts[0] in (ADMIT_KEYS["oldest"], PREEMPT_KEYS["newest"]):
+        if len(sorts) == 1 and sorts[0] in QUEUE_ORDER_KEYS:
             slots = indices[: self.num_slots]  # already in that order
             self.slot_roles = [0] * len(slots)
             return slots
         candidates = decision.candidates
         k = self.num_slots
-        oldest = (ADMIT_KEYS["oldest"], PREEMPT_KEYS["newest"])
         rankings = []
         for sort in sorts:
-            if sort in oldest:
+            if sort in QUEUE_ORDER_KEYS:
                 rankings.append(indices)
                 continue
             # (value, index) pairs: ties keep queue order. No key needs more than K picks.

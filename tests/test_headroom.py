@@ -14,17 +14,12 @@ results/headroom.md. Also: what `gym.make` uses (envs/__init__.py `_IDS`) agrees
 from __future__ import annotations
 
 import dataclasses
-import sys
-from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "experiments"))
-
-import bench_headroom  # noqa: E402
+from experiments import bench_headroom
 
 IDS = bench_headroom.registered_ids()
 
