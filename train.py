@@ -46,8 +46,10 @@ def train_agent(config: TrainConfig, setting: training.Setting, run_dir: Path,
     vecnorm = checkpoint / learners.VECNORM_FILE if checkpoint else None
     venv = learners.build_vec_env(config, setting.kwargs,
                                   vecnorm if vecnorm and vecnorm.exists() else None)
+    warm: dict[str, Any] = {}
     if checkpoint is None:
         model = learners.build_model(config.agent, venv, config.seed)
+        warm = warm_start(config, setting, model)
     else:
         model = learners.load_model(config.agent, checkpoint, venv, config.seed)
         log.info("resumed from %s at %d timesteps", checkpoint, model.num_timesteps)
@@ -55,7 +57,8 @@ def train_agent(config: TrainConfig, setting: training.Setting, run_dir: Path,
 
     evaluator = ServingEvaluation(config.eval.freq, training.periodic_episodes(config, setting),
                                   setting.metadata, setting.cost, setting.kwargs["cluster"],
-                                  logger.log, run_dir=run_dir, metric=config.eval.metric)
+                                  logger.log, run_dir=run_dir, metric=config.eval.metric,
+                                  at_start=bool(warm))
     callbacks = [EpisodeServing(), evaluator,
                  Checkpoints(config.checkpoint.freq, run_dir, setting.metadata,
                              config.checkpoint.keep)]
@@ -74,11 +77,28 @@ def train_agent(config: TrainConfig, setting: training.Setting, run_dir: Path,
             "steps_per_s": (model.num_timesteps - start_steps) / max(wall, 1e-9),
             "resumed_from": str(checkpoint) if checkpoint else None,
             "progress_csv": str(run_dir / "sb3" / "progress.csv"),
-            "periodic_eval": evaluator.history,
+            "periodic_eval": evaluator.history, "warm_start": warm or None,
             "best": {"timesteps": evaluator.best_timesteps, "metric": config.eval.metric,
                      "train_value": evaluator.best_value if best else None,
                      "folder": str(best or run_dir / "model")}}
     return {"best": best or run_dir / "model", "last": run_dir / "model"}, info
+
+
+def warm_start(config: TrainConfig, setting: training.Setting, model: Any) -> dict[str, Any]:
+    """Clone the teacher (`agent.warm_start`, agents/imitation.py) into a fresh model; {}
+    without one."""
+    spec, scores = training.choose_teacher(config, setting)
+    if spec is None:
+        return {}
+    from agents.imitation import warm_start as clone_teacher
+
+    env = learners.make_env(config.env.id, setting.kwargs, config.env.policies, monitor=False)()
+    teacher = training.heuristic_factory(spec, setting.controlled, config.env.policies)
+    facts = clone_teacher(model, env, teacher, config.agent.warm_start, config.seed)
+    env.close()
+    log.info("warm start: cloned %s from %d decisions (agreement %.3f)", spec,
+             facts["samples"], facts["agreement"])
+    return {"teacher": spec, "teacher_scores": scores, **facts}
 
 
 def run(cfg: DictConfig, run_dir: Path, overrides: list[str], command: str) -> float:

@@ -10,7 +10,8 @@
   names, at that timestep. When `run_dir` is given, the model with the best mean
   `metric` so far (ties: the earlier) is saved to `<run dir>/checkpoints/best_step_<t>/`
   (the older best is removed), so training that later forgets keeps what it learned.
-  These windows come from the training split only, never the held-out one.
+  These windows come from the training split only, never the held-out one. With
+  `at_start` (warm-started models) it also evaluates once before the first update.
 * `EpisodeServing`: the serving summary of each finished training episode
   (`info["serving"]`), averaged over the last 20 episodes at each rollout's end as
   `rollout/e2e_mean`, `rollout/ttft_p99`, `rollout/throughput_rps`. (Not SLO attainment:
@@ -100,8 +101,10 @@ class ServingEvaluation(_Every):
 
     def __init__(self, freq: int, episodes: Sequence[EvalEpisode], metadata: Mapping[str, Any],
                  cost: Any, cluster: Mapping[str, Any], log: Callable[[dict, int], None],
-                 run_dir: Path | None = None, metric: str = "serving/goodput_rps") -> None:
+                 run_dir: Path | None = None, metric: str = "serving/goodput_rps",
+                 at_start: bool = False) -> None:
         super().__init__(freq)
+        self.at_start = at_start
         self.run_dir = run_dir
         self.metric = metric
         self.best_value = -np.inf
@@ -113,6 +116,11 @@ class ServingEvaluation(_Every):
         self.cluster = cluster
         self.log = log
         self.history: list[dict[str, float]] = []
+
+    def _on_training_start(self) -> None:
+        super()._on_training_start()
+        if self.at_start:  # a warm-started model competes for the best checkpoint
+            self.fire()
 
     def fire(self) -> None:
         policy = policy_from_model(self.model, self.metadata,

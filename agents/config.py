@@ -132,6 +132,22 @@ class EnvConfig:
 
 # ============================================================================ agents
 @dataclass
+class WarmStartConfig:
+    """Imitation before RL (agents/imitation.py): `teacher` is a heuristic registry spec
+    for the controlled decisions (e.g. "spf", "spf+swap-cost-aware+p2c"), "auto" (the
+    baseline with the best `eval.metric` on the training split's periodic windows) or
+    None (no warm start). `steps` teacher decisions are cloned for `epochs` epochs of
+    `batch_size` minibatches at `learning_rate`. PPO, MaskablePPO and A2C on per-decision
+    envs only."""
+
+    teacher: str | None = None
+    steps: int = 20_000
+    epochs: int = 10
+    batch_size: int = 256
+    learning_rate: float = 1e-3
+
+
+@dataclass
 class AgentConfig:
     """Fields every agent has; subclasses add the algorithm's hyperparameters.
 
@@ -143,6 +159,7 @@ class AgentConfig:
     scores every candidate slot, Decima-style; PPO and MaskablePPO only), with
     `scorer_hidden` / `scorer_embed` its layer sizes, or "auto": the scorer for PPO and
     MaskablePPO on per-decision envs, the MLP otherwise (interval envs, A2C, DQN).
+    warm_start: imitation of a heuristic before RL (`WarmStartConfig`).
     """
 
     algo: str = MISSING
@@ -158,6 +175,7 @@ class AgentConfig:
     scorer_hidden: int = 64
     scorer_embed: int = 32
     device: str = "cpu"
+    warm_start: WarmStartConfig = field(default_factory=WarmStartConfig)
 
     def sb3_kwargs(self) -> dict[str, Any]:
         """The algorithm's constructor arguments: the fields a subclass adds."""
@@ -370,6 +388,7 @@ def validate(cfg: TrainConfig) -> None:
                          "e.g. serving/goodput_rps")
     _validate_env(cfg.env)
     _validate_interval(cfg)
+    _validate_warm_start(cfg)
 
 
 def _validate_env(env: EnvConfig) -> None:
@@ -407,8 +426,31 @@ def _validate_interval(cfg: TrainConfig) -> None:
                          "agent.network=auto or mlp")
 
 
+def _validate_warm_start(cfg: TrainConfig) -> None:
+    """A teacher needs an actor-critic on per-decision actions and sane sizes; its spec
+    is checked against the controlled decisions once the env is built (train.py)."""
+    warm = cfg.agent.warm_start
+    if warm.teacher is None:
+        return
+    if cfg.agent.algo not in ("ppo", "maskable_ppo", "a2c"):
+        raise ValueError(f"agent.warm_start.teacher={warm.teacher!r}: imitation warm starts "
+                         f"train actor-critic policies (ppo, maskable_ppo, a2c), not "
+                         f"agent.algo={cfg.agent.algo!r}; set agent.warm_start.teacher=null")
+    if _interval_id(cfg.env.id):
+        raise ValueError(f"agent.warm_start.teacher={warm.teacher!r}: {cfg.env.id} sets "
+                         "priority weights, there is no per-decision action to imitate; set "
+                         "agent.warm_start.teacher=null")
+    for key in ("steps", "epochs", "batch_size"):
+        if getattr(warm, key) < 1:
+            raise ValueError(f"agent.warm_start.{key} must be >= 1, got {getattr(warm, key)}")
+    if not warm.learning_rate > 0:
+        raise ValueError(f"agent.warm_start.learning_rate must be > 0, got "
+                         f"{warm.learning_rate}")
+
+
 __all__ = [
     "ALGORITHMS", "A2CConfig", "AgentConfig", "CheckpointConfig", "ClusterConfig",
     "CostConfig", "DQNConfig", "EnvConfig", "EvalConfig", "HeuristicConfig", "LoggerConfig",
-    "PPOConfig", "TrainConfig", "WorkloadConfig", "register_configs", "validate",
+    "PPOConfig", "TrainConfig", "WarmStartConfig", "WorkloadConfig", "register_configs",
+    "validate",
 ]

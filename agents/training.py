@@ -222,6 +222,30 @@ def baseline_specs(config: TrainConfig, controlled: Sequence[str]) -> list[str]:
     return [name for key in controlled for name in policy_names(KINDS[key])] + extra
 
 
+def choose_teacher(config: TrainConfig, setting: Setting
+                   ) -> tuple[str | None, dict[str, float]]:
+    """The warm-start teacher's spec and, for `teacher: auto`, each baseline's mean
+    `eval.metric` on the periodic windows of the training split (never the held-out ones):
+    the best of them teaches. An explicit spec is checked against the controlled decisions
+    here, before any training."""
+    spec = config.agent.warm_start.teacher
+    if spec is None:
+        return None, {}
+    if spec != "auto":
+        heuristic_factory(spec, setting.controlled, config.env.policies)
+        return spec, {}
+    from agents.evaluation import compare
+
+    specs = baseline_specs(config, setting.controlled)
+    factories = {s: heuristic_factory(s, setting.controlled, config.env.policies)
+                 for s in specs}
+    rows = compare(factories, periodic_episodes(config, setting), setting.cost,
+                   setting.kwargs["cluster"])
+    scores = {label: float(means[config.eval.metric])
+              for label, means in policy_means(rows).items()}
+    return max(specs, key=lambda s: scores[s]), scores  # ties: the earlier in registry order
+
+
 def keep_best(run_dir: Path, best_checkpoint: Path | None) -> Path | None:
     """Copy the best periodic checkpoint to `<run dir>/best/` (never overwritten)."""
     import shutil

@@ -12,6 +12,9 @@ from gymnasium import spaces
 
 from envs.backends import build_backend
 from envs.core.decisions import (
+    STOP,
+    Action,
+    Decision,
     DecisionKind,
     InvalidActionError,
     Policy,
@@ -373,6 +376,30 @@ class ServingEnv(gym.Env):
 
     def action_masks(self) -> np.ndarray:
         return self.encoder.mask.copy()
+
+    @property
+    def decision(self) -> Decision | None:
+        """The decision the agent is asked now (None once the episode has ended)."""
+        return self._decision
+
+    def action_index(self, answer: int | Action) -> int | None:
+        """The action of this env's action space that plays `answer`, a policy's answer to
+        the current `decision` (candidate index, STOP or `Action`): what a heuristic
+        teacher's choice is in the agent's terms (agents/imitation.py). None when the
+        chosen candidate is in no slot, so the agent could not have picked it."""
+        decision = self._decision
+        if decision is None:
+            raise RuntimeError("the episode has ended; call reset()")
+        action = decision.validate(answer)
+        encoder = self.encoder
+        if action.choice == STOP:
+            return encoder.stop_action
+        if action.choice not in encoder.slot_choice:
+            return None
+        slot = encoder.slot_choice.index(action.choice)
+        swap = encoder.num_slots + slot
+        # A swap the host memory cannot take now is a recompute, as the instance plays it.
+        return swap if action.swap and encoder.mask[swap] else slot
 
     # ------------------------------------------------------------------ output lengths
     def _draw_estimates(self, episode: Workload, rng: np.random.Generator) -> None:
