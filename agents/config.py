@@ -135,12 +135,13 @@ class EnvConfig:
 class WarmStartConfig:
     """Imitation before RL (agents/imitation.py): `teacher` is a heuristic registry spec
     for the controlled decisions (e.g. "spf", "spf+swap-cost-aware+p2c"), "auto" (the
-    baseline with the best `eval.metric` on the training split's periodic windows) or
+    baseline with the best `eval.metric` on `auto_windows` windows of the training split;
+    no warm start on interval envs, which have no per-decision action to imitate) or
     None (no warm start). `steps` teacher decisions are cloned for `epochs` epochs of
-    `batch_size` minibatches at `learning_rate`. PPO, MaskablePPO and A2C on per-decision
-    envs only."""
+    `batch_size` minibatches at `learning_rate`. PPO, MaskablePPO and A2C only."""
 
     teacher: str | None = None
+    auto_windows: int = 5
     steps: int = 20_000
     epochs: int = 10
     batch_size: int = 256
@@ -436,11 +437,11 @@ def _validate_warm_start(cfg: TrainConfig) -> None:
         raise ValueError(f"agent.warm_start.teacher={warm.teacher!r}: imitation warm starts "
                          f"train actor-critic policies (ppo, maskable_ppo, a2c), not "
                          f"agent.algo={cfg.agent.algo!r}; set agent.warm_start.teacher=null")
-    if _interval_id(cfg.env.id):
+    if _interval_id(cfg.env.id) and warm.teacher != "auto":
         raise ValueError(f"agent.warm_start.teacher={warm.teacher!r}: {cfg.env.id} sets "
                          "priority weights, there is no per-decision action to imitate; set "
                          "agent.warm_start.teacher=null")
-    for key in ("steps", "epochs", "batch_size"):
+    for key in ("steps", "epochs", "batch_size", "auto_windows"):
         if getattr(warm, key) < 1:
             raise ValueError(f"agent.warm_start.{key} must be >= 1, got {getattr(warm, key)}")
     if not warm.learning_rate > 0:

@@ -11,7 +11,7 @@ Definitions:
   seed come from one generator, `default_rng(SeedSequence([seed, stream]))`: every policy
   of a run sees the same windows and seeds; runs with the same `seed` see the same ones.
   `stream` separates the final evaluation (`FINAL`) from evaluations during training
-  (`PERIODIC`).
+  (`PERIODIC`) and from the choice of a warm-start teacher (`TEACHER`).
 * A run (`run_episode`): `Simulator.run(workload, seed)` with one policy per decision kind;
   the controlled kinds are answered by the candidate (a `LearnedPolicy` or a heuristic),
   the others by the env's heuristics. The row holds every `serving/` summary metric.
@@ -41,6 +41,7 @@ from envs.workloads.transforms import split_by_time
 
 FINAL = 1
 PERIODIC = 2
+TEACHER = 3  # windows that choose a warm-start teacher (agents/imitation.py)
 TABLE_METRICS = (
     ("serving/goodput_rps", "goodput (req/s)", 1.0, "{:.2f}"),
     ("serving/slo_attainment", "SLO attainment", 1.0, "{:.3f}"),

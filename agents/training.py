@@ -37,6 +37,7 @@ from agents.config import (
 from agents.evaluation import (
     FINAL,
     PERIODIC,
+    TEACHER,
     EvalEpisode,
     comparison_table,
     evaluation_episodes,
@@ -225,11 +226,13 @@ def baseline_specs(config: TrainConfig, controlled: Sequence[str]) -> list[str]:
 def choose_teacher(config: TrainConfig, setting: Setting
                    ) -> tuple[str | None, dict[str, float]]:
     """The warm-start teacher's spec and, for `teacher: auto`, each baseline's mean
-    `eval.metric` on the periodic windows of the training split (never the held-out ones):
-    the best of them teaches. An explicit spec is checked against the controlled decisions
-    here, before any training."""
+    `eval.metric` on `auto_windows` windows of the training split (never the held-out
+    ones; their own stream `TEACHER`): the best of them teaches. An explicit spec is
+    checked against the controlled decisions here, before any training."""
+    from agents.learners import is_interval_env
+
     spec = config.agent.warm_start.teacher
-    if spec is None:
+    if spec is None or (spec == "auto" and is_interval_env(config.env.id)):
         return None, {}
     if spec != "auto":
         heuristic_factory(spec, setting.controlled, config.env.policies)
@@ -239,8 +242,9 @@ def choose_teacher(config: TrainConfig, setting: Setting
     specs = baseline_specs(config, setting.controlled)
     factories = {s: heuristic_factory(s, setting.controlled, config.env.policies)
                  for s in specs}
-    rows = compare(factories, periodic_episodes(config, setting), setting.cost,
-                   setting.kwargs["cluster"])
+    windows = episodes_for(config, setting, config.env.split,
+                           config.agent.warm_start.auto_windows, TEACHER)
+    rows = compare(factories, windows, setting.cost, setting.kwargs["cluster"])
     scores = {label: float(means[config.eval.metric])
               for label, means in policy_means(rows).items()}
     return max(specs, key=lambda s: scores[s]), scores  # ties: the earlier in registry order

@@ -42,10 +42,14 @@ Slot features for requests (ADMIT, PREEMPT):
     clip((target - waited) / target, -1, 1), 1 once the first token is out  6 prefix-cache
     hit fraction (ADMIT) or KV blocks held / capacity (PREEMPT)  7 tenant / tenants
     8 priority squash(p, 4)  9-14 role: one-hot index of the sort key that chose the slot
+    15-20 rank under each sort key: 1 / (1 + position) in that key's ranking of the
+    candidates (1 = that rule's pick), 0 beyond its first K (why: lengths squashed to
+    [0, 1) differ by ~1e-4 between long prompts, so "the shortest" must be said outright;
+    the shared scorer sees no slot positions)
 Slot features for instances (ROUTE):
     0 valid  1 waiting squash(n, max_num_seqs)  2 running / max_num_seqs  3 KV used fraction
     4 queued prompt tokens squash(tokens, budget)  5 prefix hit fraction for the arriving
-    request  6 swapped squash(n, 8)  7 outstanding requests squash(n, max_num_seqs)  8 0  9-14 0
+    request  6 swapped squash(n, 8)  7 outstanding requests squash(n, max_num_seqs)  8 0  9-20 0
 """
 
 from __future__ import annotations
@@ -69,8 +73,8 @@ if TYPE_CHECKING:
 GLOBAL_FEATURES = 16
 BASE_SLOT_FEATURES = 9
 MAX_ROLES = 6  # sort keys per decision kind
-SLOT_FEATURES = BASE_SLOT_FEATURES + MAX_ROLES
-OBS_LAYOUT_VERSION = 2  # saved with every agent; an agent of another layout is refused
+SLOT_FEATURES = BASE_SLOT_FEATURES + 2 * MAX_ROLES  # base, role one-hot, rank per key
+OBS_LAYOUT_VERSION = 3  # saved with every agent; an agent of another layout is refused
 DEFAULT_ADMIT_KEYS = ("oldest", "shortest_prefill", "shortest_output", "least_slack")
 DEFAULT_PREEMPT_KEYS = ("newest", "most_blocks", "least_progress", "longest_remaining")
 RATE_WINDOW_S = 10.0
@@ -165,6 +169,7 @@ class ObservationEncoder:
         self._admit_sorts = [ADMIT_KEYS[k] for k in self.admit_keys]
         self._preempt_sorts = [PREEMPT_KEYS[k] for k in self.preempt_keys]
         self.slot_roles: list[int] = []
+        self.slot_ranks: list[list[float]] = []  # per slot: 1 / (1 + position) under each key
         self.size = GLOBAL_FEATURES + num_slots * SLOT_FEATURES
         self.num_actions = 2 * num_slots + 1
         self.stop_action = 2 * num_slots
@@ -237,6 +242,7 @@ class ObservationEncoder:
         if len(sorts) == 1 and sorts[0] in QUEUE_ORDER_KEYS:
             slots = indices[: self.num_slots]  # already in that order
             self.slot_roles = [0] * len(slots)
+            self.slot_ranks = [[1.0 / (1 + p)] for p in range(len(slots))]
             return slots
         candidates = decision.candidates
         k = self.num_slots
@@ -250,6 +256,9 @@ class ObservationEncoder:
             best = heapq.nsmallest(k, keyed) if len(keyed) > k else sorted(keyed)
             rankings.append([i for _, i in best])
         slots, self.slot_roles = round_robin_slots(rankings, k)
+        positions = [{index: p for p, index in enumerate(ranking[:k])} for ranking in rankings]
+        self.slot_ranks = [[1.0 / (1 + at[i]) if i in at else 0.0 for at in positions]
+                           for i in slots]
         return slots
 
     def _global(self, instance: Instance | None, sim: Simulator, kind: DecisionKind,
@@ -313,6 +322,8 @@ class ObservationEncoder:
         out: list[float] = []
         candidates = decision.candidates
         roles = self.slot_roles
+        ranks = self.slot_ranks
+        padding = [0.0] * (MAX_ROLES - len(ranks[0])) if ranks else []
         for position, index in enumerate(slots):
             r = candidates[index]
             target = r.ttft_slo if r.ttft_slo < math.inf else default_slo
@@ -337,6 +348,8 @@ class ObservationEncoder:
             role = [0.0] * MAX_ROLES
             role[roles[position]] = 1.0
             out += role
+            out += ranks[position]
+            out += padding
         return out
 
     @staticmethod
@@ -364,5 +377,5 @@ class ObservationEncoder:
                 squash(len(inst.waiting) + len(inst.running) + len(inst.swapped), seqs),
                 0.0,
             )
-            out += [0.0] * MAX_ROLES
+            out += [0.0] * (SLOT_FEATURES - BASE_SLOT_FEATURES)
         return out

@@ -71,13 +71,13 @@ class ServingEnv(gym.Env):
     by index. Each request slot shows the key that chose it.
 
     ## Observation Space
-    `Box(-1, 1, (16 + 15K,), float32)`: 16 global features (queue lengths, KV blocks free
+    `Box(-1, 1, (16 + 21K,), float32)`: 16 global features (queue lengths, KV blocks free
     and used, batch tokens and sequences, running requests, recent arrival rate, progress
     through the episode, requests in system, decision kind, the arriving / needy request)
-    and K slots of 15 features (validity, prompt length, tokens done, output-length
+    and K slots of 21 features (validity, prompt length, tokens done, output-length
     estimate, waiting time, TTFT slack, prefix-cache hits or KV held, tenant, priority, a
-    one-hot of the slot's sort key; for ROUTE: per-instance queue, load, KV use, queued
-    tokens, prefix affinity), zero-padded.
+    one-hot of the slot's sort key, its rank under every sort key; for ROUTE: per-instance
+    queue, load, KV use, queued tokens, prefix affinity), zero-padded.
     Exact layout and normalisation: `envs/observations.py`.
 
     ## Rewards
@@ -127,7 +127,8 @@ class ServingEnv(gym.Env):
     backend ("sim" | "live": real vLLM engines, see docs/live.md) and live_options.
 
     ## Version History
-    v0: initial release; observation layout 2 (candidate sets with roles), horizon ends.
+    v0: initial release; observation layout 3 (candidate sets with roles and per-key ranks),
+    horizon ends.
     """
 
     metadata = {"render_modes": []}

@@ -12,6 +12,7 @@ from agents.learned import LayoutMismatchError, check_layout
 from envs.core.decisions import STOP, DecisionKind, default_policies
 from envs.observations import (
     ADMIT_KEYS,
+    BASE_SLOT_FEATURES,
     MAX_ROLES,
     OBS_LAYOUT_VERSION,
     SLOT_FEATURES,
@@ -76,10 +77,34 @@ def test_slots_show_the_role_that_chose_them() -> None:
     g = len(observation) - env.encoder.num_slots * SLOT_FEATURES
     slots = observation[g:].reshape(env.encoder.num_slots, SLOT_FEATURES)
     used = len(env.encoder.slot_choice)
-    roles = slots[:used, -MAX_ROLES:]
+    roles = slots[:used, BASE_SLOT_FEATURES:BASE_SLOT_FEATURES + MAX_ROLES]
     np.testing.assert_array_equal(roles.sum(axis=1), np.ones(used))
     assert np.argmax(roles, axis=1).tolist() == env.encoder.slot_roles
     assert not slots[used:].any()
+
+
+def test_slots_say_which_one_each_rule_would_pick() -> None:
+    env = gym.make("servegym/Admission-v0", **LOADED).unwrapped
+    observation, _ = env.reset(seed=2)
+    checked = 0
+    for _ in range(400):
+        decision = env.decision
+        g = len(observation) - env.encoder.num_slots * SLOT_FEATURES
+        slots = observation[g:].reshape(env.encoder.num_slots, SLOT_FEATURES)
+        ranks = slots[:, BASE_SLOT_FEATURES + MAX_ROLES:]
+        fitting = [r for r in decision.candidates if decision.instance.can_admit(r)]
+        if len(fitting) >= 2:
+            key = env.encoder.admit_keys.index("shortest_prefill")
+            top = int(np.flatnonzero(ranks[:, key] == 1.0)[0])
+            chosen = decision.candidates[env.encoder.slot_choice[top]]
+            assert _prefill(chosen) == min(_prefill(r) for r in fitting)
+            second = np.flatnonzero(ranks[:, key] == 0.5)
+            assert second.size == 1  # ranks are positions, one slot each
+            checked += 1
+        observation, _, terminated, _, _ = env.step(int(np.flatnonzero(env.action_masks())[0]))
+        if terminated:
+            break
+    assert checked > 20
 
 
 def run_episode(env, choose) -> tuple[float, object]:

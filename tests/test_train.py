@@ -28,7 +28,8 @@ from envs.workloads.transforms import split_by_time
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["env.episode_requests=32", "eval.episodes=2", "eval.baselines=[fcfs,spf]",
-        "eval.freq=0", "checkpoint.freq=0", "progress=false", "logger=none"]
+        "eval.freq=0", "checkpoint.freq=0", "progress=false", "logger=none",
+        "agent.warm_start.steps=64", "agent.warm_start.epochs=1"]  # a quick imitation start
 PPO_TINY = ["agent.total_timesteps=128", "agent.n_envs=1", "agent.n_steps=64",
             "agent.batch_size=32", "agent.n_epochs=1"]
 
@@ -256,7 +257,8 @@ def test_maskable_ppo_run_writes_every_result_and_never_overwrites(tmp_path: Pat
                                                 "fcfs", "spf"}
     assert metrics["cost_model"]["source"] == "roofline"
     assert "fell back to the roofline" in metrics["cost_model"]["note"]
-    assert metrics["train"]["timesteps"] == 128 and len(metrics["train"]["periodic_eval"]) == 2
+    # the warm-started clone is evaluated before the first update, then every 64 steps
+    assert metrics["train"]["timesteps"] == 128 and len(metrics["train"]["periodic_eval"]) == 3
     assert "agent" in (run_dir / "comparison.md").read_text()
     # the saved agent is a policy spec for the evaluation harness too
     policies = build_scheduler(f"agent:{run_dir / 'model'}")

@@ -19,7 +19,8 @@ sys.path.insert(0, str(ROOT / "experiments"))
 import aggregate  # noqa: E402
 
 TINY = ["env.episode_requests=32", "eval.episodes=2", "eval.baselines=[fcfs,spf]",
-        "eval.freq=0", "checkpoint.freq=0", "progress=false", "logger=none"]
+        "eval.freq=0", "checkpoint.freq=0", "progress=false", "logger=none",
+        "agent.warm_start.steps=64", "agent.warm_start.epochs=1"]  # a quick imitation start
 
 
 def train(args: list[str], cwd: Path, check: bool = True, **kwargs) -> subprocess.CompletedProcess:
