@@ -15,7 +15,8 @@ import re
 from typing import Any
 
 from agents.heuristics import make_policy, policy_info
-from envs.core.decisions import DecisionKind, Policy, default_policies
+from envs.core.decisions import default_policies
+from envs.protocol import DecisionKind, Policy
 
 _TERM = re.compile(r"^\s*([A-Za-z0-9_.\-]+)\s*(?:\((.*)\))?\s*$", re.S)
 KIND_ORDER = (DecisionKind.ROUTE, DecisionKind.ADMIT, DecisionKind.PREEMPT)

@@ -34,8 +34,8 @@ from typing import Any
 import numpy as np
 
 from envs.build import build_simulator
-from envs.core.decisions import DecisionKind, Policy
 from envs.core.metrics import atomic_write
+from envs.protocol import DecisionKind, Policy
 from envs.workloads import Workload, scale_to_rate
 from envs.workloads.transforms import split_by_time
 

@@ -37,13 +37,14 @@ from typing import Any
 
 import numpy as np
 
-from envs.core.decisions import Action, Decision, DecisionKind, Policy, default_policies
+from envs.core.decisions import default_policies
 from envs.observations import (
     DEFAULT_ADMIT_KEYS,
     DEFAULT_PREEMPT_KEYS,
     OBS_LAYOUT_VERSION,
     ObservationEncoder,
 )
+from envs.protocol import Action, Decision, DecisionKind, Policy
 
 KINDS = {"admit": DecisionKind.ADMIT, "preempt": DecisionKind.PREEMPT,
          "route": DecisionKind.ROUTE}

@@ -47,8 +47,9 @@ from agents.evaluation import (
 )
 from agents.learned import KIND_ORDER, KINDS
 from agents.learners import env_kwargs, latest_checkpoint, workload_arguments
-from envs.core.decisions import DecisionKind, Policy, default_policies
+from envs.core.decisions import default_policies
 from envs.core.metrics import atomic_write
+from envs.protocol import DecisionKind, Policy
 
 SCHEMA_OF_ALGO = {"maskable_ppo": PPOConfig, "ppo": PPOConfig, "a2c": A2CConfig,
                   "dqn": DQNConfig, "heuristic": HeuristicConfig}

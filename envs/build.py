@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from envs.core.decisions import DecisionKind, Policy
 from envs.core.instance import InstanceConfig
 from envs.core.simulator import Simulator
 from envs.costs.base import CostModel
+from envs.protocol import DecisionKind, Policy
 
 
 def build_simulator(

@@ -41,8 +41,8 @@ from agents.heuristics.weighted import (
     WeightedPriorityAdmission,
     ttft_slack,
 )
-from envs.core.decisions import Decision, DecisionKind, Policy
 from envs.observations import RATE_WINDOW_S, squash
+from envs.protocol import Decision, DecisionKind, Policy
 from envs.rewards import RewardTracker, met_slo
 from envs.serving_env import ServingEnv
 
@@ -335,7 +335,7 @@ class IntervalEnv(gym.Env):
         info: dict[str, Any] = {"time": sim.now, "decisions": decisions,
                                 "weights": weights.astype(np.float32)}
         if terminated:
-            info["serving"] = self.serving._episode_summary()
+            info["serving"] = self.serving.episode_summary()
         return self.observer.encode(sim), reward, terminated, truncated, info
 
     # ------------------------------------------------------------------ internals

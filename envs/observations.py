@@ -54,7 +54,6 @@ Slot features for instances (ROUTE):
 
 from __future__ import annotations
 
-import bisect
 import heapq
 import math
 from collections.abc import Callable, Mapping, Sequence
@@ -62,13 +61,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from envs.core.decisions import STOP, Action, DecisionKind
+from envs.protocol import STOP, Action, DecisionKind
 
 if TYPE_CHECKING:
-    from envs.core.decisions import Decision
     from envs.core.instance import Instance
     from envs.core.request import Request
     from envs.core.simulator import Simulator
+    from envs.protocol import Decision
 
 GLOBAL_FEATURES = 16
 BASE_SLOT_FEATURES = 9
@@ -280,7 +279,7 @@ class ObservationEncoder:
             batch_tokens = batch_seqs = 0
         now = sim.now
         arrived = sim.arrived_count
-        recent = arrived - bisect.bisect_left(sim._arrivals, now - RATE_WINDOW_S, 0, arrived)
+        recent = sim.arrivals_since(now - RATE_WINDOW_S)
         features = [
             squash(waiting, seqs),
             min(running / seqs, 1.0),

@@ -11,19 +11,11 @@ import numpy as np
 from gymnasium import spaces
 
 from envs.backends import build_backend
-from envs.core.decisions import (
-    STOP,
-    Action,
-    Decision,
-    DecisionKind,
-    InvalidActionError,
-    Policy,
-    default_policies,
-    reset_policies,
-)
+from envs.core.decisions import default_policies, reset_policies
 from envs.core.request import FINISHED, REJECTED
 from envs.costs import build_cost_model
 from envs.observations import DEFAULT_ADMIT_KEYS, DEFAULT_PREEMPT_KEYS, ObservationEncoder
+from envs.protocol import STOP, Action, Decision, DecisionKind, InvalidActionError, Policy
 from envs.rewards import RewardConfig, RewardTracker
 from envs.workloads import Workload, build_workload, load_azure_2023, scale_to_rate
 from envs.workloads.transforms import clip_to_context, split_by_time
@@ -302,7 +294,7 @@ class ServingEnv(gym.Env):
         if decision is None:
             self.encoder.mask[:] = False
             info = {"action_mask": self.encoder.mask.copy(), "decision": None,
-                    "serving": self._episode_summary()}
+                    "serving": self.episode_summary()}
             return self.encoder.zeros(), reward, True, False, info
         observation = self.encoder.encode(decision, self.sim)
         info = {"action_mask": self.encoder.mask.copy(), "decision": KIND_NAMES[decision.kind]}
@@ -365,7 +357,7 @@ class ServingEnv(gym.Env):
         last = int(np.searchsorted(times, begin + self.episode_seconds, side="left"))
         return np.arange(first, max(last, first + 1))  # at least one request
 
-    def _episode_summary(self) -> dict[str, float]:
+    def episode_summary(self) -> dict[str, float]:
         """The serving summary; requests without SLO targets are judged by the reward's
         default targets (else a trace without targets would always read 100% attainment)."""
         report = self.sim.report()

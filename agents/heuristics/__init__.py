@@ -41,13 +41,8 @@ from agents.heuristics.priority import StrictPriority
 from agents.heuristics.swap import CostAwareSwap
 from agents.heuristics.ttft_routing import MinPredictedTTFT
 from agents.heuristics.vtc import VirtualTokenCounter
-from envs.core.decisions import (
-    DecisionKind,
-    FCFSAdmission,
-    LatestArrivalPreemption,
-    Policy,
-    RoundRobinRouting,
-)
+from envs.core.decisions import FCFSAdmission, LatestArrivalPreemption, RoundRobinRouting
+from envs.protocol import DecisionKind, Policy
 
 ADMIT, PREEMPT, ROUTE = DecisionKind.ADMIT, DecisionKind.PREEMPT, DecisionKind.ROUTE
 

@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from envs.core.decisions import STOP, Decision
 from envs.predictors import LengthPredictor
+from envs.protocol import STOP, Decision
 
 if TYPE_CHECKING:
     from envs.core.request import Request

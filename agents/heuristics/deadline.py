@@ -17,8 +17,8 @@ from __future__ import annotations
 import math
 
 from agents.heuristics.base import RankedAdmission
-from envs.core.decisions import Decision
 from envs.core.request import Request
+from envs.protocol import Decision
 
 
 class EarliestDeadlineFirst(RankedAdmission):

@@ -17,8 +17,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from agents.heuristics.base import PredictorUser, RankedAdmission
-from envs.core.decisions import Decision
 from envs.core.request import Request
+from envs.protocol import Decision
 
 
 class ShortestPromptFirst(RankedAdmission):

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from envs.core.decisions import Decision
+from envs.protocol import Decision
 
 if TYPE_CHECKING:
     from envs.core.instance import Instance

@@ -22,7 +22,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from agents.heuristics.base import PredictorUser, pick_max
-from envs.core.decisions import Decision, LatestArrivalPreemption
+from envs.core.decisions import LatestArrivalPreemption
+from envs.protocol import Decision
 
 
 class LowestPriorityVictim:

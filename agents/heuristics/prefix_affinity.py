@@ -13,7 +13,7 @@ prefix caching (or prefix hashes) this is least-outstanding routing within the c
 from __future__ import annotations
 
 from agents.heuristics.load_balance import outstanding
-from envs.core.decisions import Decision
+from envs.protocol import Decision
 
 
 class PrefixAffinity:

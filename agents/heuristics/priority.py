@@ -9,8 +9,8 @@ not fit. Its preemption counterpart (evict the least urgent, latest arrival) is
 from __future__ import annotations
 
 from agents.heuristics.base import RankedAdmission
-from envs.core.decisions import Decision
 from envs.core.request import Request
+from envs.protocol import Decision
 
 
 class StrictPriority(RankedAdmission):

@@ -21,7 +21,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from agents.heuristics.preemption import VICTIM_RULES
-from envs.core.decisions import Action, Decision
+from envs.protocol import Action, Decision
 
 if TYPE_CHECKING:
     from envs.core.request import Request

@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING
 
-from envs.core.decisions import Decision
+from envs.protocol import Decision
 
 if TYPE_CHECKING:
     from envs.core.instance import Instance

@@ -28,8 +28,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from envs.core.decisions import STOP, Decision
 from envs.core.request import FINISHED
+from envs.protocol import STOP, Decision
 
 if TYPE_CHECKING:
     from envs.core.request import Request

@@ -53,7 +53,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from agents.heuristics.base import PredictorUser
-from envs.core.decisions import STOP, Decision
+from envs.protocol import STOP, Decision
 
 if TYPE_CHECKING:
     from envs.core.request import Request

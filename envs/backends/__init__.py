@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from envs.core.decisions import DecisionKind, Policy
+from envs.protocol import DecisionKind, Policy
 
 BACKENDS = ("sim", "live")
 

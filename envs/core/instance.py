@@ -26,9 +26,9 @@ from collections.abc import Generator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from envs.core.decisions import STOP, Action, Decision, DecisionKind
 from envs.core.kv_cache import BlockManager
 from envs.core.request import FINISHED, REJECTED, RUNNING, SWAPPED, WAITING, Request
+from envs.protocol import STOP, Action, Decision, DecisionKind
 
 if TYPE_CHECKING:
     from envs.costs.base import CostModel

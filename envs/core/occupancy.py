@@ -6,24 +6,32 @@ same numbers whichever runs.
 
 from __future__ import annotations
 
+import bisect
+
 from envs.core.request import Request
 
 
 class Occupancy:
-    """Mixin: departure and first-token logs, O(1) sums for the integral of requests in
-    the system."""
+    """Mixin: arrival, departure and first-token logs, O(1) sums for the integral of
+    requests in the system."""
 
     def reset_occupancy(self) -> None:
         self.departed: list[Request] = []  # finished or rejected, in order; read incrementally
         self.first_tokens: list[Request] = []  # requests in order of their first token
+        self.arrival_times: list[float] = []  # in arrival order (nondecreasing)
         self.arrived_count = 0
         self.arrival_sum = 0.0
         self.departed_arrival_sum = 0.0
         self.departed_finish_sum = 0.0
 
     def record_arrival(self, request: Request) -> None:
+        self.arrival_times.append(request.arrival_time)
         self.arrived_count += 1
         self.arrival_sum += request.arrival_time
+
+    def arrivals_since(self, time: float) -> int:
+        """Requests that arrived at or after `time` (so far): the recent arrival rate."""
+        return self.arrived_count - bisect.bisect_left(self.arrival_times, time)
 
     def record_first_token(self, request: Request) -> None:
         """A request produced its first token (its TTFT is settled)."""

@@ -18,18 +18,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from envs.core.decisions import (
-    Action,
-    Decision,
-    DecisionKind,
-    Policy,
-    default_policies,
-    reset_policies,
-)
+from envs.core.decisions import default_policies, reset_policies
 from envs.core.instance import Instance, InstanceConfig
 from envs.core.metrics import ServingReport, build_report
 from envs.core.occupancy import Occupancy
 from envs.core.request import REJECTED, Request
+from envs.protocol import Action, Decision, DecisionKind, Policy
 
 if TYPE_CHECKING:
     from envs.costs.base import CostModel
@@ -40,7 +34,8 @@ INSTANCE_PRIORITY = 1
 
 
 class Simulator(Occupancy):
-    """Simulates `num_instances` identical instances; implements the Backend protocol.
+    """Simulates `num_instances` identical instances; implements the `Backend` and
+    `ClusterView` protocols (envs/protocol.py).
 
     Args:
         cost_model: iteration times (its `source` is stamped on every report).

@@ -37,19 +37,12 @@ import numpy as np
 
 from envs.backends.live import configure_environment
 from envs.backends.live.model import TinyLlamaSpec, ensure_tiny_llama
-from envs.core.decisions import (
-    STOP,
-    Action,
-    Decision,
-    DecisionKind,
-    Policy,
-    default_policies,
-    reset_policies,
-)
+from envs.core.decisions import default_policies, reset_policies
 from envs.core.instance import InstanceConfig, TokenGaps
 from envs.core.metrics import ServingReport, build_report
 from envs.core.occupancy import Occupancy
 from envs.core.request import FINISHED, REJECTED, RUNNING, WAITING, Request
+from envs.protocol import STOP, Action, Decision, DecisionKind, Policy
 
 CLOCKS = ("thread_time", "perf_counter")
 FIRST_TOKEN_ID = 3
@@ -86,9 +79,12 @@ class LiveBlocks:
     prefix_hits = 0
     prefix_queries = 0
 
+    enable_prefix_caching = False  # hits are vLLM's own business; policies see none
+
     def __init__(self, instance: LiveInstance) -> None:
         self.instance = instance
         self.num_blocks = instance.num_kv_blocks
+        self.block_size = instance.block_size
 
     @property
     def num_free(self) -> int:

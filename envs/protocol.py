@@ -1,0 +1,238 @@
+"""The decision protocol: a backend asks, a policy answers. The bottom layer.
+
+This module imports nothing else from the project. Backends (the simulator, live vLLM
+engines) produce `Decision`s; policies (heuristics, learned agents through the env's
+encoding) answer them with an `Action`. Observations, heuristics, rewards and metrics read
+a backend only through the views below (`ClusterView`, `InstanceView`, `KVView`,
+`RequestView`); the simulator's classes implement them directly (structural typing, no
+per-decision snapshot copies), and `tests/test_contracts.py` checks that the simulator and
+a vLLM-free fake both do.
+
+| kind    | asked when                                  | candidates    | answer         | arity |
+|---------|---------------------------------------------|---------------|----------------|-------|
+| ROUTE   | a request arrives at 2+ instances           | instances     | index          | 1     |
+| ADMIT   | a batch is built and a waiting request fits | waiting queue | index, or STOP | 1     |
+| PREEMPT | a running request lacks KV blocks           | running       | index (+ swap) | 1     |
+
+Arity is how many indices an answer carries: a candidate (`Action.choice`), and for kinds
+of arity 2 (migration, disaggregated routing: the next issues) a target
+(`Action.target`). Candidate order is canonical: instances by index; waiting requests in
+queue order (requests preempted by recompute at the front, then arrival order); running
+requests in admission order. A policy answers with an `int` or an `Action`; `Action.swap`
+asks a PREEMPT to swap the victim to host memory instead of recomputing it later (valid
+only where swap space is configured).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+STOP = -1  # ADMIT: no more admissions this iteration
+
+
+class DecisionKind(IntEnum):
+    """What is being decided; `arity` is how many indices an answer carries."""
+
+    ROUTE = 0
+    ADMIT = 1
+    PREEMPT = 2
+
+    @property
+    def arity(self) -> int:
+        return 1
+
+
+class InvalidActionError(ValueError):
+    """A policy or agent answered a decision with an action its mask forbids."""
+
+
+@dataclass(frozen=True, slots=True)
+class Action:
+    """An answer: candidate `choice` (or STOP), a `target` for kinds of arity 2, and
+    `swap` for PREEMPT."""
+
+    choice: int
+    swap: bool = False
+    target: int | None = None
+
+
+# ====================================================================== views
+@runtime_checkable
+class RequestView(Protocol):
+    """What policies and encoders read of a request (the simulator's `Request`)."""
+
+    rid: int
+    arrival_time: float
+    prompt_len: int
+    output_len: int
+    tenant: int
+    priority: int
+    ttft_slo: float
+    tpot_slo: float
+    prefix_hashes: Any
+    status: int
+    num_computed: int
+    num_generated: int
+    num_blocks: int
+    first_token_time: float
+
+
+@runtime_checkable
+class KVView(Protocol):
+    """An instance's paged KV cache, read-only (the simulator's `BlockManager`)."""
+
+    num_blocks: int
+    block_size: int
+    enable_prefix_caching: bool
+
+    @property
+    def num_free(self) -> int: ...
+
+    @property
+    def num_used(self) -> int: ...
+
+    def blocks_for(self, num_tokens: int) -> int: ...
+
+    def count_prefix_hits(self, request: Any) -> tuple[int, int]: ...
+
+    def can_swap_out(self, request: Any) -> bool: ...
+
+
+@runtime_checkable
+class InstanceView(Protocol):
+    """One serving instance as a policy sees it (the simulator's `Instance`).
+
+    `budget` is the token budget left in the batch being built, `batch` the requests in it
+    and `bulk` the decoding requests scheduled as a group beside them."""
+
+    index: int
+    config: Any  # InstanceConfig
+    cost: Any  # the instance's cost model
+    block_size: int
+    max_model_len: int
+    watermark_blocks: int
+    swap_enabled: bool
+    waiting: Sequence[Any]
+    running: Sequence[Any]
+    swapped: Sequence[Any]
+    batch: Sequence[Any]
+    bulk: int
+    budget: int
+    bm: KVView
+    sim: ClusterView
+
+    def can_admit(self, request: Any) -> bool: ...
+
+    def can_stop_admitting(self) -> bool: ...
+
+
+@runtime_checkable
+class ClusterView(Protocol):
+    """The cluster and its clock as policies, encoders and rewards see it."""
+
+    now: float
+    config: Any  # InstanceConfig of the instances
+    instances: Sequence[InstanceView]
+    requests: Sequence[Any]  # every request that has arrived, by rid
+    workload: Any
+    arrived_count: int
+    departed: Sequence[Any]  # requests that left (finished or rejected), in order
+    first_tokens: Sequence[Any]  # requests in order of their first token
+
+    def requests_in_system(self) -> int: ...
+
+    def arrivals_since(self, time: float) -> int: ...
+
+    def latency_area(self, time: float) -> float: ...
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """Produces decisions and takes their answers (the simulator, live engines)."""
+
+    def reset(self, workload: Any, seed: int = 0) -> None: ...
+
+    def next_decision(self) -> Decision | None: ...
+
+    def apply(self, action: int | Action, *, validated: bool = False) -> None: ...
+
+    def report(self) -> Any: ...
+
+
+# ====================================================================== decisions
+@dataclass(slots=True)
+class Decision:
+    kind: DecisionKind
+    time: float
+    candidates: list[Any]
+    instance: InstanceView | None = None  # ADMIT / PREEMPT: the instance asking
+    request: Any = None  # ROUTE: the arriving request; PREEMPT: the one short of KV
+    cluster: ClusterView | None = None  # ROUTE: cluster-wide state
+
+    def mask(self) -> np.ndarray:
+        """Valid choices, one per candidate (True = valid)."""
+        if self.kind == DecisionKind.ADMIT:
+            return np.array([self.instance.can_admit(r) for r in self.candidates], dtype=bool)
+        return np.ones(len(self.candidates), dtype=bool)
+
+    def can_stop(self) -> bool:
+        """STOP is refused when it would leave the instance idle while a request fits."""
+        return self.kind == DecisionKind.ADMIT and self.instance.can_stop_admitting()
+
+    def can_swap(self) -> bool:
+        return self.kind == DecisionKind.PREEMPT and self.instance.swap_enabled
+
+    def validate(self, action: int | Action) -> Action:
+        if not isinstance(action, Action):
+            try:
+                action = Action(int(action))
+            except (TypeError, ValueError):
+                raise InvalidActionError(
+                    f"{self.kind.name} decision needs an int or Action, got {action!r}"
+                ) from None
+        choice = action.choice
+        if action.target is not None and self.kind.arity < 2:
+            raise InvalidActionError(
+                f"{self.kind.name}: an answer names one candidate; Action.target is for "
+                "decisions of arity 2")
+        if choice == STOP:
+            if not self.can_stop():
+                raise InvalidActionError(
+                    f"{self.kind.name}: STOP is not allowed here "
+                    + ("(only ADMIT decisions can stop)" if self.kind != DecisionKind.ADMIT
+                       else "(the instance would idle while a waiting request fits)")
+                )
+            return action
+        if not 0 <= choice < len(self.candidates):
+            raise InvalidActionError(
+                f"{self.kind.name}: choice {choice} out of range, "
+                f"{len(self.candidates)} candidates (valid: 0..{len(self.candidates) - 1}"
+                + (", or STOP=-1)" if self.kind == DecisionKind.ADMIT else ")")
+            )
+        if self.kind == DecisionKind.ADMIT and not self.instance.can_admit(self.candidates[choice]):
+            raise InvalidActionError(
+                f"ADMIT: waiting request {self.candidates[choice].rid} does not fit now "
+                "(token budget, sequence cap or KV blocks); consult Decision.mask()"
+            )
+        if action.swap and not self.can_swap():
+            raise InvalidActionError(
+                f"{self.kind.name}: swap requested but this instance has no swap space "
+                "(set swap_space_blocks > 0) or the decision is not PREEMPT"
+            )
+        return action
+
+
+@runtime_checkable
+class Policy(Protocol):
+    def decide(self, decision: Decision) -> int | Action: ...
+
+
+__all__ = [
+    "STOP", "Action", "Backend", "ClusterView", "Decision", "DecisionKind", "InstanceView",
+    "InvalidActionError", "KVView", "Policy", "RequestView",
+]

@@ -1,0 +1,173 @@
+"""The decision protocol (envs/protocol.py) is the contract between backends and the rest.
+
+* The protocol module imports nothing else from the project (it is the bottom layer).
+* The simulator implements the protocols: `Backend` and `ClusterView`, its instances
+  `InstanceView`, their block managers `KVView`, its requests `RequestView`.
+* Observations and heuristics read a backend only through those views: a vLLM-free fake
+  holding *only* the protocols' members (slotted, so any other read raises) gives the same
+  observation, mask and heuristic answers as the simulator it mirrors, decision by decision.
+* The observation layout is pinned (a change must bump `OBS_LAYOUT_VERSION`).
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import pytest
+
+import envs  # noqa: F401  (registers the ids)
+from agents.heuristics import make_policy
+from envs import protocol
+from envs.observations import (
+    GLOBAL_FEATURES,
+    OBS_LAYOUT_VERSION,
+    SLOT_FEATURES,
+    ObservationEncoder,
+)
+from envs.protocol import (
+    Backend,
+    ClusterView,
+    DecisionKind,
+    InstanceView,
+    KVView,
+    RequestView,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def members(view: type) -> list[str]:
+    """Public attributes and methods a protocol class declares."""
+    names = set(getattr(view, "__annotations__", {}))
+    names |= {name for name, value in vars(view).items()
+              if not name.startswith("_") and (callable(value) or isinstance(value, property))}
+    return sorted(names)
+
+
+def test_the_protocol_module_imports_nothing_from_the_project() -> None:
+    tree = ast.parse((ROOT / "envs" / "protocol.py").read_text())
+    imported = [alias.name for node in ast.walk(tree) if isinstance(node, ast.Import)
+                for alias in node.names]
+    imported += [node.module for node in ast.walk(tree)
+                 if isinstance(node, ast.ImportFrom) and node.module]
+    assert not [name for name in imported if name.split(".")[0] in ("envs", "agents")]
+
+
+def test_the_observation_layout_is_pinned() -> None:
+    # Bump OBS_LAYOUT_VERSION (saved agents of another layout are refused) when these move.
+    assert (OBS_LAYOUT_VERSION, GLOBAL_FEATURES, SLOT_FEATURES) == (3, 16, 21)
+
+
+def serving_sim(env_id: str = "servegym/Serving-v0") -> Any:
+    env = gym.make(env_id, rate=30.0, episode_requests=200).unwrapped
+    env.reset(seed=4)
+    return env
+
+
+def test_the_simulator_implements_the_protocols() -> None:
+    env = serving_sim()
+    sim = env.sim
+    assert isinstance(sim, Backend) and isinstance(sim, ClusterView)
+    for instance in sim.instances:
+        assert isinstance(instance, InstanceView) and isinstance(instance.bm, KVView)
+    assert sim.requests and all(isinstance(r, RequestView) for r in sim.requests)
+
+
+# ------------------------------------------------------------------ a vLLM-free fake
+def slotted(view: type, source: Any, overrides: dict[str, Any]) -> Any:
+    """An object holding exactly `view`'s members, copied (or bound) from `source`."""
+    names = members(view)
+    cls = type(f"Fake{view.__name__}", (), {"__slots__": tuple(names)})
+    fake = cls()
+    for name in names:
+        value = overrides[name] if name in overrides else getattr(source, name)
+        object.__setattr__(fake, name, value)
+    return fake
+
+
+class FakeCluster:
+    """A backend state made only of protocol members: what a second backend must offer."""
+
+    def __init__(self, sim: Any) -> None:
+        requests = {r.rid: slotted(RequestView, r, {}) for r in sim.requests}
+        self.requests = [requests[r.rid] for r in sim.requests]
+        self.cluster = slotted(ClusterView, sim, {"requests": self.requests,
+                                                  "instances": [], "departed": []})
+        self.cluster.departed.extend(requests[r.rid] for r in sim.departed)
+        self.real = {}
+        for instance in sim.instances:
+            bm = slotted(KVView, instance.bm, {
+                "num_free": instance.bm.num_free, "num_used": instance.bm.num_used,
+                "count_prefix_hits": self._on_real(instance.bm.count_prefix_hits),
+                "can_swap_out": self._on_real(instance.bm.can_swap_out)})
+            fake = slotted(InstanceView, instance, {
+                "bm": bm, "sim": self.cluster,
+                **{queue: [requests[r.rid] for r in getattr(instance, queue)]
+                   for queue in ("waiting", "running", "swapped")},
+                "batch": list(instance.batch),
+                "can_admit": self._on_real(instance.can_admit)})
+            self.cluster.instances.append(fake)
+            self.real[id(fake)] = instance
+        self.by_rid = {r.rid: r for r in sim.requests}
+
+    def _on_real(self, method: Any) -> Any:
+        """A method of the real backend, given fake requests (looked up by rid)."""
+        def call(*args: Any) -> Any:
+            return method(*(self.by_rid[a.rid] if hasattr(a, "rid") else a for a in args))
+        return call
+
+    def decision(self, real: Any) -> Any:
+        """`real` (a decision of the simulator) restated over the fake."""
+        fakes = {r.rid: r for r in self.requests}
+        instance = None
+        if real.instance is not None:
+            instance = self.cluster.instances[real.instance.index]
+        if real.kind == DecisionKind.ROUTE:
+            candidates = list(self.cluster.instances)
+        else:
+            candidates = [fakes[r.rid] for r in real.candidates]
+        request = fakes[real.request.rid] if real.request is not None else None
+        return protocol.Decision(real.kind, real.time, candidates, instance, request,
+                                 self.cluster if real.cluster is not None else None)
+
+
+HEURISTICS = {DecisionKind.ADMIT: ["spf", "fcfs", "edf-late-last", "sjf-oracle", "vtc"],
+              DecisionKind.PREEMPT: ["preempt-least-progress", "preempt-most-blocks",
+                                     "swap-cost-aware"],
+              DecisionKind.ROUTE: ["jsq", "lor", "llumnix", "prefix-affinity", "min-ttft"]}
+
+
+@pytest.mark.parametrize("env_id", ["servegym/Serving-v0", "servegym/Routing-v0"])
+def test_observations_and_heuristics_read_only_the_protocol(env_id: str) -> None:
+    env = serving_sim(env_id)
+    encoder: ObservationEncoder = env.encoder
+    fake_encoder = ObservationEncoder(encoder.num_slots, encoder.default_ttft_slo,
+                                      encoder.rate_scale, encoder.output_estimate,
+                                      encoder.admit_keys, encoder.preempt_keys)
+    fake_encoder.episode_requests = encoder.episode_requests
+    rng = np.random.default_rng(0)
+    seen: set[DecisionKind] = set()
+    for _ in range(300):
+        decision = env.decision
+        if decision is None:
+            break
+        fake = FakeCluster(env.sim)
+        restated = fake.decision(decision)
+        expected = encoder.encode(decision, env.sim)
+        np.testing.assert_array_equal(fake_encoder.encode(restated, fake.cluster), expected)
+        np.testing.assert_array_equal(fake_encoder.mask, encoder.mask)
+        for name in HEURISTICS[decision.kind]:
+            policy, twin = make_policy(name), make_policy(name)
+            for p in (policy, twin):
+                if hasattr(p, "reset"):
+                    p.reset(np.random.default_rng(1))
+            answer = decision.validate(policy.decide(decision))
+            assert restated.validate(twin.decide(restated)) == answer, name
+        seen.add(decision.kind)
+        env.step(int(rng.choice(np.flatnonzero(env.action_masks()))))
+    assert seen
+
