@@ -92,7 +92,7 @@ def run_episode(policies: Mapping[DecisionKind, Policy], episode: EvalEpisode, c
                 cluster: Mapping[str, Any]) -> dict[str, Any]:
     """Simulate one episode; the row has the episode's identity, wall time and summary."""
     sim = build_simulator(cost, cluster.get("num_instances", 1), cluster.get("instance"),
-                          policies=policies)
+                          policies=policies, pools=cluster.get("pools"))
     from agents.learned import AgentStalledError
 
     started = time.perf_counter()

@@ -2,13 +2,62 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
+from envs.core.cluster import Pool
 from envs.core.instance import InstanceConfig
 from envs.core.simulator import Simulator
 from envs.costs.base import CostModel
 from envs.protocol import DecisionKind, Policy
+
+POOL_KEYS = ("name", "count", "role", "instance", "cost")
+COST_KEYS = ("model", "gpu", "tensor_parallel", "source")
+
+
+def instance_config(fields: Mapping[str, Any] | None) -> InstanceConfig:
+    """An `InstanceConfig` from plain settings, naming any unknown key."""
+    fields = dict(fields or {})
+    unknown = set(fields) - set(InstanceConfig.__dataclass_fields__)
+    if unknown:
+        raise ValueError(
+            f"unknown instance setting(s) {sorted(unknown)}; "
+            f"known: {sorted(InstanceConfig.__dataclass_fields__)}"
+        )
+    return InstanceConfig(**fields)
+
+
+def build_pools(specs: Sequence[Mapping[str, Any]], cost_model: CostModel,
+                instance: Mapping[str, Any] | None = None) -> list[Pool]:
+    """`Pool`s from a cluster config's `pools` list. Each entry: `name`, `count`, `role`
+    ("mixed"), `instance` (settings over the cluster's `instance`) and `cost` (model, gpu,
+    tensor_parallel, source over the run's `cost_model`; a pool without `cost` uses
+    `cost_model` itself)."""
+    from envs.costs import build_cost_model
+
+    pools = []
+    for number, spec in enumerate(specs):
+        spec = dict(spec)
+        unknown = set(spec) - set(POOL_KEYS)
+        if unknown:
+            raise ValueError(f"cluster.pools[{number}]: unknown key(s) {sorted(unknown)}; "
+                             f"known: {list(POOL_KEYS)}")
+        name = str(spec.get("name", f"pool{number}"))
+        config = instance_config({**dict(instance or {}), **dict(spec.get("instance") or {})})
+        cost_spec = dict(spec.get("cost") or {})
+        unknown = set(cost_spec) - set(COST_KEYS)
+        if unknown:
+            raise ValueError(f"cluster.pools[{number}] ({name}): unknown cost key(s) "
+                             f"{sorted(unknown)}; known: {list(COST_KEYS)}")
+        cost = cost_model
+        if cost_spec:
+            base = {"model": getattr(cost_model.model, "name", cost_model.model),
+                    "gpu": getattr(cost_model.gpu, "name", cost_model.gpu),
+                    "tensor_parallel": cost_model.tensor_parallel, "source": "auto"}
+            cost = build_cost_model(**{**base, **cost_spec}, block_size=config.block_size)
+        pools.append(Pool(name, config, cost, int(spec.get("count", 1)),
+                          str(spec.get("role", "mixed"))))
+    return pools
 
 
 def build_simulator(
@@ -16,15 +65,18 @@ def build_simulator(
     num_instances: int = 1,
     instance: Mapping[str, Any] | None = None,
     policies: Mapping[DecisionKind, Policy] | None = None,
+    pools: Sequence[Mapping[str, Any]] | None = None,
     **simulator_options: Any,
 ) -> Simulator:
-    """A simulator from a `cluster` config: `num_instances` and the `instance` settings."""
-    fields = dict(instance or {})
-    unknown = set(fields) - set(InstanceConfig.__dataclass_fields__)
-    if unknown:
-        raise ValueError(
-            f"unknown instance setting(s) {sorted(unknown)}; "
-            f"known: {sorted(InstanceConfig.__dataclass_fields__)}"
-        )
-    return Simulator(cost_model, InstanceConfig(**fields), num_instances=num_instances,
+    """A simulator from a `cluster` config: `num_instances` and the `instance` settings,
+    or `pools` (see `build_pools`; then `num_instances` must be left at 1 or equal the
+    pools' total)."""
+    if pools:
+        built = build_pools(pools, cost_model, instance)
+        total = sum(pool.count for pool in built)
+        if num_instances not in (1, total):
+            raise ValueError(f"cluster.num_instances={num_instances} but the pools hold "
+                             f"{total} instances; drop num_instances or make them agree")
+        return Simulator(pools=built, policies=policies, **simulator_options)
+    return Simulator(cost_model, instance_config(instance), num_instances=num_instances,
                      policies=policies, **simulator_options)

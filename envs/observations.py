@@ -49,7 +49,8 @@ Slot features for requests (ADMIT, PREEMPT):
 Slot features for instances (ROUTE):
     0 valid  1 waiting squash(n, max_num_seqs)  2 running / max_num_seqs  3 KV used fraction
     4 queued prompt tokens squash(tokens, budget)  5 prefix hit fraction for the arriving
-    request  6 swapped squash(n, 8)  7 outstanding requests squash(n, max_num_seqs)  8 0  9-20 0
+    request  6 swapped squash(n, 8)  7 outstanding requests squash(n, max_num_seqs)
+    8 pool index / (pools - 1), 0 with one pool (envs/core/cluster.py)  9-20 0
 """
 
 from __future__ import annotations
@@ -263,15 +264,15 @@ class ObservationEncoder:
     def _global(self, instance: Instance | None, sim: Simulator, kind: DecisionKind,
                 request: Request | None) -> list[float]:
         instances = sim.instances if instance is None else (instance,)
-        waiting = running = swapped = free = blocks = 0
+        waiting = running = swapped = free = blocks = seqs = 0
         for inst in instances:
             waiting += len(inst.waiting)
             running += len(inst.running)
             swapped += len(inst.swapped)
             free += inst.bm.num_free
             blocks += inst.bm.num_blocks
-        config = sim.config
-        seqs = config.max_num_seqs * len(instances)
+            seqs += inst.config.max_num_seqs
+        config = (instance or instances[0]).config  # ROUTE: batch features are 0 anyway
         if instance is not None:
             batch_tokens = config.max_num_batched_tokens - instance.budget
             batch_seqs = len(instance.batch) + instance.bulk
@@ -359,6 +360,7 @@ class ObservationEncoder:
 
     def _instance_slots(self, decision: Decision, slots: list[int]) -> list[float]:
         request = decision.request
+        last_pool = len(decision.cluster.pools) - 1
         out: list[float] = []
         for index in slots:
             inst = decision.candidates[index]
@@ -374,7 +376,7 @@ class ObservationEncoder:
                 self._prefix_fraction(request, inst.bm),
                 squash(len(inst.swapped), 8),
                 squash(len(inst.waiting) + len(inst.running) + len(inst.swapped), seqs),
-                0.0,
+                inst.pool / last_pool if last_pool else 0.0,
             )
             out += [0.0] * (SLOT_FEATURES - BASE_SLOT_FEATURES)
         return out

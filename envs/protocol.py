@@ -111,6 +111,7 @@ class InstanceView(Protocol):
     and `bulk` the decoding requests scheduled as a group beside them."""
 
     index: int
+    pool: int  # index into the cluster's `pools`
     config: Any  # InstanceConfig
     cost: Any  # the instance's cost model
     block_size: int
@@ -136,8 +137,9 @@ class ClusterView(Protocol):
     """The cluster and its clock as policies, encoders and rewards see it."""
 
     now: float
-    config: Any  # InstanceConfig of the instances
-    instances: Sequence[InstanceView]
+    config: Any  # InstanceConfig of the first pool's instances
+    pools: Sequence[Any]  # Pool-like: name, config, cost, count, role (envs/core/cluster.py)
+    instances: Sequence[InstanceView]  # pool by pool
     requests: Sequence[Any]  # every request that has arrived, by rid
     workload: Any
     arrived_count: int

@@ -108,7 +108,9 @@ class ServingEnv(gym.Env):
     or "azure_conv" / "azure_code". rate: target mean req/s.
     episode_requests, episode_seconds (a window of trace time instead, before `rate`
     rescaling), split ("train" | "test" | "all"), model, gpu, tensor_parallel,
-    cost_source, cluster ({"num_instances": N, "instance": InstanceConfig fields}),
+    cost_source, cluster ({"num_instances": N, "instance": InstanceConfig fields}, or
+    with "pools": [{"name", "count", "instance", "cost": {"gpu", ...}}], a heterogeneous
+    cluster, envs/build.py `build_pools`),
     num_slots (K), admit_keys and preempt_keys (candidate sort keys, `ADMIT_KEYS` /
     `PREEMPT_KEYS` of envs/observations.py), episode_end ("auto" | "horizon" | "drain"),
     length_knowledge ("oracle" | "predicted" | "none"), length_sigma (log-normal error
@@ -180,14 +182,17 @@ class ServingEnv(gym.Env):
             raise ValueError(f"the {split} split has {len(self.source)} requests, fewer than "
                              f"episode_requests={episode_requests}")
         cluster = dict(cluster or {})
-        num_instances = cluster.get("num_instances", 1)
+        pools = cluster.get("pools") or None
+        num_instances = (sum(int(pool.get("count", 1)) for pool in pools) if pools
+                         else cluster.get("num_instances", 1))
         if num_slots < 1 or num_slots < num_instances and DecisionKind.ROUTE in self.controlled:
             raise ValueError(f"num_slots ({num_slots}) must be >= 1 and >= num_instances "
                              f"({num_instances}) when routing is controlled")
         cost = (build_cost_model(model, gpu, tensor_parallel, source=cost_source)
                 if backend == "sim" else None)
-        self.sim = build_backend(backend, cost, num_instances, cluster.get("instance"),
-                                 policies=self._policies(policies), debug_checks=debug_checks,
+        self.sim = build_backend(backend, cost, cluster.get("num_instances", 1),
+                                 cluster.get("instance"), policies=self._policies(policies),
+                                 debug_checks=debug_checks, pools=pools,
                                  **dict(live_options or {}))
         if backend == "live":  # the small engine's context: clip rather than reject
             self.source = clip_to_context(self.source, self.sim.max_model_len)[0]

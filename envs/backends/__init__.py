@@ -1,11 +1,10 @@
 """Backends behind the decision protocol: `sim` (the discrete-event simulator) and `live`
 (real vLLM v1 engines, `envs/backends/live/`, needs the `live` extra).
 
-`build_backend(kind, ...)` gives either; both expose what `ServingEnv`, the observation
-encoder, the reward tracker and `build_report` read: `reset/next_decision/apply/report/run`,
-`now`, `instances` (`waiting/running/swapped`, `bm.num_free/num_used/num_blocks`, `config`,
-`budget`, `batch`, `bulk`), `config`, `arrived_count`, `_arrivals`, `departed`,
-`requests_in_system()`, `latency_area(t)`.
+`build_backend(kind, ...)` gives either; both implement the protocols of
+`envs/protocol.py` (`Backend`, `ClusterView`, `InstanceView`, `KVView`), which is all that
+`ServingEnv`, the observation encoder, the reward tracker and the heuristics read
+(tests/test_contracts.py). `cluster.pools` (heterogeneous pools) is the simulator's.
 """
 
 from __future__ import annotations
@@ -36,6 +35,9 @@ def build_backend(
     if kind == "live":
         from envs.backends.live.backend import LiveBackend, live_instance_config
 
+        if options.pop("pools", None):
+            raise ValueError("the live backend runs one pool of identical engines; drop "
+                             "cluster.pools (or use backend=sim)")
         options.pop("debug_checks", None)
         return LiveBackend(live_instance_config(instance), num_instances=num_instances,
                            policies=policies, predictor=options.pop("predictor", None),

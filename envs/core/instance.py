@@ -112,8 +112,10 @@ class Instance:
         max_model_len: int,
         simulator: Any,
         record_token_times: bool = False,
+        pool: int = 0,
     ) -> None:
         self.index = index
+        self.pool = pool  # index of its pool in the simulator's `pools`
         self.config = config
         self.cost = cost_model
         self.sim = simulator

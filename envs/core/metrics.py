@@ -145,7 +145,7 @@ def build_report(sim: Simulator) -> ServingReport:
         kv_utilisation_mean=kv_mean,
         kv_utilisation_peak=kv_peak,
         counters=counters,
-        cost_source=sim.cost.source,
+        cost_source="+".join(dict.fromkeys(pool.cost.source for pool in sim.pools)),
         tenant_names=tuple(sim.workload.tenant_names),
         kv_series=[
             (np.array(i.kv_times, dtype=np.float64),

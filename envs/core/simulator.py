@@ -13,11 +13,12 @@ from __future__ import annotations
 import heapq
 import itertools
 import math
-from collections.abc import Generator, Mapping
+from collections.abc import Generator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from envs.core.cluster import Pool, check_pools
 from envs.core.decisions import default_policies, reset_policies
 from envs.core.instance import Instance, InstanceConfig
 from envs.core.metrics import ServingReport, build_report
@@ -34,13 +35,17 @@ INSTANCE_PRIORITY = 1
 
 
 class Simulator(Occupancy):
-    """Simulates `num_instances` identical instances; implements the `Backend` and
+    """Simulates a cluster of instances behind a router; implements the `Backend` and
     `ClusterView` protocols (envs/protocol.py).
 
     Args:
         cost_model: iteration times (its `source` is stamped on every report).
         instance_config: batching mode, budgets and KV settings of every instance.
         num_instances: instances behind the router.
+        pools: instead of the three above, the cluster as `Pool`s (envs/core/cluster.py),
+            each with its own config, cost model and count: a heterogeneous cluster.
+            `config`, `cost` and `num_kv_blocks` then describe the first pool and
+            `max_model_len` is the smallest of the pools' (a request must fit anywhere).
         policies: answers per decision kind; kinds left out are surfaced by
             `next_decision()` for the caller to `apply()`. Default: all three defaults
             (round-robin routing, FCFS admission, latest-arrival preemption).
@@ -53,43 +58,42 @@ class Simulator(Occupancy):
 
     def __init__(
         self,
-        cost_model: CostModel,
+        cost_model: CostModel | None = None,
         instance_config: InstanceConfig | None = None,
         num_instances: int = 1,
         policies: Mapping[DecisionKind, Policy] | None = None,
         record_token_times: bool = False,
         decode_runs: bool = True,
         debug_checks: bool = False,
+        pools: Sequence[Pool] | None = None,
     ) -> None:
-        if num_instances < 1:
-            raise ValueError(f"num_instances must be >= 1, got {num_instances}")
-        self.cost = cost_model
-        self.config = instance_config or InstanceConfig()
-        self.num_instances = num_instances
+        if pools is None:
+            if cost_model is None:
+                raise ValueError("Simulator needs a cost_model (or pools, each with its own)")
+            if num_instances < 1:
+                raise ValueError(f"num_instances must be >= 1, got {num_instances}")
+            pools = (Pool("default", instance_config or InstanceConfig(), cost_model,
+                          num_instances),)
+        elif cost_model is not None or instance_config is not None or num_instances != 1:
+            raise ValueError("give either pools or cost_model/instance_config/num_instances")
+        self.pools = check_pools(pools)
+        self.cost = self.pools[0].cost
+        self.config = self.pools[0].config
+        self.num_instances = sum(pool.count for pool in self.pools)
         self.policies: dict[DecisionKind, Policy] = (
             default_policies() if policies is None else dict(policies)
         )
         self.record_token_times = record_token_times
         self.decode_runs = decode_runs
         self.debug_checks = debug_checks
-        self.num_kv_blocks = self._kv_blocks()
-        self.max_model_len = self.config.max_model_len or _model_context(cost_model)
+        self.pool_kv_blocks = [_kv_blocks(pool) for pool in self.pools]
+        self.pool_model_len = [pool.config.max_model_len or _model_context(pool.cost)
+                               for pool in self.pools]
+        self.num_kv_blocks = self.pool_kv_blocks[0]
+        self.max_model_len = min(self.pool_model_len)
         self.workload: Workload | None = None
         self._decision: Decision | None = None
         self._done = True
-
-    def _kv_blocks(self) -> int:
-        if self.config.num_kv_blocks is not None:
-            return self.config.num_kv_blocks
-        from envs.costs.specs import kv_capacity_blocks
-
-        return kv_capacity_blocks(
-            self.cost.model,
-            self.cost.gpu,
-            self.cost.tensor_parallel,
-            block_size=self.config.block_size,
-            gpu_memory_utilization=self.config.gpu_memory_utilization,
-        )
 
     # ================================================================ Backend protocol
     def reset(self, workload: Workload, seed: int = 0) -> None:
@@ -104,11 +108,12 @@ class Simulator(Occupancy):
         reset_policies(self.policies, self.rng)
         self.now = 0.0
         self._last_checked_time = -math.inf
-        self.instances = [
-            Instance(i, self.config, self.cost, self.num_kv_blocks, self.max_model_len, self,
-                     self.record_token_times)
-            for i in range(self.num_instances)
-        ]
+        self.instances = []
+        for number, pool in enumerate(self.pools):
+            for _ in range(pool.count):
+                self.instances.append(Instance(
+                    len(self.instances), pool.config, pool.cost, self.pool_kv_blocks[number],
+                    self.pool_model_len[number], self, self.record_token_times, pool=number))
         self.requests: list[Request] = []
         self.reset_occupancy()
         self._heap: list[tuple[float, int, int, int]] = []
@@ -248,6 +253,18 @@ class Simulator(Occupancy):
                 continue
             if request.num_generated != request.output_len:
                 raise RuntimeError(f"request {request.rid} ended unfinished: {request!r}")
+
+
+def _kv_blocks(pool: Pool) -> int:
+    """KV blocks per instance of `pool`: its config's, else what its GPU memory holds."""
+    config, cost = pool.config, pool.cost
+    if config.num_kv_blocks is not None:
+        return config.num_kv_blocks
+    from envs.costs.specs import kv_capacity_blocks
+
+    return kv_capacity_blocks(cost.model, cost.gpu, cost.tensor_parallel,
+                              block_size=config.block_size,
+                              gpu_memory_utilization=config.gpu_memory_utilization)
 
 
 def _model_context(cost_model: Any) -> int:

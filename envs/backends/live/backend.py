@@ -37,6 +37,7 @@ import numpy as np
 
 from envs.backends.live import configure_environment
 from envs.backends.live.model import TinyLlamaSpec, ensure_tiny_llama
+from envs.core.cluster import Pool
 from envs.core.decisions import default_policies, reset_policies
 from envs.core.instance import InstanceConfig, TokenGaps
 from envs.core.metrics import ServingReport, build_report
@@ -109,6 +110,7 @@ class LiveInstance:
 
     swap_enabled = False
     bulk = 0
+    pool = 0  # live engines are one pool
 
     def __init__(self, index: int, backend: LiveBackend, engine: Any) -> None:
         self.index = index
@@ -432,6 +434,7 @@ class LiveBackend(Occupancy):
         self.clock = clock
         self.time_scale = time_scale
         self.cost = LiveCost(predictor, source=f"live-vllm ({clock})")
+        self.pools = (Pool("live", self.config, self.cost, num_instances),)  # one pool
         self.hook = hook
         self.reserve_full_prompt = reserve_full_prompt
         self.dtype = dtype
