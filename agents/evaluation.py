@@ -88,23 +88,32 @@ def evaluation_episodes(source: Workload, episodes: int, num_requests: int,
     return out
 
 
+def simulate(policies: Mapping[DecisionKind, Policy], workload: Workload, seed: int,
+             cost: Any, cluster: Mapping[str, Any]) -> tuple[Any, float]:
+    """(report, wall seconds) of `policies` on `workload`: the simulator of a `cluster`
+    config (`num_instances` and `instance`, or `pools`) run to the end. Every harness
+    (this module's episodes, experiments/eval_core.py's rate sweeps) runs through here."""
+    sim = build_simulator(cost, cluster.get("num_instances", 1), cluster.get("instance"),
+                          policies=policies, pools=cluster.get("pools"))
+    started = time.perf_counter()
+    report = sim.run(workload, seed=seed)
+    return report, time.perf_counter() - started
+
+
 def run_episode(policies: Mapping[DecisionKind, Policy], episode: EvalEpisode, cost: Any,
                 cluster: Mapping[str, Any]) -> dict[str, Any]:
     """Simulate one episode; the row has the episode's identity, wall time and summary."""
-    sim = build_simulator(cost, cluster.get("num_instances", 1), cluster.get("instance"),
-                          policies=policies, pools=cluster.get("pools"))
     from agents.learned import AgentStalledError
 
     started = time.perf_counter()
     identity = {"episode": episode.index, "seed": episode.seed,
                 "requests": len(episode.workload)}
     try:
-        report = sim.run(episode.workload, seed=episode.seed)
+        report, wall = simulate(policies, episode.workload, episode.seed, cost, cluster)
     except AgentStalledError:
         return {**identity, "wall_s": time.perf_counter() - started, "stalled": 1,
                 **dict.fromkeys(stalled_metrics(), float("nan"))}
-    return {**identity, "wall_s": time.perf_counter() - started, "stalled": 0,
-            **report.summary}
+    return {**identity, "wall_s": wall, "stalled": 0, **report.summary}
 
 
 def stalled_metrics() -> list[str]:

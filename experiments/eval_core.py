@@ -1,7 +1,9 @@
 """The evaluation harness's engine: policies x request rates x seeds, goodput search, tables.
 
 Kept free of Hydra so tests and notebooks can call it; `experiments/evaluate.py` is the
-command-line front end. Definitions:
+command-line front end. Every run goes through `agents.evaluation.simulate`, the path
+train.py's evaluations take, so both harnesses simulate a policy the same way (pools
+included). Definitions:
 
 * A run simulates one policy spec (see `agents.build_scheduler`) on one workload at one mean
   request rate with one seed and yields every `serving/` summary metric of its report. A
@@ -41,7 +43,7 @@ from typing import Any
 import numpy as np
 
 from agents import build_scheduler
-from envs.build import build_simulator
+from agents.evaluation import simulate
 from envs.costs.base import CostModel
 from envs.workloads import Workload, scale_to_rate, with_poisson_arrivals
 
@@ -176,14 +178,10 @@ def mean_rate(workload: Workload) -> float:
 def run_one(task: RunTask) -> dict[str, Any]:
     """Simulate one task; the row has its identity, wall time and the summary metrics."""
     policies = build_scheduler(split_label(task.policy)[0])
-    cluster = task.cluster
-    sim = build_simulator(task.cost, cluster.get("num_instances", 1), cluster.get("instance"),
-                          policies=policies)
-    started = time.perf_counter()
-    report = sim.run(task.workload, seed=task.seed)
+    report, wall = simulate(policies, task.workload, task.seed, task.cost, task.cluster)
     row: dict[str, Any] = {
         "policy": task.policy, "rate": task.rate, "seed": task.seed, "phase": task.phase,
-        "requests": len(task.workload), "wall_s": time.perf_counter() - started,
+        "requests": len(task.workload), "wall_s": wall,
         **report.summary,
         "serving/slo_attainment_worst_tenant": min(tenant_attainment(report.records).values()),
     }
