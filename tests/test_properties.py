@@ -7,6 +7,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sim_fixtures import AffineCost, make_workload
 
+from envs.core.cluster import Pool
 from envs.core.decisions import STOP, Action, DecisionKind
 from envs.core.instance import InstanceConfig
 from envs.core.request import FINISHED, REJECTED
@@ -136,3 +137,88 @@ def test_fast_paths_match_the_reference_path(scenario) -> None:
     np.testing.assert_allclose(np.sort(np.repeat(fast.tbt_values, fast.tbt_weights)),
                                np.sort(np.repeat(reference.tbt_values, reference.tbt_weights)),
                                rtol=1e-9, atol=1e-12)
+
+
+@settings(max_examples=60, deadline=None)
+@given(scenarios(), st.integers(0, 2**16))
+def test_cutting_decode_runs_short_changes_no_number(scenario, cut_seed) -> None:
+    """`Simulator.interrupt` (envs/core/events.py) ends a planned decode run at the next
+    iteration boundary and cancels its event; the same decisions then give the same
+    results as the uncut run, to float rounding."""
+    workload, config, instances, seed = scenario
+
+    def run(cut: bool):
+        agent = RandomValid()
+        agent.reset(np.random.default_rng(seed))
+        cutter = np.random.default_rng(cut_seed)
+        sim = Simulator(AffineCost(), config, num_instances=instances, policies={},
+                        debug_checks=True)
+        sim.reset(workload, seed=seed)
+        kinds, cuts = [], 0
+        while (decision := sim.next_decision()) is not None:
+            if cut:
+                for instance in sim.instances:
+                    if cutter.random() < 0.5 and sim.interrupt(instance) is not None:
+                        cuts += 1
+            kinds.append(decision.kind)
+            sim.apply(agent.decide(decision))
+        return sim.report(), kinds, cuts
+
+    (cut, cut_kinds, _), (whole, kinds, _) = run(True), run(False)
+    assert cut_kinds == kinds
+    for column in ("first_scheduled", "first_token", "finish"):
+        np.testing.assert_allclose(cut.records[column], whole.records[column], rtol=1e-9)
+    for column in ("preemptions", "swaps", "instance", "prefix_hit_tokens"):
+        np.testing.assert_array_equal(cut.records[column], whole.records[column])
+    assert cut.counters["iterations"] == whole.counters["iterations"]
+    assert cut.counters["decode_runs"] >= whole.counters["decode_runs"]
+
+
+def test_interrupt_cuts_a_long_run_at_the_next_boundary_and_changes_no_number() -> None:
+    """A PREEMPT on a KV-tight instance comes between arrivals, while the roomy instance is
+    deep in a decode run: the one moment today's decisions can cut a run short."""
+    cost = AffineCost()
+    tight, roomy = InstanceConfig(num_kv_blocks=30), InstanceConfig(num_kv_blocks=400)
+    workload = make_workload([0.0, 0.0, 0.0, 100.0], [32, 32, 32, 32], [300, 300, 400, 5])
+
+    def run(cut: bool):
+        sim = Simulator(pools=[Pool("tight", tight, cost), Pool("roomy", roomy, cost)],
+                        policies={})
+        sim.reset(workload, seed=0)
+        cuts = []
+        answers = iter([0, 0, 1, 1])
+        while (decision := sim.next_decision()) is not None:
+            if decision.kind == DecisionKind.ROUTE:
+                sim.apply(next(answers))
+                continue
+            if cut and decision.kind == DecisionKind.PREEMPT and not cuts:
+                before = sim.instances[1].run[0] if sim.instances[1].run else None
+                end = sim.interrupt(sim.instances[1])
+                cuts.append((sim.now, before, end))
+            sim.apply(0)
+        return sim.report(), cuts
+
+    (cut, cuts), (whole, _) = run(True), run(False)
+    assert cuts and cuts[0][2] is not None and cuts[0][0] <= cuts[0][2]
+    assert sim_interrupt_is_idempotent(cost, tight, roomy, workload)
+    for column in ("first_token", "finish"):
+        np.testing.assert_allclose(cut.records[column], whole.records[column], rtol=1e-9)
+    assert cut.counters["iterations"] == whole.counters["iterations"]
+    assert cut.counters["decode_runs"] > whole.counters["decode_runs"]
+
+
+def sim_interrupt_is_idempotent(cost, tight, roomy, workload) -> bool:
+    """A second interrupt at the same moment finds the run already ending there."""
+    sim = Simulator(pools=[Pool("tight", tight, cost), Pool("roomy", roomy, cost)],
+                    policies={})
+    sim.reset(workload, seed=0)
+    answers = iter([0, 0, 1, 1])
+    while (decision := sim.next_decision()) is not None:
+        if decision.kind == DecisionKind.ROUTE:
+            sim.apply(next(answers))
+            continue
+        if decision.kind == DecisionKind.PREEMPT:
+            first = sim.interrupt(sim.instances[1])
+            return first is not None and sim.interrupt(sim.instances[1]) is None
+        sim.apply(0)
+    return False

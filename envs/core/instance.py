@@ -668,6 +668,22 @@ class Instance:
             self.bm.take_blocks(in_flight)
         self._sample_kv(now)
 
+    def cut_run(self, now: float) -> float | None:
+        """End the decode run in flight at its first iteration boundary at or after `now`
+        (an iteration is not stopped halfway): the run keeps its closed form with fewer
+        iterations. Returns the new end, or None without a run or when it ends by then
+        anyway; the simulator moves the instance's event there (`Simulator.interrupt`)."""
+        run = self.run
+        if run is None:
+            return None
+        self.advance_to(now)
+        start, n, base, slope, context, iterations = run
+        keep = _first_reaching(base, slope, n, context, now - start)
+        if keep >= iterations:
+            return None
+        run[5] = keep
+        return start + _elapsed(base, slope, n, context, keep)
+
     def _finish_run(self, now: float) -> None:
         if self._apply_run(self.run[5], now):
             self.running = [r for r in self.running if r.status == RUNNING]

@@ -1,9 +1,11 @@
 """The discrete-event simulator: a cluster of instances behind a router.
 
-All state lives on the `Simulator` object. Events are iteration ends (and wake-ups) of
-instances, kept in a heap ordered by (time, priority, counter), so ties resolve the same way
-every run; arrivals come from the workload's sorted arrays through a cursor and go first at
-equal times. Decisions are asked through one generator: those with a configured policy are
+All state lives on the `Simulator` object. Events are typed heap entries
+(envs/core/events.py): iteration and decode-run ends (and wake-ups) of instances, ordered
+by (time, priority, counter) so ties resolve the same way every run, each with a
+generation so a pending one can be cancelled (`interrupt` cuts a decode run short);
+arrivals come from the workload's sorted arrays through a cursor and go first at equal
+times. Decisions are asked through one generator: those with a configured policy are
 answered inline, the others are handed to the caller by `next_decision()` and answered by
 `apply()` (how the Gymnasium envs step decision by decision).
 """
@@ -20,6 +22,7 @@ import numpy as np
 
 from envs.core.cluster import Pool, check_pools
 from envs.core.decisions import default_policies, reset_policies
+from envs.core.events import INSTANCE_PRIORITY, EventKind
 from envs.core.instance import Instance, InstanceConfig
 from envs.core.metrics import ServingReport, build_report
 from envs.core.occupancy import Occupancy
@@ -30,8 +33,7 @@ if TYPE_CHECKING:
     from envs.costs.base import CostModel
     from envs.workloads.workload import Workload
 
-ARRIVAL_PRIORITY = 0  # arrivals of an instant are enqueued before any instance plans
-INSTANCE_PRIORITY = 1
+INSTANCE = EventKind.INSTANCE
 
 
 class Simulator(Occupancy):
@@ -116,8 +118,9 @@ class Simulator(Occupancy):
                     self.pool_model_len[number], self, self.record_token_times, pool=number))
         self.requests: list[Request] = []
         self.reset_occupancy()
-        self._heap: list[tuple[float, int, int, int]] = []
+        self._heap: list[tuple[float, int, int, int, int, int]] = []  # envs/core/events.py
         self._counter = itertools.count()
+        self._generation = [0] * self.num_instances  # per instance: pending entries' validity
         self._arrivals = workload.arrival_time.tolist()
         self.next_arrival_time = self._arrivals[0] if self._arrivals else math.inf
         self.admit_is_internal = DecisionKind.ADMIT in self.policies
@@ -175,17 +178,34 @@ class Simulator(Occupancy):
         return action
 
     def schedule(self, time: float, instance: Instance) -> None:
-        heapq.heappush(self._heap, (time, INSTANCE_PRIORITY, next(self._counter), instance.index))
+        index = instance.index
+        heapq.heappush(self._heap, (time, INSTANCE_PRIORITY, next(self._counter), INSTANCE,
+                                    index, self._generation[index]))
         instance.event_pending = True
+
+    def interrupt(self, instance: Instance) -> float | None:
+        """Cut `instance`'s decode run short at its first iteration boundary at or after
+        now: its pending event is cancelled and one at that boundary takes its place (see
+        envs/core/events.py). Returns the new end, or None when no decode run is in flight
+        or it ends by then anyway. Call between decisions (the simulator is at `now`)."""
+        end = instance.cut_run(self.now)
+        if end is None:
+            return None
+        self._generation[instance.index] += 1  # the planned end is dropped when popped
+        self.schedule(end, instance)
+        return end
 
     def _main_loop(self) -> Generator[Decision, Action, None]:
         heap, arrivals, instances = self._heap, self._arrivals, self.instances
+        generation = self._generation
         heappop = heapq.heappop
         num_arrivals = len(arrivals)
         cursor = 0
         while True:
             if heap and heap[0][0] < self.next_arrival_time:
-                time, _, _, index = heappop(heap)
+                time, _, _, _, index, pushed = heappop(heap)
+                if pushed != generation[index]:
+                    continue  # cancelled
                 self.now = time
                 instance = instances[index]
                 if not instance.on_event(time):

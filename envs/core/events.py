@@ -1,0 +1,37 @@
+"""Typed events of the simulator's kernel, and how one is cancelled.
+
+The simulator keeps one heap of entries ``(time, priority, counter, kind, target,
+generation)``, ordered by time, then `priority` (arrivals of an instant go before any
+instance plans: `ARRIVAL_PRIORITY` < `INSTANCE_PRIORITY`), then `counter` (a per-run
+sequence number), so ties resolve the same way every run. Arrivals themselves come from the
+workload's sorted arrival times through a cursor, not the heap.
+
+Kinds (`EventKind`):
+    INSTANCE  the end of an instance's iteration or decode run, or a wake-up (`target` is
+              the instance index): the instance finishes what was in flight and plans the
+              next iteration, which may ask decisions.
+
+Cancellation is lazy (as in SimPy's and many kernels' heaps): each target has a
+generation counter; an entry carries the generation it was pushed with, and an entry whose
+generation is no longer its target's current one is dropped when popped. Bumping the
+generation cancels every pending entry of that target in O(1). `Simulator.interrupt`
+uses it to cut a planned decode run short at the first iteration boundary at or after
+now (a GPU does not stop an iteration halfway), which later events such as KV transfers
+or migrations between pools need. The closed-form decode runs stay: a cut run is the
+same run with fewer iterations, and the results equal the uncut simulation to float
+rounding (tests/test_properties.py).
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+ARRIVAL_PRIORITY = 0  # arrivals of an instant are enqueued before any instance plans
+INSTANCE_PRIORITY = 1
+
+
+class EventKind(IntEnum):
+    INSTANCE = 0
+
+
+__all__ = ["ARRIVAL_PRIORITY", "INSTANCE_PRIORITY", "EventKind"]
