@@ -1,0 +1,157 @@
+"""Old and new core side by side: simulator and env speed of two commits, in one run.
+
+    python experiments/bench_core_change.py                      # c26b387 vs the work tree
+    python experiments/bench_core_change.py --before fdd3302 --rounds 5
+
+Each commit in `--before` is checked out into a temporary git worktree; every measurement
+runs in a fresh subprocess on one core (`taskset -c 0`) with that tree first on
+`PYTHONPATH`, alternating old and new for `--rounds` rounds so drifting machine load hits
+both alike. Measured (CPU time of the loop only; workloads, costs and seeds identical):
+
+* sim: Llama-3-8B on H100 (roofline), vllm_v1, 8192-token budget, Azure conversation
+  lengths with Poisson arrivals at 28 req/s (about 90% of one instance's saturation),
+  20,000 requests: simulated requests per CPU second, and the child's peak RSS.
+* env: `servegym/Admission-v0` and `servegym/Serving-v0` with the same explicit arguments
+  in both trees (rate 24 and 30 req/s, 1000-request episodes, goodput reward), uniformly
+  random valid actions drawn up front, 20,000 steps: env steps per CPU second.
+
+The table gives the median of each side and new / old. The default `--before` is the
+commit before the core redesign (issue 13: protocol module, pools, typed events); its
+observation layout is already the current one, so the env ratio isolates the core.
+Writes `results/bench_core_change.md` and `.json` (and a copy under `results/history/`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+from datetime import UTC, datetime
+from pathlib import Path
+
+from envs.core.metrics import atomic_write
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_BEFORE = "c26b387"
+
+CHILD = r"""
+import json, resource, sys, time
+import numpy as np
+kind = sys.argv[1]
+if kind == "sim":
+    from envs.core.instance import InstanceConfig
+    from envs.core.simulator import Simulator
+    from envs.costs import build_cost_model
+    from envs.workloads.azure import load_azure_2023
+    from envs.workloads.workload import Workload
+    trace, _ = load_azure_2023("conv").clip_total_tokens(8192)
+    n = 20_000
+    index = np.arange(n) % len(trace)
+    rng = np.random.default_rng(0)
+    arrivals = np.cumsum(rng.exponential(1.0 / 28.0, n))
+    workload = Workload.from_lengths(arrivals, trace.prompt_len[index], trace.output_len[index])
+    cost = build_cost_model("Llama-3-8B", "H100-80GB", 1, source="roofline")
+    sim = Simulator(cost, InstanceConfig(mode="vllm_v1", max_num_batched_tokens=8192))
+    started = time.process_time()
+    sim.run(workload, seed=0)
+    value = n / (time.process_time() - started)
+else:
+    import gymnasium as gym
+    import envs  # noqa: F401
+    rate = {"servegym/Admission-v0": 24.0, "servegym/Serving-v0": 30.0}[kind]
+    env = gym.make(kind, rate=rate, episode_requests=1000, reward="goodput")
+    steps = 20_000
+    uniforms = np.random.default_rng(0).random(steps).tolist()
+    _, info = env.reset(seed=0)
+    started = time.process_time()
+    for u in uniforms:
+        valid = np.flatnonzero(info["action_mask"])
+        _, _, terminated, truncated, info = env.step(int(valid[int(u * valid.size)]))
+        if terminated or truncated:
+            _, info = env.reset()
+    value = steps / (time.process_time() - started)
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+print(json.dumps({"value": value, "peak_rss_mb": peak}))
+"""
+
+MEASURES = (("sim", "sim req/s (H100 v1, 20k requests)"),
+            ("servegym/Admission-v0", "env steps/s, Admission-v0"),
+            ("servegym/Serving-v0", "env steps/s, Serving-v0"))
+
+
+def measure(tree: Path, kind: str) -> dict[str, float]:
+    env = dict(os.environ, PYTHONPATH=str(tree), OMP_NUM_THREADS="1", PYTHONHASHSEED="0")
+    taskset = ["taskset", "-c", "0"] if shutil.which("taskset") else []
+    done = subprocess.run([*taskset, sys.executable, "-c", CHILD, kind], cwd=tree, env=env,
+                          capture_output=True, text=True, check=True, timeout=600)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def worktree(commit: str, folder: Path) -> Path:
+    subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", "-f", str(folder),
+                    commit], check=True, capture_output=True)
+    return folder
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--before", default=DEFAULT_BEFORE, help="commit to compare against")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--out", default=str(ROOT / "results"))
+    args = parser.parse_args()
+    if args.rounds < 1:
+        raise SystemExit("--rounds must be >= 1")
+    rows = []
+    with tempfile.TemporaryDirectory() as scratch:
+        old = worktree(args.before, Path(scratch) / "before")
+        try:
+            for kind, label in MEASURES:
+                samples: dict[str, list[dict[str, float]]] = {"old": [], "new": []}
+                for _ in range(args.rounds):
+                    samples["old"].append(measure(old, kind))
+                    samples["new"].append(measure(ROOT, kind))
+                median = {side: statistics.median(s["value"] for s in runs)
+                          for side, runs in samples.items()}
+                peak = {side: max(s["peak_rss_mb"] for s in runs)
+                        for side, runs in samples.items()}
+                rows.append({"measure": label, "old": median["old"], "new": median["new"],
+                             "ratio": median["new"] / median["old"],
+                             "old_peak_rss_mb": peak["old"], "new_peak_rss_mb": peak["new"],
+                             "old_all": [s["value"] for s in samples["old"]],
+                             "new_all": [s["value"] for s in samples["new"]]})
+                print(f"{label}: old {median['old']:,.0f}, new {median['new']:,.0f}, "
+                      f"ratio {rows[-1]['ratio']:.3f}", flush=True)
+        finally:
+            subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(old)],
+                           capture_output=True)
+    head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
+                          capture_output=True, text=True).stdout.strip()
+    lines = ["| measure | old (median) | new (median) | new / old | peak RSS old / new (MB) |",
+             "|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['measure']} | {r['old']:,.0f} | {r['new']:,.0f} | "
+                     f"{r['ratio']:.3f} | {r['old_peak_rss_mb']:.0f} / "
+                     f"{r['new_peak_rss_mb']:.0f} |")
+    table = "\n".join(lines)
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    command = "python experiments/bench_core_change.py " + " ".join(sys.argv[1:])
+    text = (f"# Core change, side by side ({stamp})\n\nCommand: `{command.strip()}`\n\n"
+            f"Old: `{args.before}`; new: the work tree at `{head}`. {args.rounds} alternating "
+            "rounds, each measurement a fresh process on one core, CPU time.\n\n"
+            f"{table}\n")
+    print(table)
+    payload = {"created": stamp, "before": args.before, "after": head, "rows": rows}
+    out = Path(args.out)
+    atomic_write(out / "history" / f"bench_core_change_{stamp}.md", lambda h: h.write(text))
+    atomic_write(out / "bench_core_change.md", lambda h: h.write(text), overwrite=True)
+    atomic_write(out / "bench_core_change.json", lambda h: json.dump(payload, h, indent=2),
+                 overwrite=True)
+
+
+if __name__ == "__main__":
+    main()
