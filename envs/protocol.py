@@ -28,7 +28,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -51,10 +51,10 @@ class InvalidActionError(ValueError):
     """A policy or agent answered a decision with an action its mask forbids."""
 
 
-@dataclass(frozen=True, slots=True)
-class Action:
+class Action(NamedTuple):
     """An answer: candidate `choice` (or STOP), a `target` for kinds of arity 2, and
-    `swap` for PREEMPT."""
+    `swap` for PREEMPT. Immutable; a named tuple because one is made per decision and a
+    frozen dataclass of three fields costs 1.8x as much to build (the hot path)."""
 
     choice: int
     swap: bool = False
