@@ -31,19 +31,17 @@ import csv
 import json
 import math
 import shutil
-import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from agents.run_logger import run_group
+from agents.training import AGENT_LABEL, override_key
+from envs.core.metrics import atomic_write
 
-from agents.run_logger import run_group  # noqa: E402
-from agents.training import AGENT_LABEL, override_key  # noqa: E402
-from envs.core.metrics import atomic_write  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 METRICS = (
     ("serving/goodput_rps", "goodput (req/s)", 1.0, "{:.2f}"),

@@ -22,12 +22,10 @@ from pathlib import Path
 import gymnasium as gym
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "experiments"))
+import envs  # noqa: F401  (registers the ids)
+from envs.core.metrics import atomic_write
 
-import envs  # noqa: E402, F401  (registers the ids)
-from envs.core.metrics import atomic_write  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 IDS = ("servegym/Admission-v0", "servegym/Preemption-v0", "servegym/Routing-v0",
        "servegym/Serving-v0")

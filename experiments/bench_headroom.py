@@ -35,14 +35,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch  # (SB3's; one thread, as train.py sets it)
+from omegaconf import OmegaConf
+
+from envs.core.metrics import atomic_write
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-import torch  # noqa: E402  (SB3's; one thread, as train.py sets it)
-from omegaconf import OmegaConf  # noqa: E402
-
-from envs.core.metrics import atomic_write  # noqa: E402
 
 MIN_SPREAD = 0.25
 METRIC = "serving/goodput_rps"

@@ -31,15 +31,14 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from envs.core.instance import InstanceConfig
+from envs.core.metrics import atomic_write
+from envs.core.simulator import Simulator
+from envs.costs import CostModel, build_cost_model
+from envs.workloads.azure import load_azure_2023
+from envs.workloads.workload import Workload
 
-from envs.core.instance import InstanceConfig  # noqa: E402
-from envs.core.metrics import atomic_write  # noqa: E402
-from envs.core.simulator import Simulator  # noqa: E402
-from envs.costs import CostModel, build_cost_model  # noqa: E402
-from envs.workloads.azure import load_azure_2023  # noqa: E402
-from envs.workloads.workload import Workload  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 VIDUR_REFERENCE = {"requests_per_s": 920.0, "iterations_per_s": 8300.0, "peak_rss_mb": 1800.0}
 SEED = 0

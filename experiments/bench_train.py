@@ -53,21 +53,20 @@ from typing import Any
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")  # before torch; inherited by subproc envs
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from hydra import compose, initialize_config_dir  # noqa: E402
-from omegaconf import OmegaConf  # noqa: E402
-from stable_baselines3.common.callbacks import BaseCallback  # noqa: E402
+import numpy as np
+import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+from stable_baselines3.common.callbacks import BaseCallback
+
+from agents import learners, training
+from agents.callbacks import EpisodeServing
+from agents.config import TrainConfig, register_configs, validate
+from agents.evaluation import compare, policy_means
+from agents.learned import policy_from_model, scheduler_for
+from envs.core.metrics import atomic_write
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from agents import learners, training  # noqa: E402
-from agents.callbacks import EpisodeServing  # noqa: E402
-from agents.config import TrainConfig, register_configs, validate  # noqa: E402
-from agents.evaluation import compare, policy_means  # noqa: E402
-from agents.learned import policy_from_model, scheduler_for  # noqa: E402
-from envs.core.metrics import atomic_write  # noqa: E402
 
 METRIC = "serving/goodput_rps"
 TARGET_STEPS_PER_S = 8000.0

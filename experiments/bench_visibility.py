@@ -25,19 +25,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+from envs.core.decisions import STOP, Action, DecisionKind
+from envs.core.metrics import atomic_write
+from envs.observations import ObservationEncoder
 
-from envs.core.decisions import STOP, Action, DecisionKind  # noqa: E402
-from envs.core.metrics import atomic_write  # noqa: E402
-from envs.observations import ObservationEncoder  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 TASKS = {DecisionKind.ADMIT: "admission", DecisionKind.PREEMPT: "preemption"}
 LEGACY_SLOTS = 8

@@ -13,17 +13,14 @@ holds: the presets reproduce known rules, and some mixes beat all of them.
 from __future__ import annotations
 
 import json
-import sys
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+from agents.heuristics.weighted import FEATURES, PRESETS
+from envs.core.metrics import atomic_write
 
-from agents.heuristics.weighted import FEATURES, PRESETS  # noqa: E402
-from envs.core.metrics import atomic_write  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 MIXES = {  # feature -> weight; the rest 0
     "SPF, already-late requests last": {"prefill": 0.5, "late": 1.0},

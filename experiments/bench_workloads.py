@@ -22,17 +22,16 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from envs.core.metrics import atomic_write  # noqa: E402
-from envs.workloads import (  # noqa: E402
+from envs.core.metrics import atomic_write
+from envs.workloads import (
     Workload,
     build_workload,
     load_azure_2023,
     load_length_table,
     load_mooncake,
 )
+
+ROOT = Path(__file__).resolve().parents[1]
 
 TARGETS = {"azure_conv load": 1.0, "poisson + lognormal": 2.0}
 MILLION = 1_000_000

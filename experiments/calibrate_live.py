@@ -13,18 +13,14 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from envs.backends.live.backend import step_rows  # noqa: E402
-from envs.backends.live.calibrate import (  # noqa: E402
+from envs.backends.live.backend import step_rows
+from envs.backends.live.calibrate import (
     StepCostModel,
     error_summary,
     fit_steps,
@@ -34,7 +30,9 @@ from envs.backends.live.calibrate import (  # noqa: E402
     rows_to_table,
     write_table,
 )
-from envs.workloads.workload import Workload  # noqa: E402
+from envs.workloads.workload import Workload
+
+ROOT = Path(__file__).resolve().parents[1]
 
 TABLE_NAME = "live_step_table.csv"
 # Profile the engine the runs use (same settings, same KV pool): a separate engine with a

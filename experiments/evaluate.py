@@ -19,21 +19,16 @@ Run it from the repository root (the results folder is relative).
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import hydra
+from eval_core import EvalResult, EvalSettings, evaluate, split_label
+from eval_report import write_all
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "experiments"))
-
-from eval_core import EvalResult, EvalSettings, evaluate, split_label  # noqa: E402
-from eval_report import write_all  # noqa: E402
-
 
 def settings_from_config(cfg: DictConfig) -> EvalSettings:
     rates = cfg.rates

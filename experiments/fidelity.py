@@ -19,21 +19,19 @@ import argparse
 import json
 import math
 import os
-import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from agents.heuristics import make_policy
+from envs.core.decisions import DecisionKind, default_policies
+from envs.core.simulator import Simulator
+from envs.workloads import clip_to_context, load_azure_2023, scale_to_rate
+from envs.workloads.workload import Workload
 
-from agents.heuristics import make_policy  # noqa: E402
-from envs.core.decisions import DecisionKind, default_policies  # noqa: E402
-from envs.core.simulator import Simulator  # noqa: E402
-from envs.workloads import clip_to_context, load_azure_2023, scale_to_rate  # noqa: E402
-from envs.workloads.workload import Workload  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 METRICS = [("ttft", q) for q in (50, 90, 99)] + [("tbt", q) for q in (50, 90, 99)] + [
     ("e2e", q) for q in (50, 90, 99)]

@@ -44,12 +44,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+from aggregate import find_jobs, mean_ci, sweep_commands
 
-from envs.core.metrics import atomic_write  # noqa: E402
-from experiments.aggregate import find_jobs, mean_ci, sweep_commands  # noqa: E402
+from envs.core.metrics import atomic_write
+
+ROOT = Path(__file__).resolve().parents[1]
 
 HEADLINE = "serving/goodput_rps"
 ATTAINMENT = "serving/slo_attainment"

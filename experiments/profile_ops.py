@@ -20,7 +20,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 # glibc returns large freed buffers to the OS (munmap) and faults them in again on the next
 # allocation; on the CPU that page-fault time would land inside the timed ops. A fixed,

@@ -12,19 +12,15 @@ import argparse
 import cProfile
 import io
 import pstats
-import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
+import bench_sim
+
+from envs.core.metrics import atomic_write
+from envs.core.simulator import Simulator
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "experiments"))
-
-import bench_sim  # noqa: E402
-
-from envs.core.metrics import atomic_write  # noqa: E402
-from envs.core.simulator import Simulator  # noqa: E402
-
 
 def profile_case(case: str, requests: int, top: int) -> str:
     if case == "a":

@@ -16,7 +16,6 @@ folder under `outputs/simulate/` (never overwriting an earlier run).
 from __future__ import annotations
 
 import json
-import sys
 import time
 from pathlib import Path
 
@@ -25,12 +24,10 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from envs.build import build_simulator
+from envs.core.metrics import atomic_write, format_summary
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from envs.build import build_simulator  # noqa: E402
-from envs.core.metrics import atomic_write, format_summary  # noqa: E402
-
 
 @hydra.main(config_path="../conf", config_name="simulate", version_base="1.3")
 def main(cfg: DictConfig) -> dict:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
@@ -51,7 +50,6 @@ def test_more_tokens_cost_more_in_the_big_gemm(profiled) -> None:
 
 
 def test_cli_writes_a_table_the_predictor_reads(tmp_path: Path) -> None:
-    sys.path.insert(0, str(ROOT / "experiments"))
     import profile_ops as cli
 
     out = tmp_path / "table.csv.gz"

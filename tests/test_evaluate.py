@@ -8,19 +8,16 @@ import subprocess
 import sys
 from pathlib import Path
 
+import eval_core
 import numpy as np
 import pytest
+from eval_core import EvalSettings, evaluate, goodput_bracket, search_goodput
+from eval_report import write_all
 from sim_fixtures import AffineCost, make_workload
 
 from envs.costs import RooflineCostModel
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "experiments"))
-
-import eval_core  # noqa: E402
-from eval_core import EvalSettings, evaluate, goodput_bracket, search_goodput  # noqa: E402
-from eval_report import write_all  # noqa: E402
-
 
 def test_goodput_bracket() -> None:
     rates = [1.0, 2.0, 3.0, 4.0]

@@ -37,7 +37,6 @@ def test_simulate_writes_results_and_never_overwrites(tmp_path: Path) -> None:
 
 
 def test_bench_case_reports_rates() -> None:
-    sys.path.insert(0, str(ROOT / "experiments"))
     import bench_sim
 
     row = bench_sim.run_case("a", 300)

@@ -11,12 +11,10 @@ import sys
 import time
 from pathlib import Path
 
+import aggregate
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "experiments"))
-
-import aggregate  # noqa: E402
 
 TINY = ["env.episode_requests=32", "eval.episodes=2", "eval.baselines=[fcfs,spf]",
         "eval.freq=0", "checkpoint.freq=0", "progress=false", "logger=none",

@@ -192,7 +192,6 @@ def test_stats_module_runs_as_a_script() -> None:
 
 
 def test_bench_cases_run_small() -> None:
-    sys.path.insert(0, str(ROOT / "experiments"))
     import bench_workloads
 
     rows = [{"case": name, "what": what, **bench_workloads.measure(call, 1)}
