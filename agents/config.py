@@ -24,7 +24,7 @@ from typing import Any
 from omegaconf import MISSING
 
 from envs.core.instance import InstanceConfig
-from envs.observations import DEFAULT_ADMIT_KEYS, DEFAULT_PREEMPT_KEYS
+from envs.tasks import ADMISSION_INTERVAL, DEFAULT_TASK, register_resolver
 
 ALGORITHMS = ("maskable_ppo", "ppo", "a2c", "dqn", "heuristic")
 MASKED_ALGORITHMS = ("maskable_ppo",)
@@ -95,6 +95,12 @@ class EnvConfig:
     """`conf/env/*.yaml`: the registered env and the `ServingEnv` arguments that the
     workload / cost / cluster groups do not set.
 
+    The task fields (rate through reward, and interval_s) default to the settings of
+    `envs.tasks.DEFAULT_TASK` (servegym/Admission-v0; interval_s: AdmissionInterval-v0's),
+    the one statement of every task's defaults; `conf/env/admission.yaml` reads them, and
+    reward_options, for `env.id` (`${servegym.task:${.id},<field>}`), so train.py and
+    `gym.make(id)` build the same task unless overridden.
+
     control: decisions the agent answers (null: the id's registered ones).
     rate: mean req/s of every episode (null: the trace's own). episode_requests: requests
         per training episode. split: trace part the agent trains on ("train").
@@ -109,19 +115,22 @@ class EnvConfig:
         only, e.g. servegym/AdmissionInterval-v0; docs/interval.md).
     """
 
-    id: str = "servegym/Admission-v0"
+    id: str = DEFAULT_TASK.id
     control: list[str] | None = None
-    rate: float | None = 24.0
-    episode_requests: int = 1000
-    split: str = "train"
-    num_slots: int = 16
-    admit_keys: list[str] = field(default_factory=lambda: list(DEFAULT_ADMIT_KEYS))
-    preempt_keys: list[str] = field(default_factory=lambda: list(DEFAULT_PREEMPT_KEYS))
-    episode_end: str = "auto"
-    interval_s: float = 2.0
-    length_knowledge: str = "oracle"
-    length_sigma: float = 0.5
-    reward: str = "goodput"
+    rate: float | None = DEFAULT_TASK.rate
+    episode_requests: int = DEFAULT_TASK.episode_requests
+    split: str = DEFAULT_TASK.split
+    num_slots: int = DEFAULT_TASK.num_slots
+    admit_keys: list[str] = field(default_factory=lambda: list(DEFAULT_TASK.admit_keys))
+    preempt_keys: list[str] = field(default_factory=lambda: list(DEFAULT_TASK.preempt_keys))
+    episode_end: str = DEFAULT_TASK.episode_end
+    interval_s: float = ADMISSION_INTERVAL.interval_s
+    length_knowledge: str = DEFAULT_TASK.length_knowledge
+    length_sigma: float = DEFAULT_TASK.length_sigma
+    reward: str = DEFAULT_TASK.reward
+    # Empty, not the task's: OmegaConf merges a dict key by key onto the schema's default,
+    # so a default option would enter every config that omits it (e.g. a resumed run's
+    # saved `reward_options: {}`). conf/env/admission.yaml states the task's options.
     reward_options: dict[str, Any] = field(default_factory=dict)
     policies: dict[str, str] = field(default_factory=dict)
     invalid_action: str = "auto"
@@ -335,9 +344,12 @@ class TrainConfig:
 
 
 def register_configs() -> None:
-    """Store the schemas in Hydra's ConfigStore (idempotent)."""
+    """Store the schemas in Hydra's ConfigStore and register the resolver
+    ``${servegym.task:<id>,<path>}`` through which the configs read the task settings of
+    `envs/tasks.py` (importing `envs` registers it too; idempotent)."""
     from hydra.core.config_store import ConfigStore
 
+    register_resolver()
     store = ConfigStore.instance()
     store.store(name="train_schema", node=TrainConfig)
     for name, schema in AGENT_SCHEMAS.items():

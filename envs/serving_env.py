@@ -73,7 +73,8 @@ class ServingEnv(gym.Env):
     Exact layout and normalisation: `envs/observations.py`.
 
     ## Rewards
-    `reward="latency"` (default): minus the time integral of requests in the system between
+    `reward="latency"` (the class default; every registered id uses `"goodput"` with
+    `ttft_credit=0.5`): minus the time integral of requests in the system between
     decisions, over `latency_scale_s` (Little's law: minimises mean latency); `"slo"`: +1
     per request that leaves meeting its TTFT and TPOT targets, `-miss_penalty` otherwise
     (rejected included); `"goodput"`: +1 per request meeting both. `reward_options`:
@@ -103,6 +104,13 @@ class ServingEnv(gym.Env):
     `truncated`. At the end `info["serving"]` holds the serving summary (`serving/...`).
 
     ## Arguments
+    The defaults named above and in the signature are the class's own. The registered ids
+    pass every setting of their task (`envs/tasks.py`, the same values train.py's configs
+    read): `gym.make("servegym/Admission-v0")` gives 1000-request episodes of the Azure
+    conversation trace's train split rescaled to 24 req/s on one instance, the goodput
+    reward with `ttft_credit=0.5` (so horizon ends), 16 slots over the default sort keys,
+    oracle lengths; Preemption-v0, Routing-v0 and Serving-v0 change the decisions, the
+    workload, the rate and the cluster. Keyword arguments to `gym.make` override them.
     control: decisions the agent answers, any of "admit", "preempt", "route".
     workload: a `Workload`, `build_workload` arguments (a mapping, as in conf/workload/),
     or "azure_conv" / "azure_code". rate: target mean req/s.

@@ -10,9 +10,9 @@ import pytest
 
 import envs  # noqa: F401  (registers the ids)
 from envs.core.decisions import InvalidActionError
+from envs.tasks import TASKS
 
-IDS = ("servegym/Admission-v0", "servegym/Preemption-v0", "servegym/Routing-v0",
-       "servegym/Serving-v0")
+IDS = tuple(task.id for task in TASKS.values() if not task.interval)  # per-decision: masks
 SMALL = {"episode_requests": 48}
 
 
@@ -37,13 +37,13 @@ def random_rollout(env: gym.Env, steps: int, seed: int):
     return trajectory
 
 
-@pytest.mark.parametrize("env_id", IDS)
+@pytest.mark.parametrize("env_id", tuple(TASKS))
 def test_gymnasium_and_sb3_checkers_pass(env_id: str) -> None:
     from gymnasium.utils.env_checker import check_env as gym_check
     from stable_baselines3.common.env_checker import check_env as sb3_check
 
-    # Default kwargs: the checkers step with unmasked random actions from the action space,
-    # which the env accepts (masked ones take the fallback path).
+    # Default kwargs but shorter episodes: the checkers step with unmasked random actions
+    # from the action space, which the env accepts (masked ones take the fallback path).
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         gym_check(gym.make(env_id, **SMALL).unwrapped, skip_render_check=True)
@@ -117,8 +117,8 @@ def test_fallback_replaces_invalid_actions_with_a_penalty() -> None:
 
 
 def test_latency_reward_sums_to_total_latency() -> None:
-    env = gym.make("servegym/Admission-v0", episode_requests=40,
-                   reward_options={"latency_scale_s": 1.0})
+    env = gym.make("servegym/Admission-v0", episode_requests=40, reward="latency",
+                   reward_options={"latency_scale_s": 1.0})  # the id's reward is goodput
     _, info = env.reset(seed=5)
     total = 0.0
     while True:

@@ -125,7 +125,8 @@ def first_valid(env, info) -> int:
 @pytest.mark.parametrize("episode_end", ["drain", "horizon"])
 def test_early_ttft_credit_keeps_the_episode_sum_equal_to_goodput(episode_end: str) -> None:
     kwargs = {**LOADED, "reward": "goodput", "episode_end": episode_end}
-    plain = gym.make("servegym/Admission-v0", **kwargs).unwrapped
+    plain = gym.make("servegym/Admission-v0", reward_options={"ttft_credit": 0.0},
+                     **kwargs).unwrapped  # the id's own default pays early credit
     early = gym.make("servegym/Admission-v0", reward_options={"ttft_credit": 0.5},
                      **kwargs).unwrapped
     total_plain, info = run_episode(plain, first_valid)

@@ -1,0 +1,279 @@
+"""The servegym tasks: every default of each registered id, stated once.
+
+A task is the complete setting of one Gymnasium id: the decisions the agent answers, the
+workload, the rate every episode is rescaled to, the episode length and split, the
+cluster, the candidate sets, what the agent knows of output lengths, and the reward.
+`TASKS` maps each id to its `TaskSpec`; nothing else states these values:
+
+* `envs/__init__.py` registers every id with `spec.make_kwargs()`, so `gymnasium.make(id)`
+  passes every setting explicitly (the `ServingEnv` / `IntervalEnv` signature defaults are
+  the classes' own, not a task's).
+* The Hydra configs of `python train.py` read the same values through the OmegaConf
+  resolver `servegym.task` (`register_resolver`; importing `envs` registers it):
+  ``${servegym.task:<id>,<path>}`` is `task_setting(<id>, <path>)`, the value at the dotted
+  path of the task's settings, e.g. ``${servegym.task:servegym/Routing-v0,cluster.num_instances}``.
+  `conf/env/admission.yaml` reads every task field for its own `env.id` (``${.id}``), so an
+  env option that sets only `env.id` (preemption, routing, serving, admission_interval)
+  gets that id's defaults; `conf/workload/sharegpt_azure.yaml`,
+  `conf/workload/agent_sessions.yaml` and `conf/cluster/vllm_v1_x4_prefix.yaml` read their
+  task's workload and cluster. Always leaf by leaf, never a whole mapping: an override of
+  one nested key (``workload.source.order=file``, ``env.reward_options.ttft_credit=0``)
+  must keep its siblings, and OmegaConf cannot merge into an interpolated mapping.
+* `agents.config.EnvConfig`'s defaults are `DEFAULT_TASK`'s (but for `reward_options`:
+  see there).
+
+`tests/test_headroom.py` builds every id both ways (`gym.make(id)` and train.py's
+composition of its `conf/env/*.yaml`) and compares the envs' effective settings, so a leaf
+that a config forgets to read fails there. Values still stated elsewhere, deliberately: the
+cost model (`conf/cost/llama3_8b_h100.yaml` and `ServingEnv`'s model / gpu arguments: the
+same Llama-3-8B on one H100 for every task; the test compares them too), the instance
+fields a task leaves at `InstanceConfig`'s defaults (which the cluster group of
+train.py's `conf/config.yaml`, `vllm_v1`, spells out), and the workload seed and KV block
+size (train.py: the top-level `seed`, default 0, and the cluster's block size; gym.make:
+`build_workload`'s defaults, 0 and 16). Admission-v0's and Serving-v0's workload is a name,
+"azure_conv", which is also the default workload group of train.py's `conf/config.yaml`.
+
+Plain data: frozen dataclasses, read-only mappings and tuples (`freeze`); `thaw` gives
+the plain dicts and lists that Gymnasium and OmegaConf take. Importing this module imports
+nothing heavy (the resolver imports OmegaConf when it is registered).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from types import MappingProxyType
+from typing import Any
+
+from envs.observations import DEFAULT_ADMIT_KEYS, DEFAULT_PREEMPT_KEYS
+
+SERVING_ENTRY_POINT = "envs.serving_env:ServingEnv"
+INTERVAL_ENTRY_POINT = "envs.interval_env:IntervalEnv"
+RESOLVER = "servegym.task"
+# Task settings that `IntervalEnv` refuses (a part of its `PER_DECISION_OPTIONS`; the
+# invalid-action ones are env mechanics, not task settings): an interval task carries them,
+# since train.py's `EnvConfig` has the fields for every id, but does not pass them.
+PER_DECISION_SETTINGS = ("num_slots", "admit_keys", "preempt_keys", "episode_end")
+NOT_SETTINGS = ("id", "entry_point", "interval_s")
+
+
+def freeze(value: Any) -> Any:
+    """`value` with every mapping read-only and every list a tuple (nested)."""
+    if isinstance(value, Mapping):
+        return MappingProxyType({key: freeze(item) for key, item in value.items()})
+    if isinstance(value, list | tuple):
+        return tuple(freeze(item) for item in value)
+    return value
+
+
+def thaw(value: Any) -> Any:
+    """A plain copy of `value`: every mapping a dict, every tuple a list (nested)."""
+    if isinstance(value, Mapping):
+        return {key: thaw(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [thaw(item) for item in value]
+    return value
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """One registered id's complete setting. Every field but `id`, `entry_point` and
+    `interval_s` is the env keyword argument of the same name (`ServingEnv`'s docstring).
+
+    id: the Gymnasium id. entry_point: `SERVING_ENTRY_POINT` or `INTERVAL_ENTRY_POINT`.
+    workload: "azure_conv" (the Azure 2023 conversation trace, as `ServingEnv` loads it)
+        or `build_workload` arguments. cluster: {"num_instances": N, "instance":
+        InstanceConfig fields}; fields left out are `InstanceConfig`'s defaults.
+    interval_s: simulated seconds between the agent's actions (interval tasks only, else
+        None); interval tasks do not pass `PER_DECISION_SETTINGS`.
+    """
+
+    id: str
+    entry_point: str
+    control: tuple[str, ...]
+    workload: str | Mapping[str, Any]
+    rate: float | None
+    episode_requests: int
+    split: str
+    cluster: Mapping[str, Any]
+    num_slots: int
+    admit_keys: tuple[str, ...]
+    preempt_keys: tuple[str, ...]
+    episode_end: str
+    length_knowledge: str
+    length_sigma: float
+    reward: str
+    reward_options: Mapping[str, Any]
+    interval_s: float | None
+
+    def __post_init__(self) -> None:
+        for item in dataclasses.fields(self):
+            object.__setattr__(self, item.name, freeze(getattr(self, item.name)))
+        if (self.interval_s is None) != (self.entry_point == SERVING_ENTRY_POINT):
+            raise ValueError(f"{self.id}: interval_s is set for interval tasks "
+                             f"({INTERVAL_ENTRY_POINT}) and only for them")
+
+    @property
+    def interval(self) -> bool:
+        """Whether the agent acts once per interval (`IntervalEnv`), not per decision."""
+        return self.interval_s is not None
+
+    def make_kwargs(self) -> dict[str, Any]:
+        """The keyword arguments `gymnasium.make(self.id)` passes (plain, fresh copies)."""
+        kwargs = {item.name: thaw(getattr(self, item.name))
+                  for item in dataclasses.fields(self) if item.name not in NOT_SETTINGS}
+        if self.interval:
+            for key in PER_DECISION_SETTINGS:
+                del kwargs[key]
+            kwargs["interval_s"] = self.interval_s
+        return kwargs
+
+
+# ============================================================================ the tasks
+ADMISSION = TaskSpec(
+    id="servegym/Admission-v0",
+    entry_point=SERVING_ENTRY_POINT,
+    control=("admit",),
+    # The Azure 2023 conversation trace's lengths and burst shape at 24 req/s in
+    # 1000-request episodes: about 1.15x the FCFS saturation rate of Llama-3-8B on one H100
+    # (20.7 req/s). At 16 req/s with 256-request episodes (the ids' setting before these
+    # tasks) every admission order gives the same schedule: nothing to learn
+    # (docs/training.md). Measured (results/headroom.md): spf 16.3 vs fcfs 10.0 req/s goodput.
+    workload="azure_conv",
+    rate=24.0,
+    episode_requests=1000,
+    split="train",                    # the first 70% of the trace; evaluation: the rest
+    cluster={},                       # one instance, InstanceConfig's defaults (vLLM v1)
+    num_slots=16,                     # K candidate slots, round-robin over the sort keys
+    admit_keys=DEFAULT_ADMIT_KEYS,    # envs/observations.py
+    preempt_keys=DEFAULT_PREEMPT_KEYS,
+    episode_end="auto",               # horizon for the goodput reward (ServingEnv)
+    length_knowledge="oracle",
+    length_sigma=0.5,                 # log-normal error of length_knowledge="predicted"
+    # Goodput (+1 per request meeting both SLOs), half of each request's credit paid at its
+    # first token, in time with the admission that settled it (docs/training.md: why).
+    reward="goodput",
+    reward_options={"ttft_credit": 0.5},
+    interval_s=None,
+)
+
+# KV pressure makes preemption decisions frequent: one instance with 2048 KV blocks (32k
+# tokens: about 11 ShareGPT requests) and 4096 host swap blocks; ShareGPT lengths (prompt
+# mean 2.35k, output mean 436 tokens: long outputs grow the KV cache during decode, the mix
+# vLLM's paper measured preemption on) at the Azure conversation trace's arrival times
+# (bursts kept), 2.2 req/s. Measured (results/headroom.md, goodput on the test split, 5
+# windows): preempt-least-progress 1.63, swap-always 1.49, swap-cost-aware 1.48, vLLM's
+# preempt-latest 1.46, preempt-most-blocks 0.54 req/s: spread 0.67, the best at 0.75 SLO
+# attainment. The Azure trace at 20 req/s overloaded every heuristic (attainment
+# 0.084-0.093); the trace at 9 req/s separates them too, but then short episodes (the
+# tests' 48 requests) rarely preempt, and below ~2.1 req/s the heuristics agree again.
+PREEMPTION_RATE = 2.2
+PREEMPTION = replace(
+    ADMISSION,
+    id="servegym/Preemption-v0",
+    control=("preempt",),
+    workload={"source": {
+        "kind": "sharegpt", "num_requests": 19366,   # one request per trace arrival
+        "arrivals": {"process": "trace", "trace": "azure_conv", "rate": PREEMPTION_RATE},
+        "order": "random",                            # rows with replacement (seeded)
+    }},
+    rate=PREEMPTION_RATE,                             # the workload's own rate
+    cluster={"num_instances": 1,
+             "instance": {"num_kv_blocks": 2048, "swap_space_blocks": 4096}},
+)
+
+# Tool-calling agent sessions whose prompts share prefixes, over four vLLM v1 instances with
+# prefix caching: where a call goes decides how much of its prompt is already cached. Each
+# session is 2-8 LLM calls; call k's prompt is call k-1's prompt + its answer + a tool result
+# and a 1024-token system prompt (tool definitions) is shared by all sessions; calls arrive
+# 10 s apart on average (the answer plus the tool run; open loop, docs/workloads.md).
+# 10.4 session starts/s x 5 calls = 52 req/s, so rescaling to `rate` keeps the think time;
+# the window drops the first 100 s (sessions ramping up) and the tail after the last start.
+# Measured (results/headroom.md): prefix-affinity 41.9 and min-ttft 39.9 req/s goodput, the
+# load-only routers 26.7-28.5 (random worst): spread 0.36. On the Azure conversation trace
+# at 60 req/s (no prefix reuse) every router, random included, met every SLO: spread 0.02.
+# Below ~48 req/s the load-only routers keep up too (50 req/s: spread 0.30); above ~60 they
+# collapse. An agent starts where random routing is; what there is to learn is routing for
+# cache affinity and load at once (min-ttft weighs both, prefix-affinity caps load by count).
+ROUTING = replace(
+    ADMISSION,
+    id="servegym/Routing-v0",
+    control=("route",),
+    workload={
+        "source": {
+            "kind": "sessions", "name": "agent_sessions",
+            "duration_s": 1700,                                  # about 88k calls
+            "arrivals": {"process": "poisson", "rate": 10.4},   # session starts per second
+            "turns": {"dist": "uniform", "low": 2, "high": 8},  # LLM calls per session
+            "think_time": {"dist": "exponential", "mean": 10.0},  # s between calls
+            "first_prompt": {"dist": "lognormal", "mean": 1500, "cv": 0.5, "high": 3000},
+            "user_prompt": {"dist": "lognormal", "mean": 300, "cv": 1.0, "high": 1000},
+            "output": {"dist": "lognormal", "mean": 150, "cv": 0.8, "high": 600},
+            "system_prompt_len": 1024,                           # tokens every session shares
+        },
+        "window": (100, 1600),
+    },
+    rate=52.0,
+    cluster={"num_instances": 4, "instance": {"enable_prefix_caching": True}},
+)
+
+# Admission, preemption and routing at once on two KV-bound instances.
+SERVING = replace(
+    ADMISSION,
+    id="servegym/Serving-v0",
+    control=("admit", "preempt", "route"),
+    rate=30.0,
+    cluster={"num_instances": 2,
+             "instance": {"num_kv_blocks": 4096, "swap_space_blocks": 4096}},
+)
+
+# Admission-v0's setting, but the agent sets the weights of a priority function once per
+# `interval_s` simulated seconds and that rule answers every admission of the interval
+# (envs/interval_env.py, docs/interval.md).
+ADMISSION_INTERVAL = replace(
+    ADMISSION,
+    id="servegym/AdmissionInterval-v0",
+    entry_point=INTERVAL_ENTRY_POINT,
+    interval_s=2.0,
+)
+
+TASKS: Mapping[str, TaskSpec] = MappingProxyType({
+    task.id: task for task in (ADMISSION, PREEMPTION, ROUTING, SERVING, ADMISSION_INTERVAL)})
+DEFAULT_TASK = ADMISSION  # `python train.py`'s (conf/config.yaml: env=admission)
+
+
+# ============================================================================ lookups
+def task_setting(env_id: str, path: str) -> Any:
+    """The value (plain) at dotted `path` of `env_id`'s task, e.g. ("servegym/Routing-v0",
+    "workload.source.arrivals.rate") -> 10.4; a KeyError naming what is missing."""
+    if env_id not in TASKS:
+        raise KeyError(f"{env_id!r} is not a servegym task; choose one of {sorted(TASKS)}")
+    value: Any = TASKS[env_id]
+    keys = path.split(".")
+    for depth, key in enumerate(keys):
+        if isinstance(value, TaskSpec) and key in TaskSpec.__dataclass_fields__:
+            value = getattr(value, key)
+        elif isinstance(value, Mapping) and key in value:
+            value = value[key]
+        else:
+            raise KeyError(f"{env_id} has no setting {'.'.join(keys[:depth + 1])!r} "
+                           f"(envs/tasks.py)")
+    return thaw(value)
+
+
+def register_resolver() -> None:
+    """Register the OmegaConf resolver ``${servegym.task:<id>,<path>}`` = `task_setting`
+    (idempotent)."""
+    from omegaconf import OmegaConf
+
+    if not OmegaConf.has_resolver(RESOLVER):
+        OmegaConf.register_new_resolver(RESOLVER, task_setting)
+
+
+__all__ = [
+    "ADMISSION", "ADMISSION_INTERVAL", "DEFAULT_TASK", "INTERVAL_ENTRY_POINT",
+    "PER_DECISION_SETTINGS", "PREEMPTION", "PREEMPTION_RATE", "RESOLVER", "ROUTING", "SERVING",
+    "SERVING_ENTRY_POINT", "TASKS", "TaskSpec", "freeze", "register_resolver", "task_setting",
+    "thaw",
+]
