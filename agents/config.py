@@ -82,11 +82,27 @@ InstanceSchema = _mutable_copy(InstanceConfig, "InstanceSchema")
 
 
 @dataclass
+class PoolConfig:
+    """One pool of a heterogeneous cluster (envs/core/cluster.py): `count` instances with
+    the cluster's `instance` settings overridden by this pool's `instance`, on the run's
+    cost model overridden by `cost` (model, gpu, tensor_parallel, source), in `role`
+    ("mixed")."""
+
+    name: str = MISSING
+    count: int = 1
+    role: str = "mixed"
+    instance: dict[str, Any] = field(default_factory=dict)
+    cost: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
 class ClusterConfig:
-    """`conf/cluster/*.yaml`: instances behind the router and `InstanceConfig`'s fields."""
+    """`conf/cluster/*.yaml`: instances behind the router and `InstanceConfig`'s fields;
+    or `pools` (then `num_instances` is their total; conf/cluster/hetero_h100_a100.yaml)."""
 
     num_instances: int = 1
     instance: InstanceSchema = field(default_factory=InstanceSchema)  # type: ignore[valid-type]
+    pools: list[PoolConfig] = field(default_factory=list)
 
 
 # ============================================================================ env
@@ -402,6 +418,7 @@ def validate(cfg: TrainConfig) -> None:
     _validate_env(cfg.env)
     _validate_interval(cfg)
     _validate_warm_start(cfg)
+    _validate_pools(cfg.cluster)
 
 
 def _validate_env(env: EnvConfig) -> None:
@@ -439,6 +456,42 @@ def _validate_interval(cfg: TrainConfig) -> None:
                          "agent.network=auto or mlp")
 
 
+def _validate_pools(cluster: ClusterConfig) -> None:
+    """Pools checked at composition: known instance and cost keys, a known GPU and model,
+    a role the simulator runs, a consistent instance count."""
+    from envs.build import COST_KEYS
+    from envs.core.cluster import PLANNED_ROLES, ROLES
+    from envs.costs.specs import get_gpu, get_model
+
+    if not cluster.pools:
+        return
+    total = 0
+    for number, pool in enumerate(cluster.pools):
+        where = f"cluster.pools[{number}] ({pool.name})"
+        if pool.count < 1:
+            raise ValueError(f"{where}: count must be >= 1, got {pool.count}")
+        total += pool.count
+        if pool.role not in ROLES:
+            extra = (" (prefill/decode pools need KV transfers, not modelled yet)"
+                     if pool.role in PLANNED_ROLES else "")
+            raise ValueError(f"{where}: role {pool.role!r}: choose one of {ROLES}{extra}")
+        unknown = set(pool.instance) - set(InstanceConfig.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"{where}: unknown instance setting(s) {sorted(unknown)}; known: "
+                             f"{sorted(InstanceConfig.__dataclass_fields__)}")
+        unknown = set(pool.cost) - set(COST_KEYS)
+        if unknown:
+            raise ValueError(f"{where}: unknown cost key(s) {sorted(unknown)}; known: "
+                             f"{list(COST_KEYS)}")
+        if "gpu" in pool.cost:
+            get_gpu(str(pool.cost["gpu"]))  # an unknown GPU names the known ones
+        if "model" in pool.cost:
+            get_model(str(pool.cost["model"]))
+    if cluster.num_instances not in (1, total):
+        raise ValueError(f"cluster.num_instances={cluster.num_instances} but cluster.pools "
+                         f"hold {total} instances; set num_instances: {total} or drop it")
+
+
 def _validate_warm_start(cfg: TrainConfig) -> None:
     """A teacher needs an actor-critic on per-decision actions and sane sizes; its spec
     is checked against the controlled decisions once the env is built (train.py)."""
@@ -463,6 +516,7 @@ def _validate_warm_start(cfg: TrainConfig) -> None:
 
 __all__ = [
     "ALGORITHMS", "A2CConfig", "AgentConfig", "CheckpointConfig", "ClusterConfig",
+    "PoolConfig",
     "CostConfig", "DQNConfig", "EnvConfig", "EvalConfig", "HeuristicConfig", "LoggerConfig",
     "PPOConfig", "TrainConfig", "WarmStartConfig", "WorkloadConfig", "register_configs",
     "validate",

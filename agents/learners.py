@@ -91,6 +91,16 @@ def is_interval_env(env_id: str) -> bool:
     return spec.entry_point == INTERVAL_ENTRY_POINT
 
 
+def cluster_kwargs(cfg: TrainConfig) -> dict[str, Any]:
+    """The `cluster` argument of the envs and the evaluation harness (plain data)."""
+    cluster = {"num_instances": cfg.cluster.num_instances,
+               "instance": dataclasses.asdict(cfg.cluster.instance)}
+    if cfg.cluster.pools:
+        cluster["pools"] = [dataclasses.asdict(pool) for pool in cfg.cluster.pools]
+        cluster["num_instances"] = sum(pool.count for pool in cfg.cluster.pools)
+    return cluster
+
+
 def env_kwargs(cfg: TrainConfig) -> dict[str, Any]:
     """Env keyword arguments (plain data) from the config; see `EnvConfig`. Interval-mode
     envs take `interval_s` and none of the per-decision options (slots, masks)."""
@@ -105,8 +115,7 @@ def env_kwargs(cfg: TrainConfig) -> dict[str, Any]:
         "rate": env.rate, "episode_requests": env.episode_requests, "split": env.split,
         "model": cost.model, "gpu": cost.gpu, "tensor_parallel": cost.tensor_parallel,
         "cost_source": cost.source,
-        "cluster": {"num_instances": cfg.cluster.num_instances,
-                    "instance": dataclasses.asdict(cfg.cluster.instance)},
+        "cluster": cluster_kwargs(cfg),
         "num_slots": env.num_slots, "admit_keys": list(env.admit_keys),
         "preempt_keys": list(env.preempt_keys), "episode_end": env.episode_end,
         "length_knowledge": env.length_knowledge,

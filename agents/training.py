@@ -128,7 +128,9 @@ class Setting:
             f"cost model: {self.cost_note}",
             f"cluster: {config.cluster.num_instances} x {config.cluster.instance.mode} "
             f"(max_num_seqs {config.cluster.instance.max_num_seqs}, "
-            f"{config.cluster.instance.max_num_batched_tokens} tokens per batch)",
+            f"{config.cluster.instance.max_num_batched_tokens} tokens per batch)"
+            + "".join(f"; pool {p.name}: {p.count} x {p.cost.get('gpu', 'the run GPU')}"
+                      for p in config.cluster.pools),
             f"agent: {agent_name(config)}, seed {config.seed}",
         ]
 

@@ -111,3 +111,29 @@ def test_a_simulator_needs_one_way_of_saying_its_cluster() -> None:
         Simulator(cost, pools=[Pool("a", config, cost)])
     with pytest.raises(ValueError, match="needs a cost_model"):
         Simulator()
+
+
+def test_a_heterogeneous_cluster_preset_composes_and_bad_pools_fail_at_composition() -> None:
+    from omegaconf import OmegaConf
+    from test_train import compose_config
+
+    from agents.learners import env_kwargs
+    from agents.training import typed_config
+
+    def typed(overrides):
+        return typed_config(OmegaConf.to_container(compose_config(overrides), resolve=True))
+
+    config = typed(["env=routing", "cluster=hetero_h100_a100"])
+    cluster = env_kwargs(config)["cluster"]
+    assert [(p["name"], p["count"], p["cost"]["gpu"]) for p in cluster["pools"]] == [
+        ("h100", 2, "H100-80GB"), ("a100", 4, "A100-80GB")]
+    env = gym.make("servegym/Routing-v0", cluster=cluster, episode_requests=50).unwrapped
+    env.reset(seed=0)
+    assert [i.pool for i in env.sim.instances] == [0, 0, 1, 1, 1, 1]
+    assert {i.cost.gpu.name for i in env.sim.instances} == {"H100-80GB", "A100-80GB"}
+    for override, message in (("cluster.pools.0.cost.gpu=B300", "B300"),
+                              ("cluster.pools.1.role=decode", "KV transfers"),
+                              ("cluster.num_instances=5", "hold 6 instances"),
+                              ("+cluster.pools.0.instance.max_num_seq=2", "max_num_seq")):
+        with pytest.raises(ValueError, match=message):
+            typed(["env=routing", "cluster=hetero_h100_a100", override])
