@@ -90,7 +90,8 @@ def test_random_decisions_keep_every_invariant(scenario) -> None:
     assert np.all(report.tbt_values >= 0)
 
 
-@settings(max_examples=40, deadline=None)
+# Each example simulates a whole workload: slow by hypothesis's standard, by design.
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(scenarios())
 def test_same_seed_same_numbers_and_stepping_drains(scenario) -> None:
     workload, config, instances, seed = scenario
@@ -116,7 +117,7 @@ def test_same_seed_same_numbers_and_stepping_drains(scenario) -> None:
     assert summary["serving/finished"] + summary["serving/rejected"] == len(workload)
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(scenarios())
 def test_fast_paths_match_the_reference_path(scenario) -> None:
     """Closed-form decode runs and group scheduling change no number (to float rounding)."""
@@ -139,7 +140,7 @@ def test_fast_paths_match_the_reference_path(scenario) -> None:
                                rtol=1e-9, atol=1e-12)
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(scenarios(), st.integers(0, 2**16))
 def test_cutting_decode_runs_short_changes_no_number(scenario, cut_seed) -> None:
     """`Simulator.interrupt` (envs/core/events.py) ends a planned decode run at the next
