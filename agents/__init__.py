@@ -5,7 +5,8 @@ agents. `build_scheduler(spec)` turns a policy spec into the simulator's policie
   (round-robin routing, FCFS admission, vLLM's latest-arrival preemption).
 * ``"srpt-pred(sigma=1.0, max_wait_s=30)+lor+swap-cost-aware"``: one baseline per kind,
   joined by ``+``, each with optional keyword arguments (Python literals).
-* ``"agent:<path>"``: a saved learned agent (`load_agent`; a train.py run folder).
+* ``"agent:<path>"``: a saved learned agent (`load_agent`; a train.py run folder), loaded
+  without unpickling; ``"agent+pickle:<path>"`` also loads older, pickle-only folders.
 """
 
 from __future__ import annotations
@@ -22,13 +23,14 @@ _TERM = re.compile(r"^\s*([A-Za-z0-9_.\-]+)\s*(?:\((.*)\))?\s*$", re.S)
 KIND_ORDER = (DecisionKind.ROUTE, DecisionKind.ADMIT, DecisionKind.PREEMPT)
 
 
-def load_agent(path: str) -> dict[DecisionKind, Policy]:
+def load_agent(path: str, allow_pickle: bool = False) -> dict[DecisionKind, Policy]:
     """Policies of the learned agent saved at `path` (a train.py run folder, its `model/`
     folder or a checkpoint): the agent answers the decisions it was trained on, its training
-    heuristics (or the defaults) the others. See `agents.learned`."""
+    heuristics (or the defaults) the others. Nothing is unpickled unless `allow_pickle`
+    (for folders saved before the safe files existed). See `agents.learned`."""
     from agents.learned import load_agent as load
 
-    return load(path)
+    return load(path, allow_pickle=allow_pickle)
 
 
 def parse_spec(spec: str) -> list[tuple[str, dict[str, Any]]]:
@@ -49,6 +51,8 @@ def build_scheduler(spec: str) -> dict[DecisionKind, Policy]:
     """Fresh policies for every decision kind from a spec (see the module docstring)."""
     if spec.strip().startswith("agent:"):
         return load_agent(spec.strip()[len("agent:"):])
+    if spec.strip().startswith("agent+pickle:"):  # an old pickled folder you trust
+        return load_agent(spec.strip()[len("agent+pickle:"):], allow_pickle=True)
     chosen: dict[DecisionKind, Policy] = {}
     for name, kwargs in parse_spec(spec):
         kind = policy_info(name).kind

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -209,12 +210,18 @@ def agent_folder(path: str | Path) -> Path:
                              "folder or a checkpoint)")
 
 
-def load_policy(path: str | Path, deterministic: bool | None = None
-                ) -> tuple[LearnedPolicy, dict[str, Any]]:
+def load_policy(path: str | Path, deterministic: bool | None = None,
+                allow_pickle: bool = False) -> tuple[LearnedPolicy, dict[str, Any]]:
     """The `LearnedPolicy` saved at `path` (see `agent_folder`) and its metadata;
-    `deterministic=None` takes the choice saved with the agent (`eval_deterministic`)."""
+    `deterministic=None` takes the choice saved with the agent (`eval_deterministic`).
+
+    The network is rebuilt from `policy.json` and `policy.pt` (agents/agent_files.py):
+    nothing in the folder is unpickled. A folder saved before those files existed holds
+    only pickles (`model.zip`, `vecnormalize.pkl`), which can run code when loaded: it is
+    refused unless `allow_pickle=True` (policy spec `agent+pickle:<path>`), which warns."""
     import torch
 
+    from agents.agent_files import UnsafeAgentError, has_policy_files, load_policy_files
     from agents.learners import AGENT_FILE, MODEL_FILE, VECNORM_FILE, algorithm_class
 
     torch.set_num_threads(1)
@@ -222,12 +229,23 @@ def load_policy(path: str | Path, deterministic: bool | None = None
     metadata = json.loads((folder / AGENT_FILE).read_text())
     if metadata.get("mode") != "interval":
         check_layout(metadata, str(folder))
-    model = algorithm_class(metadata["algo"]).load(str(folder / MODEL_FILE), device="cpu")
-    normalizer = None
-    if (folder / VECNORM_FILE).exists():
-        with open(folder / VECNORM_FILE, "rb") as handle:
-            normalizer = pickle.load(handle)
-        normalizer.training = False
+    if has_policy_files(folder):
+        model, normalizer = load_policy_files(folder)
+    elif not allow_pickle:
+        raise UnsafeAgentError(
+            f"{folder} holds no policy.pt/policy.json, only pickled files (model.zip"
+            f"{', vecnormalize.pkl' if (folder / VECNORM_FILE).exists() else ''}), which can "
+            "run code when loaded. Load it only if you trust whoever made it: "
+            "load_policy(..., allow_pickle=True) or the spec agent+pickle:<path>; or retrain")
+    else:
+        warnings.warn(f"loading the pickled agent files of {folder} (allow_pickle=True): "
+                      "they can run code", stacklevel=2)
+        model = algorithm_class(metadata["algo"]).load(str(folder / MODEL_FILE), device="cpu")
+        normalizer = None
+        if (folder / VECNORM_FILE).exists():
+            with open(folder / VECNORM_FILE, "rb") as handle:
+                normalizer = pickle.load(handle)
+            normalizer.training = False
     if deterministic is None:
         deterministic = bool(metadata.get("eval_deterministic", True))
     return policy_from_model(model, metadata, normalizer, deterministic), metadata
@@ -244,10 +262,10 @@ def policy_from_model(model: Any, metadata: Mapping[str, Any], normalizer: Any =
     return LearnedPolicy(model, metadata, normalizer, deterministic)
 
 
-def load_agent(path: str | Path) -> dict[DecisionKind, Policy]:
+def load_agent(path: str | Path, allow_pickle: bool = False) -> dict[DecisionKind, Policy]:
     """Policies of the agent saved at `path`: the learned policy for the decisions it was
-    trained on, its training heuristics (or the defaults) for the others."""
-    policy, metadata = load_policy(path)
+    trained on, its training heuristics (or the defaults) for the others (`load_policy`)."""
+    policy, metadata = load_policy(path, allow_pickle=allow_pickle)
     return scheduler_for(policy, metadata["controlled"], metadata.get("policies", {}))
 
 

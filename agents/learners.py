@@ -7,10 +7,12 @@
   named in `env.policies` and built fresh inside each env (`make_env`).
 * Unmasked agents (PPO, A2C, DQN) train with `invalid_action="fallback"`; MaskablePPO with
   `"raise"` (it never picks an invalid action).
-* A saved agent is a folder: `model.zip` (SB3), `vecnormalize.pkl` (only with VecNormalize),
-  `agent.json` (what `agents.load_agent` needs to rebuild the observation encoder), and for
-  checkpoints of off-policy agents `replay_buffer.pkl` plus `state.json`. Files are written
-  atomically and never overwritten.
+* A saved agent is a folder: `policy.pt` + `policy.json` (+ `obs_normalizer.json` with
+  VecNormalize), which evaluation loads without unpickling anything
+  (agents/agent_files.py); `agent.json` (what `agents.load_agent` needs to rebuild the
+  observation encoder); SB3's `model.zip` and `vecnormalize.pkl` (pickled: used only to
+  resume your own runs), and for checkpoints of off-policy agents `replay_buffer.pkl` plus
+  `state.json`. Files are written atomically and never overwritten.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
+from agents.agent_files import policy_files
 from agents.config import MASKED_ALGORITHMS, AgentConfig, TrainConfig
 from envs.core.metrics import atomic_write
 from envs.observations import OBS_LAYOUT_VERSION
@@ -276,6 +279,8 @@ def save_agent(model: Any, folder: Path, metadata: Mapping[str, Any],
     try:
         tmp.mkdir()
         _write_bytes(tmp / MODEL_FILE, _bytes_of(model.save))
+        for name, data in policy_files(model).items():  # what loads without pickle
+            _write_bytes(tmp / name, data)
         venv = model.get_vec_normalize_env()
         if venv is not None:
             _write_bytes(tmp / VECNORM_FILE, pickle.dumps(venv))
