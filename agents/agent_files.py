@@ -114,7 +114,9 @@ def policy_files(model: Any) -> dict[str, bytes]:
     name = type(policy).__name__
     if name not in POLICY_CLASSES:
         raise ValueError(f"cannot save policy class {name}; known: {POLICY_CLASSES}")
-    kwargs = dict(model.policy_kwargs or {})
+    # The optimizer does not act (A2C adds its RMSprop class here): not saved.
+    kwargs = {key: value for key, value in (model.policy_kwargs or {}).items()
+              if key not in ("optimizer_class", "optimizer_kwargs")}
     try:
         json.dumps(kwargs)
     except TypeError as error:

@@ -20,6 +20,7 @@ from agents.learned import load_policy
 from agents.learners import algorithm_class
 
 RUNS = {
+    "a2c": ["agent=a2c", "agent.total_timesteps=64", "agent.n_envs=2"],
     "maskable_ppo": [*PPO_TINY],
     "ppo_vecnormalize": ["agent=ppo", *PPO_TINY, "agent.vec_normalize=true",
                          "agent.network=mlp"],
