@@ -128,10 +128,10 @@ def policy_files(model: Any) -> dict[str, bytes]:
     torch.save(policy.state_dict(), buffer)
     files = {POLICY_WEIGHTS: buffer.getvalue(), POLICY_SPEC: json.dumps(spec, indent=2).encode()}
     venv = model.get_vec_normalize_env()
-    if venv is not None:
+    if venv is not None and venv.norm_obs:  # (reward normalisation does not act)
         stats = {"mean": venv.obs_rms.mean.tolist(), "var": venv.obs_rms.var.tolist(),
                  "epsilon": float(venv.epsilon), "clip_obs": float(venv.clip_obs),
-                 "norm_obs": bool(venv.norm_obs)}
+                 "norm_obs": True}
         files[NORMALIZER_FILE] = json.dumps(stats).encode()
     return files
 

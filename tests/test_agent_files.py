@@ -24,6 +24,8 @@ RUNS = {
     "maskable_ppo": [*PPO_TINY],
     "ppo_vecnormalize": ["agent=ppo", *PPO_TINY, "agent.vec_normalize=true",
                          "agent.network=mlp"],
+    "ppo_reward_only_normalized": ["agent=ppo", *PPO_TINY, "agent.vec_normalize=true",
+                                   "agent.norm_obs=false"],
     "dqn": ["agent=dqn", "agent.total_timesteps=128", "agent.learning_starts=32",
             "agent.buffer_size=1000"],
     "interval": ["env=admission_interval", "agent=ppo", "agent.total_timesteps=32",
