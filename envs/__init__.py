@@ -8,14 +8,15 @@
 
 Each id's complete setting is its task in `envs/tasks.py` (`TASKS`), registered with every
 setting as a keyword argument: `gymnasium.make(id)` builds what `python train.py env=<name>`
-trains on (tests/test_headroom.py). Importing `envs` also registers the OmegaConf resolver
-``${servegym.task:<id>,<path>}`` through which the Hydra configs read those settings, so
-every program composing `conf/` (train.py, experiments/simulate.py, ...) has it.
+trains on (tests/test_headroom.py). Programs composing `conf/` register the OmegaConf
+resolver ``${servegym.task:<id>,<path>}`` through which the Hydra configs read those
+settings (`envs.tasks.register_resolver`; `agents.config.register_configs` does it), so
+`import envs` itself does not import OmegaConf (the simulator's memory stays as it was).
 """
 
 from gymnasium.envs.registration import register, registry
 
-from envs.tasks import TASKS, register_resolver
+from envs.tasks import TASKS
 
 MAX_EPISODE_STEPS = 100_000
 
@@ -26,4 +27,3 @@ for _task in TASKS.values():
         register(id=_task.id, entry_point=_task.entry_point, kwargs=_task.make_kwargs(),
                  max_episode_steps=MAX_EPISODE_STEPS, disable_env_checker=True)
 
-register_resolver()

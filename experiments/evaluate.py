@@ -28,6 +28,8 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from envs.tasks import register_resolver
+
 ROOT = Path(__file__).resolve().parents[1]
 
 def settings_from_config(cfg: DictConfig) -> EvalSettings:
@@ -110,4 +112,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    register_resolver()  # before Hydra composes conf/ (the task presets read it)
     main()

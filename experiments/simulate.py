@@ -26,6 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from envs.build import build_simulator
 from envs.core.metrics import atomic_write, format_summary
+from envs.tasks import register_resolver
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -59,4 +60,5 @@ def main(cfg: DictConfig) -> dict:
 
 
 if __name__ == "__main__":
+    register_resolver()  # before Hydra composes conf/ (the task presets read it)
     main()

@@ -115,6 +115,9 @@ def load_from_overrides(overrides: list[str], config_dir: Path = _CONF_DIR) -> t
     from hydra.utils import get_method, instantiate
     from omegaconf import OmegaConf
 
+    from envs.tasks import register_resolver
+
+    register_resolver()  # the task presets read their settings through it
     with initialize_config_dir(config_dir=str(config_dir.resolve()), version_base="1.3"):
         cfg = compose(config_name="simulate", overrides=overrides)
     target = cfg.workload.get("_target_")
