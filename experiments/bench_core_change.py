@@ -12,7 +12,8 @@ both alike. Measured (CPU time of the loop only; workloads, costs and seeds iden
   lengths with Poisson arrivals at 28 req/s (about 90% of one instance's saturation),
   20,000 requests: simulated requests per CPU second, and the child's peak RSS.
 * env: `servegym/Admission-v0` and `servegym/Serving-v0` with the same explicit arguments
-  in both trees (rate 24 and 30 req/s, 1000-request episodes, goodput reward), uniformly
+  in both trees (rate 24 and 30 req/s, 1000-request episodes, goodput reward with
+  `ttft_credit` 0.5, 16 slots: the ids' defaults changed between the trees), uniformly
   random valid actions drawn up front, 20,000 steps: env steps per CPU second.
 
 The table gives the median of each side and new / old. The default `--before` is the
@@ -64,7 +65,8 @@ else:
     import gymnasium as gym
     import envs  # noqa: F401
     rate = {"servegym/Admission-v0": 24.0, "servegym/Serving-v0": 30.0}[kind]
-    env = gym.make(kind, rate=rate, episode_requests=1000, reward="goodput")
+    env = gym.make(kind, rate=rate, episode_requests=1000, reward="goodput", num_slots=16,
+                   reward_options={"ttft_credit": 0.5})
     steps = 20_000
     uniforms = np.random.default_rng(0).random(steps).tolist()
     _, info = env.reset(seed=0)
