@@ -68,6 +68,16 @@ def test_fcfs_run_finishes_every_request(live_backend):
     assert report.cost_source.startswith("live-vllm")
 
 
+def test_the_live_backend_implements_the_protocols(live_backend):
+    from envs.protocol import Backend, ClusterView, InstanceView, KVView
+
+    live_backend.policies = policies()
+    live_backend.run(small_workload(), seed=0)
+    assert isinstance(live_backend, Backend) and isinstance(live_backend, ClusterView)
+    for instance in live_backend.instances:
+        assert isinstance(instance, InstanceView) and isinstance(instance.bm, KVView)
+
+
 def test_policy_victim_is_the_one_vllm_preempts(live_backend):
     victim_policy = EarliestVictim()
     live_backend.policies = policies({DecisionKind.PREEMPT: victim_policy})
