@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import json
-import logging
 import math
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +17,7 @@ from omegaconf import OmegaConf
 from envs.costs import (
     MissingTableError,
     RooflineCostModel,
+    RooflineFallbackWarning,
     TableCostModel,
     UnknownSpecError,
     build_cost_model,
@@ -194,22 +195,27 @@ def test_positive_finite_and_more_work_takes_longer(
 # ---- factory and configs ------------------------------------------------------------
 
 
-def test_auto_uses_tables_where_they_exist(caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.WARNING):
-        cost = build_cost_model("Llama-2-7B", "a100", 2)
+def test_auto_uses_tables_where_they_exist() -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RooflineFallbackWarning)
+        cost = build_cost_model("Llama-2-7B", "a100", 2)  # a fallback warning would raise
     assert isinstance(cost, TableCostModel) and cost.source == "measured"
-    assert not caplog.records
 
 
-def test_auto_falls_back_to_roofline_and_says_so(caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.WARNING):
+def test_auto_falls_back_to_roofline_and_says_so_once() -> None:
+    with pytest.warns(RooflineFallbackWarning) as caught:
         cost = build_cost_model("Llama-3-8B", "H100", 1, iteration_overhead_s=0.002,
                                 network="dgx")
     assert isinstance(cost, RooflineCostModel) and cost.source == "roofline"
     assert cost.iteration_overhead_s == 0.002
-    message = caplog.text
+    message = str(caught[0].message)
     assert "no measured cost table for Llama-3-8B on H100-80GB at TP1" in message
     assert "roofline" in message and "Llama-2-70B on A100-80GB" in message
+    with warnings.catch_warnings(record=True) as again:  # default filters: once per process
+        warnings.simplefilter("default")
+        for _ in range(3):
+            build_cost_model("Llama-3-8B", "H100", 1)
+    assert len([w for w in again if w.category is RooflineFallbackWarning]) == 1
 
 
 def test_measured_without_table_lists_the_available_ones() -> None:

@@ -2,7 +2,7 @@
 
 from envs.costs.base import CostModel
 from envs.costs.catalog import MissingTableError, measured_combinations
-from envs.costs.factory import COST_SOURCES, build_cost_model
+from envs.costs.factory import COST_SOURCES, RooflineFallbackWarning, build_cost_model
 from envs.costs.roofline import RooflineCostModel
 from envs.costs.specs import (
     GPUS,
@@ -26,6 +26,7 @@ __all__ = [
     "MissingTableError",
     "ModelSpec",
     "RooflineCostModel",
+    "RooflineFallbackWarning",
     "TableCostModel",
     "UnknownSpecError",
     "get_gpu",

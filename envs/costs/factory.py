@@ -2,14 +2,14 @@
 
 Fallback rule: ``source="auto"`` uses measured tables (``TableCostModel``) where a table of
 token-level ops exists for the (model, GPU, TP) combination, and otherwise the roofline,
-logging a warning that says so; the model's ``source`` label ("measured" / "roofline")
-goes into every report either way.
+warning once per process that it did so (`RooflineFallbackWarning`); the model's
+``source`` label ("measured" / "roofline") goes into every report either way.
 """
 
 from __future__ import annotations
 
 import inspect
-import logging
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -21,7 +21,15 @@ from envs.costs.specs import get_gpu, get_model
 from envs.costs.table_model import TableCostModel
 
 COST_SOURCES = ("auto", "measured", "roofline")
-_log = logging.getLogger(__name__)
+
+
+class RooflineFallbackWarning(UserWarning):
+    """`source="auto"` found no measured table and fell back to the roofline model."""
+
+
+# Once per message and process, even when libraries reset the warning filters later (the
+# "default" action's per-module registry is cleared then; "once" keeps its own).
+warnings.filterwarnings("once", category=RooflineFallbackWarning)
 
 
 def _options_for(cls: type, options: dict[str, Any]) -> dict[str, Any]:
@@ -69,9 +77,11 @@ def build_cost_model(
             # source="measured" without a table: MissingTableError lists what exists.
             return TableCostModel(model, gpu, tensor_parallel, block_size=block_size,
                                   table_dirs=table_dirs, **_options_for(TableCostModel, options))
-        _log.warning(
-            "no measured cost table for %s on %s at TP%d: using the roofline model (reports "
-            "say source=roofline). Measured: %s", model, gpu, tensor_parallel,
-            available_text(table_dirs))
+        # A Python warning, not a log record: the warnings registry shows each distinct
+        # message once per process, so a run that builds one cost model per env says it once.
+        warnings.warn(
+            f"no measured cost table for {model} on {gpu} at TP{tensor_parallel}: using the "
+            f"roofline model (reports say source=roofline). Measured: "
+            f"{available_text(table_dirs)}", RooflineFallbackWarning, stacklevel=2)
     return RooflineCostModel(model, gpu, tensor_parallel=tensor_parallel, block_size=block_size,
                              **_options_for(RooflineCostModel, options))
