@@ -10,7 +10,7 @@
 Config: conf/config.yaml (groups env/ workload/ cost/ cluster/ agent/ logger/ experiment/;
 schemas in agents/config.py). Every run writes, into its own folder under outputs/train/
 (multirun: multirun/train/): resolved_config.yaml, metrics.json, eval.csv, comparison.md,
-comparison.png, training.png, model/ (model.zip, agent.json, vecnormalize.pkl),
+comparison.png, training.png, model/ (policy.pt, policy.json, agent.json; model.zip for resume),
 checkpoints/, sb3/progress.csv and wandb/. Nothing is overwritten. Returns the sweep
 metric: the agent's mean `eval.metric` over the evaluation windows. docs/training.md.
 """
