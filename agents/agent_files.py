@@ -7,7 +7,7 @@ code: kept only to resume training your own runs):
 * `policy.pt`: the policy network's `state_dict`, read back with
   `torch.load(weights_only=True)` (tensors only, no code);
 * `policy.json`: what rebuilds the network: its class, named from a fixed allowlist
-  (`POLICY_CLASSES`; nothing is imported by a name read from the file), the observation and
+  (`policy_classes()`; nothing is imported by a name read from the file), the observation and
   action spaces, and the constructor's `policy_kwargs` (plain numbers and lists);
 * `obs_normalizer.json` (only when trained with VecNormalize): the observation mean,
   variance, epsilon and clip, applied exactly as VecNormalize does.
@@ -31,7 +31,8 @@ POLICY_SPEC = "policy.json"
 NORMALIZER_FILE = "obs_normalizer.json"
 
 
-def _policy_classes() -> dict[str, type]:
+def policy_classes() -> dict[str, type]:
+    """The allowlist: class name -> the policy classes servegym saves."""
     from sb3_contrib.common.maskable.policies import MaskableActorCriticPolicy
     from stable_baselines3.common.policies import ActorCriticPolicy
     from stable_baselines3.dqn.policies import DQNPolicy
@@ -42,10 +43,6 @@ def _policy_classes() -> dict[str, type]:
             "MaskableActorCriticPolicy": MaskableActorCriticPolicy,
             "ScorerPolicy": ScorerPolicy, "MaskableScorerPolicy": MaskableScorerPolicy,
             "DQNPolicy": DQNPolicy}
-
-
-POLICY_CLASSES = ("ActorCriticPolicy", "MaskableActorCriticPolicy", "ScorerPolicy",
-                  "MaskableScorerPolicy", "DQNPolicy")
 
 
 class UnsafeAgentError(ValueError):
@@ -73,9 +70,6 @@ class LoadedModel:
     def __init__(self, policy: Any) -> None:
         self.policy = policy
         self.q_net = getattr(policy, "q_net", None)
-
-    def predict(self, observation: Any, deterministic: bool = True) -> Any:
-        return self.policy.predict(observation, deterministic=deterministic)
 
 
 # ---------------------------------------------------------------------- spaces
@@ -112,8 +106,8 @@ def policy_files(model: Any) -> dict[str, bytes]:
 
     policy = model.policy
     name = type(policy).__name__
-    if name not in POLICY_CLASSES:
-        raise ValueError(f"cannot save policy class {name}; known: {POLICY_CLASSES}")
+    if name not in policy_classes():
+        raise ValueError(f"cannot save policy class {name}; known: {sorted(policy_classes())}")
     # The optimizer does not act (A2C adds its RMSprop class here): not saved.
     kwargs = {key: value for key, value in (model.policy_kwargs or {}).items()
               if key not in ("optimizer_class", "optimizer_kwargs")}
@@ -147,13 +141,14 @@ def load_policy_files(folder: Path) -> tuple[LoadedModel, ObsNormalizer | None]:
     folder = Path(folder)
     spec = json.loads((folder / POLICY_SPEC).read_text())
     name = spec.get("class")
-    if name not in POLICY_CLASSES:
+    classes = policy_classes()
+    if name not in classes:
         raise UnsafeAgentError(f"{folder / POLICY_SPEC}: policy class {name!r} is not one of "
-                               f"{POLICY_CLASSES}")
+                               f"{sorted(classes)}")
     kwargs = spec.get("policy_kwargs") or {}
     if not isinstance(kwargs, dict):
         raise UnsafeAgentError(f"{folder / POLICY_SPEC}: policy_kwargs must be a mapping")
-    policy = _policy_classes()[name](space_from_json(spec["observation_space"]),
+    policy = classes[name](space_from_json(spec["observation_space"]),
                                      space_from_json(spec["action_space"]),
                                      lambda _: 0.0, **kwargs)
     state = torch.load(folder / POLICY_WEIGHTS, map_location="cpu", weights_only=True)
@@ -169,4 +164,5 @@ def load_policy_files(folder: Path) -> tuple[LoadedModel, ObsNormalizer | None]:
 
 
 __all__ = ["NORMALIZER_FILE", "POLICY_SPEC", "POLICY_WEIGHTS", "LoadedModel", "ObsNormalizer",
-           "UnsafeAgentError", "has_policy_files", "load_policy_files", "policy_files"]
+           "UnsafeAgentError", "has_policy_files", "load_policy_files", "policy_classes",
+           "policy_files"]

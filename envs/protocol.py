@@ -54,7 +54,7 @@ class InvalidActionError(ValueError):
 class Action(NamedTuple):
     """An answer: candidate `choice` (or STOP), a `target` for kinds of arity 2, and
     `swap` for PREEMPT. Immutable; a named tuple because one is made per decision and a
-    frozen dataclass of three fields costs 1.8x as much to build (the hot path)."""
+    frozen dataclass is slower to build (the simulator's hot path)."""
 
     choice: int
     swap: bool = False

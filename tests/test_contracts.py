@@ -98,7 +98,6 @@ class FakeCluster:
         self.cluster = slotted(ClusterView, sim, {"requests": self.requests,
                                                   "instances": [], "departed": []})
         self.cluster.departed.extend(requests[r.rid] for r in sim.departed)
-        self.real = {}
         for instance in sim.instances:
             bm = slotted(KVView, instance.bm, {
                 "num_free": instance.bm.num_free, "num_used": instance.bm.num_used,
@@ -111,7 +110,6 @@ class FakeCluster:
                 "batch": list(instance.batch),
                 "can_admit": self._on_real(instance.can_admit)})
             self.cluster.instances.append(fake)
-            self.real[id(fake)] = instance
         self.by_rid = {r.rid: r for r in sim.requests}
 
     def _on_real(self, method: Any) -> Any:

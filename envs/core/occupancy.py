@@ -12,26 +12,27 @@ from envs.core.request import Request
 
 
 class Occupancy:
-    """Mixin: arrival, departure and first-token logs, O(1) sums for the integral of
-    requests in the system."""
+    """Mixin: the episode's arrival times, departure and first-token logs, O(1) sums for
+    the integral of requests in the system."""
 
-    def reset_occupancy(self) -> None:
+    def reset_occupancy(self, arrival_times: list[float]) -> None:
+        """Empty logs for an episode whose requests arrive at `arrival_times` (sorted)."""
         self.departed: list[Request] = []  # finished or rejected, in order; read incrementally
         self.first_tokens: list[Request] = []  # requests in order of their first token
-        self.arrival_times: list[float] = []  # in arrival order (nondecreasing)
+        self.arrival_times = arrival_times  # every request's; the first `arrived_count` so far
         self.arrived_count = 0
         self.arrival_sum = 0.0
         self.departed_arrival_sum = 0.0
         self.departed_finish_sum = 0.0
 
     def record_arrival(self, request: Request) -> None:
-        self.arrival_times.append(request.arrival_time)
         self.arrived_count += 1
         self.arrival_sum += request.arrival_time
 
     def arrivals_since(self, time: float) -> int:
         """Requests that arrived at or after `time` (so far): the recent arrival rate."""
-        return self.arrived_count - bisect.bisect_left(self.arrival_times, time)
+        arrived = self.arrived_count
+        return arrived - bisect.bisect_left(self.arrival_times, time, 0, arrived)
 
     def record_first_token(self, request: Request) -> None:
         """A request produced its first token (its TTFT is settled)."""

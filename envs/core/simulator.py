@@ -117,12 +117,12 @@ class Simulator(Occupancy):
                     len(self.instances), pool.config, pool.cost, self.pool_kv_blocks[number],
                     self.pool_model_len[number], self, self.record_token_times, pool=number))
         self.requests: list[Request] = []
-        self.reset_occupancy()
+        self.reset_occupancy(workload.arrival_time.tolist())
         self._heap: list[tuple[float, int, int, int, int, int]] = []  # envs/core/events.py
         self._counter = itertools.count()
         self._generation = [0] * self.num_instances  # per instance: pending entries' validity
-        self._arrivals = workload.arrival_time.tolist()
-        self.next_arrival_time = self._arrivals[0] if self._arrivals else math.inf
+        arrivals = self.arrival_times
+        self.next_arrival_time = arrivals[0] if arrivals else math.inf
         self.admit_is_internal = DecisionKind.ADMIT in self.policies
         admit_policy = self.policies.get(DecisionKind.ADMIT)
         self.admit_head_only = bool(getattr(admit_policy, "head_of_line", False))
@@ -196,7 +196,7 @@ class Simulator(Occupancy):
         return end
 
     def _main_loop(self) -> Generator[Decision, Action, None]:
-        heap, arrivals, instances = self._heap, self._arrivals, self.instances
+        heap, arrivals, instances = self._heap, self.arrival_times, self.instances
         generation = self._generation
         heappop = heapq.heappop
         num_arrivals = len(arrivals)

@@ -504,9 +504,9 @@ class LiveBackend(Occupancy):
         for instance in self.instances:
             instance.reset_state()
         self.requests: list[Request] = []
-        self.reset_occupancy()
-        self._arrivals = workload.arrival_time.tolist()
-        self.next_arrival_time = self._arrivals[0] if self._arrivals else math.inf
+        self.reset_occupancy(workload.arrival_time.tolist())
+        arrivals = self.arrival_times
+        self.next_arrival_time = arrivals[0] if arrivals else math.inf
         self.admit_is_internal = DecisionKind.ADMIT in self.policies
         self.admit_head_only = False
         self._heap: list[tuple[float, int, int]] = []
@@ -579,7 +579,7 @@ class LiveBackend(Occupancy):
                                         request.prompt_len).tolist()
 
     def _main_loop(self) -> Generator[Decision, Action, None]:
-        arrivals, heap = self._arrivals, self._heap
+        arrivals, heap = self.arrival_times, self._heap
         cursor, count = 0, len(arrivals)
         while True:
             if heap and heap[0][0] < self.next_arrival_time:
