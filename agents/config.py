@@ -457,36 +457,16 @@ def _validate_interval(cfg: TrainConfig) -> None:
 
 
 def _validate_pools(cluster: ClusterConfig) -> None:
-    """Pools checked at composition: known instance and cost keys, a known GPU and model,
-    a role the simulator runs, a consistent instance count."""
-    from envs.build import COST_KEYS
-    from envs.core.cluster import PLANNED_ROLES, ROLES
-    from envs.costs.specs import get_gpu, get_model
+    """Pools checked at composition, by the builder's own checks (`envs.build.pool_settings`:
+    keys, instance settings, GPU and model names, count, role), and their instance count."""
+    from envs.build import pool_settings
 
     if not cluster.pools:
         return
-    total = 0
+    base = dataclasses.asdict(cluster.instance)
     for number, pool in enumerate(cluster.pools):
-        where = f"cluster.pools[{number}] ({pool.name})"
-        if pool.count < 1:
-            raise ValueError(f"{where}: count must be >= 1, got {pool.count}")
-        total += pool.count
-        if pool.role not in ROLES:
-            extra = (" (prefill/decode pools need KV transfers, not modelled yet)"
-                     if pool.role in PLANNED_ROLES else "")
-            raise ValueError(f"{where}: role {pool.role!r}: choose one of {ROLES}{extra}")
-        unknown = set(pool.instance) - set(InstanceConfig.__dataclass_fields__)
-        if unknown:
-            raise ValueError(f"{where}: unknown instance setting(s) {sorted(unknown)}; known: "
-                             f"{sorted(InstanceConfig.__dataclass_fields__)}")
-        unknown = set(pool.cost) - set(COST_KEYS)
-        if unknown:
-            raise ValueError(f"{where}: unknown cost key(s) {sorted(unknown)}; known: "
-                             f"{list(COST_KEYS)}")
-        if "gpu" in pool.cost:
-            get_gpu(str(pool.cost["gpu"]))  # an unknown GPU names the known ones
-        if "model" in pool.cost:
-            get_model(str(pool.cost["model"]))
+        pool_settings(number, dataclasses.asdict(pool), base)
+    total = sum(pool.count for pool in cluster.pools)
     if cluster.num_instances not in (1, total):
         raise ValueError(f"cluster.num_instances={cluster.num_instances} but cluster.pools "
                          f"hold {total} instances; set num_instances: {total} or drop it")

@@ -27,6 +27,34 @@ def instance_config(fields: Mapping[str, Any] | None) -> InstanceConfig:
     return InstanceConfig(**fields)
 
 
+def pool_settings(number: int, spec: Mapping[str, Any],
+                  instance: Mapping[str, Any] | None = None
+                  ) -> tuple[str, InstanceConfig, dict[str, Any]]:
+    """(name, instance config, cost overrides) of `cluster.pools[number]`, every key,
+    instance setting, count and role checked (train.py calls it at config composition)."""
+    from envs.core.cluster import check_count_and_role
+    from envs.costs.specs import get_gpu, get_model
+
+    spec = dict(spec)
+    unknown = set(spec) - set(POOL_KEYS)
+    if unknown:
+        raise ValueError(f"cluster.pools[{number}]: unknown key(s) {sorted(unknown)}; "
+                         f"known: {list(POOL_KEYS)}")
+    name = str(spec.get("name", f"pool{number}"))
+    check_count_and_role(name, spec.get("count", 1), str(spec.get("role", "mixed")))
+    config = instance_config({**dict(instance or {}), **dict(spec.get("instance") or {})})
+    cost_spec = dict(spec.get("cost") or {})
+    unknown = set(cost_spec) - set(COST_KEYS)
+    if unknown:
+        raise ValueError(f"cluster.pools[{number}] ({name}): unknown cost key(s) "
+                         f"{sorted(unknown)}; known: {list(COST_KEYS)}")
+    if "gpu" in cost_spec:
+        get_gpu(str(cost_spec["gpu"]))  # an unknown GPU names the known ones
+    if "model" in cost_spec:
+        get_model(str(cost_spec["model"]))
+    return name, config, cost_spec
+
+
 def build_pools(specs: Sequence[Mapping[str, Any]], cost_model: CostModel,
                 instance: Mapping[str, Any] | None = None) -> list[Pool]:
     """`Pool`s from a cluster config's `pools` list. Each entry: `name`, `count`, `role`
@@ -37,18 +65,7 @@ def build_pools(specs: Sequence[Mapping[str, Any]], cost_model: CostModel,
 
     pools = []
     for number, spec in enumerate(specs):
-        spec = dict(spec)
-        unknown = set(spec) - set(POOL_KEYS)
-        if unknown:
-            raise ValueError(f"cluster.pools[{number}]: unknown key(s) {sorted(unknown)}; "
-                             f"known: {list(POOL_KEYS)}")
-        name = str(spec.get("name", f"pool{number}"))
-        config = instance_config({**dict(instance or {}), **dict(spec.get("instance") or {})})
-        cost_spec = dict(spec.get("cost") or {})
-        unknown = set(cost_spec) - set(COST_KEYS)
-        if unknown:
-            raise ValueError(f"cluster.pools[{number}] ({name}): unknown cost key(s) "
-                             f"{sorted(unknown)}; known: {list(COST_KEYS)}")
+        name, config, cost_spec = pool_settings(number, spec, instance)
         cost = cost_model
         if cost_spec:
             base = {"model": getattr(cost_model.model, "name", cost_model.model),

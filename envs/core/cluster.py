@@ -40,16 +40,19 @@ class Pool:
     role: str = "mixed"
 
     def __post_init__(self) -> None:
-        if not isinstance(self.count, int) or self.count < 1:
-            raise ValueError(f"pool {self.name!r}: count must be a positive integer, got "
-                             f"{self.count!r}")
-        if self.role in PLANNED_ROLES:
-            raise ValueError(f"pool {self.name!r}: role {self.role!r} needs KV transfers "
-                             "between pools (prefill/decode disaggregation), which the "
-                             "simulator does not model yet; use role 'mixed'")
-        if self.role not in ROLES:
-            raise ValueError(f"pool {self.name!r}: unknown role {self.role!r}; choose one of "
-                             f"{ROLES}")
+        check_count_and_role(self.name, self.count, self.role)
+
+
+def check_count_and_role(name: str, count: Any, role: str) -> None:
+    """A pool's count and role, or a message naming the pool (also used at config time)."""
+    if not isinstance(count, int) or count < 1:
+        raise ValueError(f"pool {name!r}: count must be a positive integer, got {count!r}")
+    if role in PLANNED_ROLES:
+        raise ValueError(f"pool {name!r}: role {role!r} needs KV transfers between pools "
+                         "(prefill/decode disaggregation), which the simulator does not "
+                         "model yet; use role 'mixed'")
+    if role not in ROLES:
+        raise ValueError(f"pool {name!r}: unknown role {role!r}; choose one of {ROLES}")
 
 
 def check_pools(pools: Sequence[Pool]) -> tuple[Pool, ...]:
@@ -67,4 +70,4 @@ def check_pools(pools: Sequence[Pool]) -> tuple[Pool, ...]:
     return pools
 
 
-__all__ = ["PLANNED_ROLES", "ROLES", "Pool", "check_pools"]
+__all__ = ["PLANNED_ROLES", "ROLES", "Pool", "check_count_and_role", "check_pools"]
