@@ -49,7 +49,7 @@ def train_agent(config: TrainConfig, setting: training.Setting, run_dir: Path,
     warm: dict[str, Any] = {}
     if checkpoint is None:
         model = learners.build_model(config.agent, venv, config.seed)
-        warm = warm_start(config, setting, model)
+        warm = training.warm_start(config, setting, model)
     else:
         model = learners.load_model(config.agent, checkpoint, venv, config.seed)
         log.info("resumed from %s at %d timesteps", checkpoint, model.num_timesteps)
@@ -82,23 +82,6 @@ def train_agent(config: TrainConfig, setting: training.Setting, run_dir: Path,
                      "train_value": evaluator.best_value if best else None,
                      "folder": str(best or run_dir / "model")}}
     return {"best": best or run_dir / "model", "last": run_dir / "model"}, info
-
-
-def warm_start(config: TrainConfig, setting: training.Setting, model: Any) -> dict[str, Any]:
-    """Clone the teacher (`agent.warm_start`, agents/imitation.py) into a fresh model; {}
-    without one."""
-    spec, scores = training.choose_teacher(config, setting)
-    if spec is None:
-        return {}
-    from agents.imitation import warm_start as clone_teacher
-
-    env = learners.make_env(config.env.id, setting.kwargs, config.env.policies, monitor=False)()
-    teacher = training.heuristic_factory(spec, setting.controlled, config.env.policies)
-    facts = clone_teacher(model, env, teacher, config.agent.warm_start, config.seed)
-    env.close()
-    log.info("warm start: cloned %s from %d decisions (agreement %.3f)", spec,
-             facts["samples"], facts["agreement"])
-    return {"teacher": spec, "teacher_scores": scores, **facts}
 
 
 def run(cfg: DictConfig, run_dir: Path, overrides: list[str], command: str) -> float:

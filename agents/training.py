@@ -17,6 +17,7 @@ train.py calls these in order; each is a spec'd step that tests can call on its 
 from __future__ import annotations
 
 import json
+import logging
 import platform
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -46,10 +47,12 @@ from agents.evaluation import (
     write_rows_csv,
 )
 from agents.learned import KIND_ORDER, KINDS
-from agents.learners import env_kwargs, latest_checkpoint, workload_arguments
+from agents.learners import env_kwargs, latest_checkpoint, make_env, workload_arguments
 from envs.core.decisions import default_policies
 from envs.core.metrics import atomic_write
 from envs.protocol import DecisionKind, Policy
+
+log = logging.getLogger("train")
 
 SCHEMA_OF_ALGO = {"maskable_ppo": PPOConfig, "ppo": PPOConfig, "a2c": A2CConfig,
                   "dqn": DQNConfig, "heuristic": HeuristicConfig}
@@ -251,6 +254,26 @@ def choose_teacher(config: TrainConfig, setting: Setting
     scores = {label: float(means[config.eval.metric])
               for label, means in policy_means(rows).items()}
     return max(specs, key=lambda s: scores[s]), scores  # ties: the earlier in registry order
+
+
+def warm_start(config: TrainConfig, setting: Setting, model: Any) -> dict[str, Any]:
+    """Clone the teacher (`agent.warm_start`, agents/imitation.py; `choose_teacher`) into a
+    fresh model, in place; what `metrics.json` records as `train.warm_start` ({} without a
+    teacher). train.py and experiments/bench_train.py both start training here."""
+    spec, scores = choose_teacher(config, setting)
+    if spec is None:
+        return {}
+    from agents.imitation import warm_start as clone_teacher
+
+    env = make_env(config.env.id, setting.kwargs, config.env.policies, monitor=False)()
+    try:
+        teacher = heuristic_factory(spec, setting.controlled, config.env.policies)
+        facts = clone_teacher(model, env, teacher, config.agent.warm_start, config.seed)
+    finally:
+        env.close()
+    log.info("warm start: cloned %s from %d decisions (agreement %.3f)", spec,
+             facts["samples"], facts["agreement"])
+    return {"teacher": spec, "teacher_scores": scores, **facts}
 
 
 def keep_best(run_dir: Path, best_checkpoint: Path | None) -> Path | None:

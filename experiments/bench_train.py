@@ -21,9 +21,13 @@ e) time to the best heuristic: the default config trains while every `--eval-eve
    the greedy model is evaluated (`policy_from_model`, `scheduler_for`, `compare`) on the
    training-split windows of train.py's periodic evaluation (`periodic_episodes`), beside
    the best admission heuristic on the same windows (every heuristic of the controlled
-   kinds, evaluated once at the start; best by mean `serving/goodput_rps`). Training wall
-   time excludes evaluation; it stops at the heuristic's goodput, `--max-steps` or
-   `--max-minutes` of training.
+   kinds, evaluated once at the start; best by mean `serving/goodput_rps`). Training
+   starts as train.py's does, with the warm start (`agents.training.warm_start`: the
+   teacher's choice on training windows, its demonstrations and the clone; none with
+   `agent.warm_start.teacher=null`), whose wall time counts as training time; the first
+   evaluation is of the warm-started model. Training wall time excludes the periodic
+   evaluations; it stops at the heuristic's goodput, `--max-steps` or `--max-minutes` of
+   training.
 
 Wall time (perf_counter) is the figure; the machine has 2 shared cores, so each row also
 has the process CPU time (this process only: SubprocVecEnv workers are not counted) and the
@@ -258,16 +262,17 @@ class Probe(BaseCallback):
     when training (evaluation excluded) has run `cap_s` seconds."""
 
     def __init__(self, every: int, evaluate: Callable[[], float], target: float,
-                 cap_s: float) -> None:
+                 cap_s: float, before_s: float = 0.0) -> None:
         super().__init__()
         self.every, self.evaluate, self.target, self.cap_s = every, evaluate, target, cap_s
+        self.before_s = before_s  # training time spent before `learn` (the warm start)
         self.eval_s, self.started, self.last = 0.0, 0.0, 0
         self.eval_before_s = 0.0  # the evaluation at step 0, before `learn`
         self.trajectory: list[dict[str, Any]] = []
         self.stop_reason = ""
 
     def train_s(self) -> float:
-        return time.perf_counter() - self.started - self.eval_s
+        return self.before_s + time.perf_counter() - self.started - self.eval_s
 
     def record(self, steps: int, train_s: float) -> float:
         load = os.getloadavg()[0]
@@ -314,15 +319,27 @@ def time_to_heuristic(config: TrainConfig, args: argparse.Namespace) -> dict[str
           flush=True)
     venv = learners.build_vec_env(config, setting.kwargs)
     model = learners.build_model(config.agent, venv, config.seed)
+    warm: dict[str, Any] = {}
+    with measured(warm):  # train.py's warm start (teacher choice, demonstrations, clone)
+        facts = training.warm_start(config, setting, model)
     probe = Probe(args.eval_every, lambda: agent_goodput(model, setting, episodes),
-                  heuristics["best_goodput"], 60.0 * args.max_minutes)
-    probe.record(0, 0.0)
+                  heuristics["best_goodput"], 60.0 * args.max_minutes, warm["wall_s"])
     row: dict[str, Any] = {}
-    with measured(row):
-        model.learn(args.max_steps, callback=[EpisodeServing(), probe])
+    if probe.record(0, warm["wall_s"]) >= probe.target:
+        probe.stop_reason = "reached the best heuristic (the warm-started model)"
+        probe.eval_before_s, probe.eval_s = probe.eval_s, 0.0
+        row.update(wall_s=0.0, cpu_s=0.0, load_before=warm["load_before"],
+                   load_after=warm["load_after"])
+    else:
+        with measured(row):
+            model.learn(args.max_steps, callback=[EpisodeServing(), probe])
     venv.close()
     return {**row, "heuristics": heuristics, "trajectory": probe.trajectory,
-            "steps": int(model.num_timesteps), "train_s": row["wall_s"] - probe.eval_s,
+            "warm_start": {"wall_s": warm["wall_s"], "teacher": facts.get("teacher"),
+                           "agreement": facts.get("agreement"),
+                           "samples": facts.get("samples")},
+            "steps": int(model.num_timesteps),
+            "train_s": warm["wall_s"] + row["wall_s"] - probe.eval_s,
             "eval_s": probe.eval_s + probe.eval_before_s, "episodes": len(episodes),
             "requests": len(episodes[0].workload) if episodes else 0,
             "stop": probe.stop_reason or f"max steps ({args.max_steps})",
@@ -423,6 +440,15 @@ def headlines(learn: list[dict], result: dict | None) -> list[str]:
     return lines
 
 
+def warm_line(result: dict) -> str:
+    warm = result.get("warm_start") or {}
+    if not warm.get("teacher"):
+        return f"No warm start ({warm.get('wall_s', 0.0):.0f} s choosing none)."
+    return (f"Warm start (counted as training, the row at step 0): {warm['wall_s']:.0f} s, "
+            f"teacher {warm['teacher']}, {warm['samples']:,} decisions, agreement "
+            f"{warm['agreement']:.3f}.")
+
+
 def markdown(payload: dict, learn_tables: tuple[str, str], result: dict | None) -> str:
     parts = [f"# Training speed ({payload['created']})", "",
              f"Command: `{payload['command']}`", "",
@@ -438,8 +464,8 @@ def markdown(payload: dict, learn_tables: tuple[str, str], result: dict | None) 
                   f"{result['episodes']} windows of {result['requests']} requests of the "
                   f"training split; evaluation every {payload['eval_every']:,} steps "
                   f"({result['eval_s']:.0f} s of evaluation, excluded from the training "
-                  f"time; heuristics {result['heuristics']['eval_s']:.0f} s). Stopped: "
-                  f"{result['stop']}; load {loads(result)}.", "",
+                  f"time; heuristics {result['heuristics']['eval_s']:.0f} s). "
+                  f"{warm_line(result)} Stopped: {result['stop']}; load {loads(result)}.", "",
                   trajectory_table(result), "", heuristic_table(result), ""]
     return "\n".join(parts)
 
