@@ -17,6 +17,7 @@ Hyperparameter fields carry stable-baselines3's own names and defaults (SB3 2.x)
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 from dataclasses import dataclass, field
 from typing import Any
@@ -416,6 +417,8 @@ def validate(cfg: TrainConfig) -> None:
         raise ValueError(f"eval.metric={cfg.eval.metric!r}: name a serving/ metric, "
                          "e.g. serving/goodput_rps")
     _validate_env(cfg.env)
+    _validate_agent(cfg.agent)
+    _validate_cluster(cfg.cluster)
     _validate_interval(cfg)
     _validate_warm_start(cfg)
     _validate_pools(cfg.cluster)
@@ -428,12 +431,88 @@ def _validate_env(env: EnvConfig) -> None:
 
     if env.num_slots < 1:
         raise ValueError(f"env.num_slots must be >= 1, got {env.num_slots}")
+    if env.episode_requests < 1:
+        raise ValueError(f"env.episode_requests must be >= 1 (requests per training "
+                         f"episode), got {env.episode_requests}")
+    if env.rate is not None and not (math.isfinite(env.rate) and env.rate > 0):
+        raise ValueError(f"env.rate must be a finite req/s > 0 or null (the trace's own "
+                         f"rate), got {env.rate}")
     check_keys(env.admit_keys, ADMIT_KEYS, "env.admit_keys", env.num_slots)
     check_keys(env.preempt_keys, PREEMPT_KEYS, "env.preempt_keys", env.num_slots)
     if env.episode_end not in EPISODE_ENDS:
         raise ValueError(f"env.episode_end={env.episode_end!r}: choose one of {EPISODE_ENDS}")
     if not env.interval_s > 0:
         raise ValueError(f"env.interval_s must be positive, got {env.interval_s}")
+
+
+# (low, high, low included, high included) of the numeric agent hyperparameters, by name;
+# None: unbounded. A field absent from an algorithm's schema is not checked for it.
+AGENT_BOUNDS: dict[str, tuple[float | None, float | None, bool, bool]] = {
+    "total_timesteps": (0, None, True, False),
+    "clip_obs": (0, None, False, False),
+    "scorer_hidden": (1, None, True, False), "scorer_embed": (1, None, True, False),
+    "learning_rate": (0, None, False, False),
+    "n_steps": (1, None, True, False), "batch_size": (1, None, True, False),
+    "n_epochs": (1, None, True, False),
+    "gamma": (0, 1, False, True), "gae_lambda": (0, 1, True, True),
+    "clip_range": (0, None, False, False), "ent_coef": (0, None, True, False),
+    "vf_coef": (0, None, True, False), "max_grad_norm": (0, None, False, False),
+    "target_kl": (0, None, False, False), "rms_prop_eps": (0, None, False, False),
+    "buffer_size": (1, None, True, False), "learning_starts": (0, None, True, False),
+    "tau": (0, 1, False, True), "train_freq": (1, None, True, False),
+    "gradient_steps": (1, None, True, False), "target_update_interval": (1, None, True, False),
+    "exploration_fraction": (0, 1, True, True),
+    "exploration_initial_eps": (0, 1, True, True), "exploration_final_eps": (0, 1, True, True),
+}
+
+
+def _in_bounds(value: float, bounds: tuple[float | None, float | None, bool, bool]) -> bool:
+    low, high, low_in, high_in = bounds
+    if not math.isfinite(value):
+        return False
+    if low is not None and (value < low or (value == low and not low_in)):
+        return False
+    return high is None or value < high or (value == high and high_in)
+
+
+def _bounds_text(bounds: tuple[float | None, float | None, bool, bool]) -> str:
+    low, high, low_in, high_in = bounds
+    if high is None:
+        return f"{'>=' if low_in else '>'} {low:g}"
+    return f"in {'[' if low_in else '('}{low:g}, {high:g}{']' if high_in else ')'}"
+
+
+def _validate_agent(agent: AgentConfig) -> None:
+    """Every numeric hyperparameter within its range (`AGENT_BOUNDS`), so a value SB3 or
+    torch would trip on mid-run (batch_size=0, gamma=1.5) fails at composition."""
+    for item in dataclasses.fields(agent):
+        bounds = AGENT_BOUNDS.get(item.name)
+        value = getattr(agent, item.name)
+        if bounds is None or value is None:
+            continue
+        if not _in_bounds(float(value), bounds):
+            raise ValueError(f"agent.{item.name}={value!r}: must be {_bounds_text(bounds)} "
+                             f"(agent.algo={agent.algo})")
+    if not agent.net_arch or any(width < 1 for width in agent.net_arch):
+        raise ValueError(f"agent.net_arch={list(agent.net_arch)}: give one or more hidden "
+                         "layer widths, each >= 1")
+    if getattr(agent, "normalize_advantage", False) and getattr(agent, "batch_size", 2) < 2:
+        raise ValueError(f"agent.batch_size={agent.batch_size}: advantage normalisation "
+                         "needs minibatches of 2 or more; raise batch_size or set "
+                         "agent.normalize_advantage=false")
+
+
+def _validate_cluster(cluster: ClusterConfig) -> None:
+    """The instance settings, checked by `InstanceConfig` itself (envs.build.instance_config)
+    at composition, and the instance count."""
+    from envs.build import instance_config
+
+    if cluster.num_instances < 1:
+        raise ValueError(f"cluster.num_instances must be >= 1, got {cluster.num_instances}")
+    try:
+        instance_config(dataclasses.asdict(cluster.instance))
+    except ValueError as error:
+        raise ValueError(f"cluster.instance: {error}") from None
 
 
 def _interval_id(env_id: str) -> bool:

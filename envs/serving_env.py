@@ -274,8 +274,7 @@ class ServingEnv(gym.Env):
             if self._decision is not None:
                 break
         else:
-            raise RuntimeError("ten episodes in a row asked no decision of the agent; "
-                               "check `control` against the cluster (routing needs 2+ instances)")
+            raise RuntimeError(self._no_decision_reason())
         self.rewards.step(self.sim.now)
         observation = self.encoder.encode(self._decision, self.sim)
         return observation, {"action_mask": self.encoder.mask.copy(),
@@ -326,6 +325,19 @@ class ServingEnv(gym.Env):
         if not 0 <= value < self.action_space.n:
             raise InvalidActionError(f"action {value} is outside {self.action_space}")
         return value
+
+    def _no_decision_reason(self) -> str:
+        """Why ten episodes in a row asked nothing: every request refused (too long for the
+        context or the KV cache, named with the first reason), else the controls."""
+        requests = self.sim.requests
+        reasons = [r.reject_reason for r in requests if r.status == REJECTED]
+        if requests and len(reasons) == len(requests):
+            return (f"every request of ten episodes in a row was rejected before it could be "
+                    f"scheduled (first: {reasons[0]}); raise the cluster's KV capacity "
+                    f"(num_kv_blocks, gpu_memory_utilization) or max_model_len, or use a "
+                    f"workload whose requests fit (e.g. workload max_total_tokens)")
+        return ("ten episodes in a row asked no decision of the agent; check `control` "
+                "against the cluster (routing needs 2+ instances)")
 
     def _past_horizon(self, now: float) -> bool:
         """True once every request has arrived and each one still in the system is a

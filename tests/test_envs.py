@@ -174,3 +174,11 @@ def test_episodes_by_trace_time() -> None:
     np.testing.assert_array_equal(env._slice(np.random.default_rng(9)), expected)
     with pytest.raises(ValueError, match="episode_seconds"):
         gym.make("servegym/Admission-v0", episode_seconds=0.0)
+
+
+def test_a_cluster_too_small_for_every_request_says_so_at_reset() -> None:
+    env = gym.make("servegym/Admission-v0", episode_requests=16,
+                   cluster={"num_instances": 1, "instance": {"max_model_len": 8}})
+    with pytest.raises(RuntimeError, match=r"every request .* was rejected .*exceeds_context"):
+        env.reset(seed=0)
+    env.close()

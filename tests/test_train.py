@@ -128,6 +128,19 @@ def test_bad_overrides_fail_with_a_clear_message(override: str, message: str) ->
     (["logger.kind=tensorboard"], "logger.kind"),
     (["eval.metric=ttft"], "serving/ metric"),
     (["agent.algo=sac"], "agent.algo='sac'"),
+    (["env.episode_requests=0"], "env.episode_requests must be >= 1"),
+    (["env.rate=-3"], "env.rate must be a finite req/s > 0"),
+    (["agent.batch_size=0"], r"agent.batch_size=0: must be >= 1"),
+    (["agent.batch_size=1"], "advantage normalisation needs minibatches of 2"),
+    (["agent.gamma=1.5"], r"agent.gamma=1.5: must be in \(0, 1\]"),
+    (["agent.learning_rate=0"], "agent.learning_rate=0.0: must be > 0"),
+    (["agent.net_arch=[]"], "agent.net_arch"),
+    (["agent=dqn", "env.invalid_action=fallback", "agent.exploration_final_eps=2"],
+     "exploration_final_eps=2.0: must be in"),
+    (["cluster.instance.max_model_len=0"], "max_model_len must be >= 1"),
+    (["cluster.instance.max_model_len=-5"], "max_model_len must be >= 1"),
+    (["cluster.instance.gpu_memory_utilization=1.5"], "gpu_memory_utilization"),
+    (["cluster.num_instances=0"], "cluster.num_instances must be >= 1"),
 ])
 def test_invalid_values_are_refused_before_any_work(overrides: list[str], message: str) -> None:
     with pytest.raises(ValueError, match=message):

@@ -76,6 +76,12 @@ class InstanceConfig:
             raise ValueError(f"num_kv_blocks must be positive, got {self.num_kv_blocks}")
         if self.swap_space_blocks < 0:
             raise ValueError(f"swap_space_blocks must be >= 0, got {self.swap_space_blocks}")
+        if self.max_model_len is not None and self.max_model_len < 1:
+            raise ValueError(f"max_model_len must be >= 1 token or None (the model's context "
+                             f"length), got {self.max_model_len}")
+        if not 0 < self.gpu_memory_utilization <= 1:
+            raise ValueError(f"gpu_memory_utilization is a fraction in (0, 1], got "
+                             f"{self.gpu_memory_utilization}")
 
 
 class TokenGaps:
