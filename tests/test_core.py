@@ -271,3 +271,26 @@ def test_kv_utilisation_series_tracks_blocks(affine: AffineCost) -> None:
     assert used[0] == pytest.approx(4 / 10)  # the 64-token prompt's 4 blocks at the first plan
     assert report.summary["serving/kv_utilisation_peak"] <= 1.0
     assert 0.4 <= report.summary["serving/kv_utilisation_mean"] <= 0.6
+
+
+def test_a_workload_beyond_the_horizon_is_refused_not_simulated_forever() -> None:
+    from envs.core.simulator import MAX_TIME_S
+
+    sim = Simulator(AffineCost(), InstanceConfig(num_kv_blocks=64))
+    far = make_workload([0.0, MAX_TIME_S * 10], [16, 16], [4, 4])
+    with pytest.raises(ValueError, match="beyond the simulator's horizon"):
+        sim.reset(far)
+    near = make_workload([0.0, MAX_TIME_S], [16, 16], [4, 4])
+    sim.run(near)
+    assert [r.finish_time > MAX_TIME_S for r in sim.requests] == [False, True]
+
+
+@pytest.mark.parametrize("horizon", [1e-3, 1.0, 1e9, 1e57, 1e300])
+def test_first_reaching_ends_for_any_horizon(horizon: float) -> None:
+    from envs.core.instance import _elapsed, _first_reaching
+
+    count = _first_reaching(0.01, 1e-6, 4, 100, horizon)
+    assert count >= 1
+    if horizon <= 1e9:  # exact where a float clock can tell one iteration from the next
+        assert _elapsed(0.01, 1e-6, 4, 100, count) >= horizon
+        assert count == 1 or _elapsed(0.01, 1e-6, 4, 100, count - 1) < horizon

@@ -761,6 +761,9 @@ def _elapsed(base: float, slope: float, n: int, context: int, iterations: int) -
     return iterations * (base + slope * context) + slope * n * (iterations * (iterations - 1) / 2)
 
 
+SETTLE_STEPS = 8  # _first_reaching's exact-count corrections (the rounding needs 1 or 2)
+
+
 def _first_reaching(base: float, slope: float, n: int, context: int, horizon: float) -> int:
     """Smallest iteration count >= 1 whose run lasts at least `horizon` seconds."""
     a = slope * n / 2
@@ -769,9 +772,14 @@ def _first_reaching(base: float, slope: float, n: int, context: int, horizon: fl
         return 1
     estimate = (-b + math.sqrt(b * b + 4 * a * horizon)) / (2 * a) if a > 0 else horizon / b
     count = max(1, math.ceil(estimate))
-    # The quadratic's rounding can be off by one either way; settle it exactly.
-    while count > 1 and _elapsed(base, slope, n, context, count - 1) >= horizon:
-        count -= 1
-    while _elapsed(base, slope, n, context, count) < horizon:
-        count += 1
+    # The quadratic's rounding can be off by one either way; settle it exactly, in a
+    # bounded number of steps: far beyond any simulated horizon (Simulator.MAX_TIME_S),
+    # where adding one iteration no longer changes the float sum, the estimate stands.
+    for _ in range(SETTLE_STEPS):
+        if count > 1 and _elapsed(base, slope, n, context, count - 1) >= horizon:
+            count -= 1
+        elif _elapsed(base, slope, n, context, count) < horizon:
+            count += 1
+        else:
+            break
     return count

@@ -34,6 +34,10 @@ if TYPE_CHECKING:
     from envs.workloads.workload import Workload
 
 INSTANCE = EventKind.INSTANCE
+# The latest arrival a workload may have, in seconds (about 31.7 years): far beyond any
+# trace, and small enough that a float clock still resolves microseconds' worth of
+# iterations there, so every time-advancing loop ends (a row at 1e57 s would not).
+MAX_TIME_S = 1e9
 
 
 class Simulator(Occupancy):
@@ -105,6 +109,11 @@ class Simulator(Occupancy):
                 f"workload prefix hashes use {workload.prefix_block_size}-token blocks but the "
                 f"instances use {self.config.block_size}; rebuild the hashes at the KV block size"
             )
+        if len(workload) and not float(workload.arrival_time[-1]) <= MAX_TIME_S:
+            raise ValueError(
+                f"the workload's last arrival is at {float(workload.arrival_time[-1]):g} s, "
+                f"beyond the simulator's horizon of {MAX_TIME_S:g} s (about 31 years): check "
+                "the trace's timestamps and their unit (a typo year, or ms read as s)")
         self.workload = workload
         self.rng = np.random.default_rng(seed)
         reset_policies(self.policies, self.rng)
