@@ -140,7 +140,7 @@ def main(cfg: DictConfig) -> float:
     command = " ".join(["python train.py", *overrides])
     try:
         return run(cfg, run_dir, overrides, command)
-    except Exception as error:
+    except BaseException as error:  # Ctrl-C (KeyboardInterrupt) and SystemExit too
         training.write_failure(run_dir, error, command)
         raise
 

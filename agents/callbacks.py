@@ -62,21 +62,38 @@ class ProgressBar(BaseCallback):
 
 
 class _Every(BaseCallback):
-    """Fires `fire()` whenever the timestep count crosses a multiple of `freq`."""
+    """Fires `fire()` once the timestep count has crossed a multiple of `freq`, at the next
+    point where the model is consistent: the start of the next rollout (after the update
+    that learnt from the steps counted) or the end of training. A checkpoint taken
+    mid-rollout would hold weights that have not learnt from steps its timestep count
+    includes, so resuming from it would silently skip them."""
 
     def __init__(self, freq: int) -> None:
         super().__init__()
         self.freq = freq
         self.last = 0
+        self.pending = False
 
     def _on_training_start(self) -> None:
         self.last = self.model.num_timesteps // self.freq if self.freq else 0
+        self.pending = False
 
     def _on_step(self) -> bool:
         if self.freq and self.model.num_timesteps // self.freq > self.last:
             self.last = self.model.num_timesteps // self.freq
-            self.fire()
+            self.pending = True
         return True
+
+    def _on_rollout_start(self) -> None:
+        self._fire_pending()
+
+    def _on_training_end(self) -> None:
+        self._fire_pending()
+
+    def _fire_pending(self) -> None:
+        if self.pending:
+            self.pending = False
+            self.fire()
 
     def fire(self) -> None:
         raise NotImplementedError

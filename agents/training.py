@@ -98,11 +98,31 @@ def resume_config(container: Mapping[str, Any], overrides: Sequence[str]
     if extra:
         raise ValueError(f"resume={run} continues that run with its own config; drop the "
                          f"other overrides {extra} (or start a new run)")
-    checkpoint = latest_checkpoint(run)
+    checkpoint = resume_point(run)
     config = OmegaConf.to_container(OmegaConf.load(saved), resolve=True)
     for key in RESUME_KEEPS:
         config[key] = container[key]
     return config, checkpoint
+
+
+def resume_point(run: Path) -> Path:
+    """What `resume=<run>` continues from: the saved agent with the most timesteps among the
+    run's complete checkpoints and its final `model/` (a finished run resumes from its last
+    model, not an older checkpoint); a clear error when there is none."""
+    from agents.learners import AGENT_FILE, MODEL_FILE, checkpoints
+
+    found = list(checkpoints(run))
+    final = Path(run) / "model"
+    if (final / AGENT_FILE).is_file() and (final / MODEL_FILE).is_file():
+        found.append(final)
+    if not found:
+        return latest_checkpoint(run)  # its message says how checkpoints are written
+
+    def timesteps(folder: Path) -> tuple[int, bool]:  # ties: the final model
+        saved = json.loads((folder / AGENT_FILE).read_text())
+        return int(saved.get("timesteps", -1)), folder == final
+
+    return max(found, key=timesteps)
 
 
 def save_resolved_config(run_dir: Path, container: Mapping[str, Any]) -> Path:
@@ -400,11 +420,16 @@ def write_results(run_dir: Path, config: TrainConfig, container: Mapping[str, An
 
 
 def write_failure(run_dir: Path, error: BaseException, command: str) -> Path | None:
-    """`failed.json` with the error, so sweeps and aggregation see which job failed."""
+    """`failed.json` with the error (or the interruption: Ctrl-C, SystemExit) and its reason,
+    so sweeps and aggregation see which job failed and why."""
     import traceback
 
-    payload = {"status": "failed", "command": command, "error": repr(error),
-               "traceback": traceback.format_exception(error)}
+    interrupted = isinstance(error, KeyboardInterrupt | SystemExit)
+    payload = {"status": "interrupted" if interrupted else "failed", "command": command,
+               "reason": ("interrupted by the user (Ctrl-C)" if isinstance(error, KeyboardInterrupt)
+                          else f"exited ({error.code!r})" if isinstance(error, SystemExit)
+                          else f"{type(error).__name__}: {error}"),
+               "error": repr(error), "traceback": traceback.format_exception(error)}
     try:
         return atomic_write(Path(run_dir) / "failed.json",
                             lambda h: json.dump(payload, h, indent=2))

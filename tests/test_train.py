@@ -338,3 +338,29 @@ def test_wandb_offline_run_holds_the_run(tmp_path: Path, monkeypatch: pytest.Mon
                      b"train/value_loss", b"rollout/ep_rew_mean"):
         assert expected in data, expected
     assert list(runs[0].glob("files/media/images/eval/comparison_*.png"))
+
+
+def test_periodic_callbacks_fire_between_rollouts_not_mid_rollout() -> None:
+    from types import SimpleNamespace
+
+    from agents.callbacks import _Every
+
+    class Recorder(_Every):
+        def __init__(self, freq: int) -> None:
+            super().__init__(freq)
+            self.fired: list[int] = []
+
+        def fire(self) -> None:
+            self.fired.append(self.model.num_timesteps)
+
+    recorder = Recorder(100)
+    recorder.model = SimpleNamespace(num_timesteps=0)
+    recorder._on_training_start()
+    for _ in range(5):  # five rollouts of 64 steps, each followed by an update
+        recorder._on_rollout_start()
+        for _ in range(64):
+            recorder.model.num_timesteps += 1
+            recorder._on_step()
+    recorder._on_training_end()
+    # crossings at 100, 200 and 300 fire when the next rollout starts (128, 256) or at the end
+    assert recorder.fired == [128, 256, 320]

@@ -107,6 +107,44 @@ def test_killed_run_resumes_from_its_last_checkpoint(tmp_path: Path) -> None:
     assert sorted(first.glob("checkpoints/step_*")) == saved  # the killed run is untouched
 
 
+def test_ctrl_c_writes_an_interrupted_record(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    args = ["agent.total_timesteps=100000", "agent.n_envs=1", "agent.n_steps=64",
+            "agent.batch_size=64", "agent.n_epochs=1", "checkpoint.freq=128",
+            *[o for o in TINY if "checkpoint" not in o], f"hydra.run.dir={run}"]
+    env = {**os.environ, "WANDB_MODE": "disabled"}
+    process = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *args], cwd=tmp_path,
+                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while not list(run.glob("checkpoints/step_*/agent.json")):  # training is under way
+        assert process.poll() is None, process.stderr.read().decode()
+        assert time.monotonic() < deadline, "no checkpoint within 2 minutes"
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    assert process.wait(timeout=60) != 0
+    record = json.loads((run / "failed.json").read_text())
+    assert record["status"] == "interrupted"
+    assert record["reason"] == "interrupted by the user (Ctrl-C)"
+    assert not (run / "metrics.json").exists()
+
+
+def test_a_finished_run_resumes_from_its_final_model(tmp_path: Path) -> None:
+    first = tmp_path / "first"
+    args = ["agent.total_timesteps=512", "agent.n_envs=1", "agent.n_steps=64",
+            "agent.batch_size=64", "agent.n_epochs=1", "checkpoint.freq=200",
+            *[o for o in TINY if "checkpoint" not in o], f"hydra.run.dir={first}"]
+    train(args, tmp_path)
+    steps = [json.loads((p / "agent.json").read_text())["timesteps"]
+             for p in sorted(first.glob("checkpoints/step_*"))]
+    assert steps and all(s % 64 == 0 for s in steps)  # taken between rollouts
+    assert steps == [256, 448]  # crossings of 200 and 400, saved at the next rollout
+    second = tmp_path / "second"
+    train([f"resume={first}", "progress=false", f"hydra.run.dir={second}"], tmp_path)
+    metrics = json.loads((second / "metrics.json").read_text())
+    assert Path(metrics["train"]["resumed_from"]) == first / "model"
+    assert metrics["train"]["timesteps"] == 512
+
+
 def test_optuna_sweeper_returns_the_sweep_metric(tmp_path: Path) -> None:
     pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
     sweep = tmp_path / "optuna"
