@@ -28,6 +28,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from agents import learners, training
+from agents.agent_files import has_training_state
 from agents.callbacks import Checkpoints, EpisodeServing, ProgressBar, ServingEvaluation
 from agents.config import TrainConfig, register_configs
 from agents.evaluation import compare, comparison_table
@@ -43,7 +44,9 @@ def train_agent(config: TrainConfig, setting: training.Setting, run_dir: Path,
     """Train (or resume) the SB3 agent, save it to `<run dir>/model/` (the last model) and
     `<run dir>/best/` (the best by the periodic evaluation on training windows; the last
     model when there was none), and return those folders and training facts."""
-    vecnorm = checkpoint / learners.VECNORM_FILE if checkpoint else None
+    # A pickle-free checkpoint restores VecNormalize's statistics from its own files.
+    legacy = checkpoint is not None and not has_training_state(checkpoint)
+    vecnorm = checkpoint / learners.VECNORM_FILE if legacy else None
     venv = learners.build_vec_env(config, setting.kwargs,
                                   vecnorm if vecnorm and vecnorm.exists() else None)
     warm: dict[str, Any] = {}

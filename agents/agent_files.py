@@ -1,8 +1,10 @@
 """Agent folders that load without running code from them.
 
-A saved agent (agents/learners.py `save_agent`) holds, besides SB3's `model.zip` (which
-SB3 reads back through cloudpickle, so opening a folder someone sent you could run their
-code: kept only to resume training your own runs):
+A saved agent (agents/learners.py `save_agent`) holds, besides SB3's own `model.zip` and
+`vecnormalize.pkl` (which SB3 reads back through cloudpickle and pickle, so opening a
+folder someone sent you could run their code; written so that SB3 and rl-zoo3 tools can
+open servegym agents, and read by servegym only for folders saved before the files below
+existed, behind an explicit opt-in):
 
 * `policy.pt`: the policy network's `state_dict`, read back with
   `torch.load(weights_only=True)` (tensors only, no code);
@@ -15,6 +17,16 @@ code: kept only to resume training your own runs):
 `load_policy_files(folder)` returns an object with the policy (`.policy`, and `.q_net` for
 DQN) and the normaliser. A folder without these files (saved before they existed) holds
 only pickled files: loading it needs `allow_pickle=True`, which warns (agents/learned.py).
+
+What resuming training needs beyond the policy, also without pickle
+(`training_state_files` writes, `restore_training_state` reads into a model that
+`agents.learners.build_model` has just built from the run's recorded config):
+
+* `optimizer.pt`: the optimizer's `state_dict` (`torch.load(weights_only=True)`);
+* `training_state.json`: the counters (timesteps, updates, calls, episodes) and, with
+  VecNormalize, its observation and return statistics (mean, variance, count);
+* `replay_buffer.npz` (off-policy agents, checkpoints only): the replay buffer's arrays
+  and position (`numpy.load(allow_pickle=False)`).
 """
 
 from __future__ import annotations
@@ -29,6 +41,13 @@ import numpy as np
 POLICY_WEIGHTS = "policy.pt"
 POLICY_SPEC = "policy.json"
 NORMALIZER_FILE = "obs_normalizer.json"
+OPTIMIZER_FILE = "optimizer.pt"
+TRAINING_STATE = "training_state.json"
+REPLAY_ARRAYS = "replay_buffer.npz"
+# The replay buffer's arrays, as SB3's ReplayBuffer names them (next_observations is None
+# with optimize_memory_usage, and then not saved).
+REPLAY_FIELDS = ("observations", "next_observations", "actions", "rewards", "dones",
+                 "timeouts")
 
 
 def policy_classes() -> dict[str, type]:
@@ -163,6 +182,92 @@ def load_policy_files(folder: Path) -> tuple[LoadedModel, ObsNormalizer | None]:
     return LoadedModel(policy), normalizer
 
 
+# ---------------------------------------------------------------------- training state
+def _running_stats(rms: Any) -> dict[str, Any]:
+    return {"mean": np.asarray(rms.mean).tolist(), "var": np.asarray(rms.var).tolist(),
+            "count": float(rms.count)}
+
+
+def training_state_files(model: Any, replay_buffer: bool = False) -> dict[str, bytes]:
+    """File name -> bytes of what resuming `model`'s training needs (module docstring)."""
+    import torch
+
+    state: dict[str, Any] = {
+        "num_timesteps": int(model.num_timesteps),
+        "n_updates": int(getattr(model, "_n_updates", 0)),
+        "n_calls": int(getattr(model, "_n_calls", 0)),
+        "episode_num": int(getattr(model, "_episode_num", 0)),
+    }
+    venv = model.get_vec_normalize_env()
+    if venv is not None:
+        state["vec_normalize"] = {"obs": _running_stats(venv.obs_rms),
+                                  "ret": _running_stats(venv.ret_rms)}
+    files = {TRAINING_STATE: json.dumps(state, indent=2).encode()}
+    buffer = io.BytesIO()
+    torch.save(model.policy.optimizer.state_dict(), buffer)
+    files[OPTIMIZER_FILE] = buffer.getvalue()
+    replay = getattr(model, "replay_buffer", None) if replay_buffer else None
+    if replay is not None:
+        arrays = {name: getattr(replay, name) for name in REPLAY_FIELDS
+                  if getattr(replay, name, None) is not None}
+        buffer = io.BytesIO()
+        np.savez(buffer, pos=np.int64(replay.pos), full=np.bool_(replay.full), **arrays)
+        files[REPLAY_ARRAYS] = buffer.getvalue()
+    return files
+
+
+def has_training_state(folder: Path) -> bool:
+    folder = Path(folder)
+    return has_policy_files(folder) and (folder / TRAINING_STATE).is_file() and \
+        (folder / OPTIMIZER_FILE).is_file()
+
+
+def _restore_stats(rms: Any, saved: dict[str, Any], what: str) -> None:
+    mean, var = np.asarray(saved["mean"], np.float64), np.asarray(saved["var"], np.float64)
+    if mean.shape != np.shape(rms.mean):
+        raise UnsafeAgentError(f"{TRAINING_STATE}: VecNormalize {what} statistics have shape "
+                               f"{mean.shape}, the env's {np.shape(rms.mean)}")
+    rms.mean, rms.var, rms.count = mean, var, float(saved["count"])
+
+
+def restore_training_state(model: Any, folder: Path) -> Any:
+    """Load `folder`'s policy weights, optimizer, counters, VecNormalize statistics and
+    replay buffer into `model` (freshly built with the same config), unpickling nothing."""
+    import torch
+
+    folder = Path(folder)
+    model.policy.load_state_dict(
+        torch.load(folder / POLICY_WEIGHTS, map_location=model.device, weights_only=True))
+    model.policy.optimizer.load_state_dict(
+        torch.load(folder / OPTIMIZER_FILE, map_location=model.device, weights_only=True))
+    state = json.loads((folder / TRAINING_STATE).read_text())
+    model.num_timesteps = int(state["num_timesteps"])
+    for key in ("n_updates", "n_calls", "episode_num"):
+        if hasattr(model, f"_{key}"):
+            setattr(model, f"_{key}", int(state[key]))
+    venv = model.get_vec_normalize_env()
+    saved = state.get("vec_normalize")
+    if (venv is None) != (saved is None):
+        raise UnsafeAgentError(f"{folder}: the run was saved {'with' if saved else 'without'} "
+                               "VecNormalize statistics but the config says otherwise")
+    if venv is not None:
+        _restore_stats(venv.obs_rms, saved["obs"], "observation")
+        _restore_stats(venv.ret_rms, saved["ret"], "return")
+    replay = getattr(model, "replay_buffer", None)
+    if replay is not None and (folder / REPLAY_ARRAYS).is_file():
+        with np.load(folder / REPLAY_ARRAYS, allow_pickle=False) as arrays:
+            for name in REPLAY_FIELDS:
+                if name in arrays.files:
+                    target = getattr(replay, name)
+                    if target.shape != arrays[name].shape:
+                        raise UnsafeAgentError(
+                            f"{folder / REPLAY_ARRAYS}: {name} has shape "
+                            f"{arrays[name].shape}, the config's buffer {target.shape}")
+                    target[...] = arrays[name]
+            replay.pos, replay.full = int(arrays["pos"]), bool(arrays["full"])
+    return model
+
+
 __all__ = ["NORMALIZER_FILE", "POLICY_SPEC", "POLICY_WEIGHTS", "LoadedModel", "ObsNormalizer",
-           "UnsafeAgentError", "has_policy_files", "load_policy_files", "policy_classes",
-           "policy_files"]
+           "UnsafeAgentError", "has_policy_files", "has_training_state", "load_policy_files",
+           "policy_classes", "policy_files", "restore_training_state", "training_state_files"]

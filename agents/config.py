@@ -343,12 +343,15 @@ class CheckpointConfig:
 @dataclass
 class TrainConfig:
     """The train app's config. seed: the one seed of every random draw. name: tag of the
-    run folder and of results. resume: a run folder to continue from its last checkpoint
-    (its own saved config is used). progress: tqdm bars."""
+    run folder and of results. resume: a run folder to continue from its newest saved
+    agent (its own saved config is used); resume_allow_pickle: allow resuming a folder
+    saved before the pickle-free training state existed (unpickles SB3's files, which can
+    run code: only for your own runs). progress: tqdm bars."""
 
     seed: int = 0
     name: str = "default"
     resume: str | None = None
+    resume_allow_pickle: bool = False
     progress: bool = True
     env: EnvConfig = field(default_factory=EnvConfig)
     workload: WorkloadConfig = field(default_factory=WorkloadConfig)

@@ -30,7 +30,12 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-from agents.agent_files import policy_files
+from agents.agent_files import (
+    has_training_state,
+    policy_files,
+    restore_training_state,
+    training_state_files,
+)
 from agents.config import MASKED_ALGORITHMS, AgentConfig, TrainConfig
 from envs.core.metrics import atomic_write
 from envs.observations import OBS_LAYOUT_VERSION
@@ -223,12 +228,17 @@ def resume_seed(seed: int, timesteps: int) -> int:
 
 
 def load_model(agent: AgentConfig, checkpoint: Path, venv: Any, seed: int) -> Any:
-    """The model of a checkpoint, attached to `venv` and re-seeded for the rest of training."""
-    cls = algorithm_class(agent.algo)
-    model = cls.load(str(checkpoint / MODEL_FILE), env=venv, device=agent.device)
-    replay = checkpoint / REPLAY_FILE
-    if replay.exists():
-        model.load_replay_buffer(str(replay))
+    """The model of a saved agent, attached to `venv` and re-seeded for the rest of training:
+    rebuilt from the config and filled from its pickle-free training state
+    (agents/agent_files.py); a folder saved before that existed goes through SB3's
+    unpickling loader (`agents.training.check_resumable` has required the opt-in)."""
+    if has_training_state(checkpoint):
+        model = restore_training_state(build_model(agent, venv, seed), checkpoint)
+    else:
+        model = algorithm_class(agent.algo).load(str(checkpoint / MODEL_FILE), env=venv,
+                                                 device=agent.device)
+        if (checkpoint / REPLAY_FILE).exists():
+            model.load_replay_buffer(str(checkpoint / REPLAY_FILE))
     model.set_random_seed(resume_seed(seed, model.num_timesteps))
     return model
 
@@ -284,8 +294,8 @@ def save_agent(model: Any, folder: Path, metadata: Mapping[str, Any],
         venv = model.get_vec_normalize_env()
         if venv is not None:
             _write_bytes(tmp / VECNORM_FILE, pickle.dumps(venv))
-        if replay_buffer and getattr(model, "replay_buffer", None) is not None:
-            _write_bytes(tmp / REPLAY_FILE, _bytes_of(model.save_replay_buffer))
+        for name, data in training_state_files(model, replay_buffer).items():
+            _write_bytes(tmp / name, data)  # what resumes without pickle
         info = {**metadata, "timesteps": int(model.num_timesteps), **(extra or {})}
         atomic_write(tmp / AGENT_FILE, lambda h: json.dump(info, h, indent=2))
         os.rename(tmp, folder)

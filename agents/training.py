@@ -56,7 +56,7 @@ log = logging.getLogger("train")
 
 SCHEMA_OF_ALGO = {"maskable_ppo": PPOConfig, "ppo": PPOConfig, "a2c": A2CConfig,
                   "dqn": DQNConfig, "heuristic": HeuristicConfig}
-RESUME_KEEPS = ("resume", "progress", "logger")
+RESUME_KEEPS = ("resume", "resume_allow_pickle", "progress", "logger")
 RESOLVED_CONFIG = "resolved_config.yaml"
 AGENT_LABEL = "agent"
 BEST_FOLDER = "best"
@@ -99,10 +99,29 @@ def resume_config(container: Mapping[str, Any], overrides: Sequence[str]
         raise ValueError(f"resume={run} continues that run with its own config; drop the "
                          f"other overrides {extra} (or start a new run)")
     checkpoint = resume_point(run)
+    check_resumable(checkpoint, bool(container.get("resume_allow_pickle")))
     config = OmegaConf.to_container(OmegaConf.load(saved), resolve=True)
     for key in RESUME_KEEPS:
-        config[key] = container[key]
+        config[key] = container.get(key)
     return config, checkpoint
+
+
+def check_resumable(checkpoint: Path, allow_pickle: bool) -> None:
+    """A saved agent resumes from its pickle-free files (agents/agent_files.py); one saved
+    before they existed only with `resume_allow_pickle=true`, which warns."""
+    import warnings
+
+    from agents.agent_files import UnsafeAgentError, has_training_state
+
+    if has_training_state(checkpoint):
+        return
+    if not allow_pickle:
+        raise UnsafeAgentError(
+            f"resume: {checkpoint} has no pickle-free training state (saved by an older "
+            "servegym); resuming it would unpickle its model.zip and vecnormalize.pkl, which "
+            "can run code. If it is your own run, add resume_allow_pickle=true")
+    warnings.warn(f"resume: unpickling {checkpoint} (resume_allow_pickle=true); only do this "
+                  "with runs you made yourself", stacklevel=2)
 
 
 def resume_point(run: Path) -> Path:
