@@ -7,8 +7,10 @@ fails at composition with Hydra's message naming the key and the schema, e.g.
 * ``train_schema`` (`TrainConfig`): the primary config's base; `conf/config.yaml` lists it
   first in its defaults. Its `workload`, `cost` and `cluster` nodes type the groups shared
   with `experiments/simulate.py` and `experiments/evaluate.py`.
-* ``agent/schema_ppo``, ``schema_a2c``, ``schema_dqn``, ``schema_heuristic``: one schema per
-  algorithm family; each `conf/agent/*.yaml` names its schema first in its defaults.
+* ``schema/agent/ppo``, ``a2c``, ``dqn``, ``heuristic``: one schema per algorithm family;
+  each `conf/agent/*.yaml` names its schema first in its defaults
+  (``- /schema/agent/ppo@_here_``). Kept out of the `agent` group, so ``--help`` lists
+  only the agents one can train and ``agent=<schema>`` is not a choice.
 
 Hyperparameter fields carry stable-baselines3's own names and defaults (SB3 2.x), so
 `AgentConfig.sb3_kwargs` passes them straight to the algorithm's constructor.
@@ -277,9 +279,9 @@ class HeuristicConfig(AgentConfig):
     policy: str = "fcfs"
 
 
+SCHEMA_GROUP = "schema/agent"  # the agent schemas' ConfigStore group (not `agent`)
 AGENT_SCHEMAS: dict[str, type[AgentConfig]] = {
-    "schema_ppo": PPOConfig, "schema_a2c": A2CConfig, "schema_dqn": DQNConfig,
-    "schema_heuristic": HeuristicConfig,
+    "ppo": PPOConfig, "a2c": A2CConfig, "dqn": DQNConfig, "heuristic": HeuristicConfig,
 }
 
 
@@ -373,7 +375,7 @@ def register_configs() -> None:
     store = ConfigStore.instance()
     store.store(name="train_schema", node=TrainConfig)
     for name, schema in AGENT_SCHEMAS.items():
-        store.store(group="agent", name=name, node=schema)
+        store.store(group=SCHEMA_GROUP, name=name, node=schema)
 
 
 def validate(cfg: TrainConfig) -> None:

@@ -294,3 +294,13 @@ def test_first_reaching_ends_for_any_horizon(horizon: float) -> None:
     if horizon <= 1e9:  # exact where a float clock can tell one iteration from the next
         assert _elapsed(0.01, 1e-6, 4, 100, count) >= horizon
         assert count == 1 or _elapsed(0.01, 1e-6, 4, 100, count - 1) < horizon
+
+
+def test_jain_fairness_is_over_tenants_slo_attainment() -> None:
+    from envs.core.metrics import _jain
+
+    tenant = np.array([0, 0, 1, 1])
+    assert _jain(tenant, np.array([True, True, True, True])) == 1.0
+    assert _jain(tenant, np.array([True, True, False, True])) == pytest.approx(0.9)
+    assert _jain(tenant, np.array([True, True, False, False])) == pytest.approx(0.5)
+    assert math.isnan(_jain(tenant, np.zeros(4, dtype=bool)))

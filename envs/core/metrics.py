@@ -12,8 +12,12 @@ Definitions (all times in seconds):
   last finish). The highest *rate* sustaining 90% attainment is the evaluation harness's job.
 * KV utilisation: used / total blocks, time-weighted between samples taken at every batch or
   decode-run start, averaged over instances.
-* Jain's fairness index over tenants of the service each received (prompt + output tokens of
-  its finished requests per second, as in VTC); 1.0 = equal service.
+* Jain's fairness index over tenants of their SLO attainment (the share of each tenant's
+  requests meeting that tenant's targets): (sum a)^2 / (n sum a^2), 1.0 = every tenant as
+  well served relative to its own SLOs, 1/n = one tenant gets all the goodput; NaN when no
+  tenant attains anything. (An index of the tokens served per tenant over the whole run
+  would measure nothing: once every request finishes it equals the demand's, whatever the
+  policy.)
 """
 
 from __future__ import annotations
@@ -265,17 +269,17 @@ def summarize(
     out["serving/kv_utilisation_peak"] = report.kv_utilisation_peak
     out["serving/prefix_cache_hit_rate"] = report.counters["prefix_cache_hit_rate"]
     out["serving/iterations"] = report.counters["iterations"]
-    out["serving/fairness_jain"] = _jain(r, finished, makespan, len(report.tenant_names))
+    out["serving/fairness_jain"] = _jain(r["tenant"], met)
     return out
 
 
-def _jain(r: dict[str, np.ndarray], finished: np.ndarray, makespan: float, tenants: int) -> float:
-    tokens = (r["prompt_tokens"] + r["output_tokens"]) * finished
-    present = np.unique(r["tenant"])
-    service = np.array([tokens[r["tenant"] == t].sum() / makespan for t in present], dtype=float)
-    if service.size == 0 or not np.any(service):
+def _jain(tenant: np.ndarray, met: np.ndarray) -> float:
+    """Jain's index over tenants of their SLO attainment (see the module docstring)."""
+    present = np.unique(tenant)
+    attainment = np.array([met[tenant == t].mean() for t in present], dtype=float)
+    if attainment.size == 0 or not np.any(attainment):
         return math.nan
-    return float(service.sum() ** 2 / (service.size * (service**2).sum()))
+    return float(attainment.sum() ** 2 / (attainment.size * (attainment**2).sum()))
 
 
 def format_summary(summary: dict[str, float], source: str | None = None) -> str:
