@@ -2,11 +2,13 @@
 
     python experiments/aggregate.py multirun/train/<day>/<time>_<name>
     python experiments/aggregate.py <sweep dir> [<sweep dir> ...] --name admission_default
-    python experiments/aggregate.py <sweep dir> --out results/my_sweep
+    python experiments/aggregate.py <sweep dir> --out results/train/my_sweep
 
 Reads every job folder under the given folders (a folder with `metrics.json`; one with
-`failed.json` or neither is listed as failed), and writes a new folder (default
-`results/train/<name>/`, `<name>` from the runs' `name` setting; it refuses to overwrite):
+`failed.json` or neither is listed as failed), and writes a new folder: by default
+`outputs/aggregate/<name>_<UTC time>/` (`<name>` from the runs' `name` setting; outside the
+tracked `results/`, and a new folder per run), or `--out` (which must not exist: an
+aggregate is never overwritten, and the command says so without a traceback):
 
 * `summary.md`: the setting, the commands, and per policy the mean and 95% CI over seeds
   of goodput rate, SLO attainment, TTFT p99, TBT p99, E2E mean and throughput; failed
@@ -32,6 +34,7 @@ import json
 import math
 import shutil
 from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -208,7 +211,10 @@ def aggregate(folders: Sequence[Path], out: Path | None = None, name: str | None
     if not jobs:
         raise RuntimeError(f"every job failed: {[str(f) for f in failed]}")
     name = name or str(jobs[0]["name"])
-    out = Path(out) if out is not None else ROOT / "results" / "train" / name
+    if out is None:
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
+        out = ROOT / "outputs" / "aggregate" / f"{name}_{stamp}"
+    out = Path(out)
     if out.exists():
         raise FileExistsError(f"{out} exists; aggregates are never overwritten: pass --out or "
                               "--name")
@@ -243,9 +249,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("folders", nargs="+", type=Path, help="multirun folder(s) of train.py")
     parser.add_argument("--name", help="results name (default: the runs' `name` setting)")
-    parser.add_argument("--out", type=Path, help="output folder (default results/train/NAME)")
+    parser.add_argument("--out", type=Path, help="output folder, which must not exist "
+                        "(default outputs/aggregate/NAME_<UTC time>)")
     args = parser.parse_args(argv)
-    out = aggregate(args.folders, args.out, args.name)
+    for folder in args.folders:
+        if not folder.is_dir():
+            parser.error(f"{folder} is not a folder; pass train.py's multirun folder(s)")
+    try:
+        out = aggregate(args.folders, args.out, args.name)
+    except (FileExistsError, RuntimeError) as error:
+        parser.error(str(error))
     print((out / "summary.md").read_text())
     print(f"written to {out}")
 

@@ -34,7 +34,7 @@ def jobs(sweep: Path) -> list[Path]:
     return sorted(p for p in sweep.iterdir() if p.is_dir() and p.name.isdigit())
 
 
-def test_multirun_and_aggregation(tmp_path: Path) -> None:
+def test_multirun_and_aggregation(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     sweep = tmp_path / "sweep"
     train(["-m", "agent=maskable_ppo,ppo", "seed=0,1", "agent.total_timesteps=64",
            "agent.n_steps=64", "agent.batch_size=64", "agent.n_epochs=1", *TINY,
@@ -56,6 +56,10 @@ def test_multirun_and_aggregation(tmp_path: Path) -> None:
         assert (out / name).is_file(), name
     with pytest.raises(FileExistsError):
         aggregate.aggregate([sweep], out)
+    with pytest.raises(SystemExit) as refused:  # the command: a message, no traceback
+        aggregate.main([str(sweep), "--out", str(out)])
+    assert refused.value.code == 2
+    assert "aggregates are never overwritten" in capsys.readouterr().err
 
 
 def test_a_failing_job_keeps_the_others_results(tmp_path: Path) -> None:
