@@ -32,7 +32,7 @@ from agents.agent_files import has_training_state
 from agents.callbacks import Checkpoints, EpisodeServing, ProgressBar, ServingEvaluation
 from agents.config import TrainConfig, register_configs
 from agents.evaluation import compare, comparison_table
-from agents.run_logger import NullLogger, build_logger, run_group, sb3_logger
+from agents.run_logger import NullLogger, build_logger, resumed_group, run_group, sb3_logger
 
 log = logging.getLogger("train")
 register_configs()
@@ -102,8 +102,11 @@ def run(cfg: DictConfig, run_dir: Path, overrides: list[str], command: str) -> f
     print("\n".join(setting.describe(config)), flush=True)
 
     # 3. Logger, 4. agent, 5. evaluation of the agent and the baselines on the same windows.
-    logger = build_logger(config.logger, run_dir, container, group=run_group(overrides),
-                          name=f"{config.name}-{config.agent.algo}-seed{config.seed}")
+    resumed = Path(config.resume) if config.resume else None
+    logger = build_logger(config.logger, run_dir, container,
+                          group=resumed_group(resumed) if resumed else run_group(overrides),
+                          name=f"{config.name}-{config.agent.algo}-seed{config.seed}",
+                          resume_from=resumed)
     ok = False
     try:
         if config.agent.algo == "heuristic":
@@ -112,6 +115,8 @@ def run(cfg: DictConfig, run_dir: Path, overrides: list[str], command: str) -> f
             train_info: dict[str, Any] = {}
         else:
             folders, train_info = train_agent(config, setting, run_dir, logger, checkpoint)
+            logger.log_agent({label: folder for label, folder in folders.items()
+                              if label == "last" or folder != folders["last"]})
             agent = training.agent_factories(folders, config.eval.deterministic)
         episodes = training.final_episodes(config, setting)
         rows = compare(training.candidates(config, setting, agent), episodes, setting.cost,

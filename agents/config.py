@@ -22,6 +22,7 @@ import dataclasses
 import math
 import typing
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from omegaconf import MISSING
@@ -291,7 +292,9 @@ class LoggerConfig:
     """`conf/logger/*.yaml`. kind: "wandb" or "none". mode: W&B's mode ("offline" needs no
     network; `wandb sync <run dir>/wandb/offline-run-*` uploads later); the environment
     variable WANDB_MODE, when set, wins (tests set it to "disabled"). group: null = the
-    command-line overrides minus the seed."""
+    command-line overrides minus the seed. log_model: the saved agents (best and last) as
+    a W&B model artifact. console: W&B's console capture ("wrap", "off", ...). system_metrics:
+    W&B's CPU / memory sampling."""
 
     kind: str = "wandb"
     project: str = "servegym"
@@ -300,6 +303,9 @@ class LoggerConfig:
     group: str | None = None
     tags: list[str] = field(default_factory=list)
     log_plots: bool = True
+    log_model: bool = True
+    console: str = "wrap"
+    system_metrics: bool = True
 
 
 @dataclass
@@ -365,6 +371,25 @@ class TrainConfig:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
 
 
+RUN_NAME_RESOLVER = "servegym.run_name"
+RESOLVED_CONFIG = "resolved_config.yaml"  # a run's effective config, in its folder
+
+
+def run_name(name: str, resume: str | None) -> str:
+    """The tag of a run folder (``${servegym.run_name:${name},${resume}}`` in
+    conf/config.yaml): `name`, or for `resume=<run>` that run's own name, so a resumed run's
+    folder says what it continues (not "default")."""
+    if not resume:
+        return str(name)
+    import yaml
+
+    saved = Path(str(resume)) / RESOLVED_CONFIG
+    try:
+        return str(yaml.safe_load(saved.read_text()).get("name") or name)
+    except (OSError, AttributeError, yaml.YAMLError):
+        return str(name)  # resume_config reports the missing or broken folder
+
+
 def register_configs() -> None:
     """Store the schemas in Hydra's ConfigStore and register the resolver
     ``${servegym.task:<id>,<path>}`` through which the configs read the task settings of
@@ -372,6 +397,10 @@ def register_configs() -> None:
     from hydra.core.config_store import ConfigStore
 
     register_resolver()
+    from omegaconf import OmegaConf
+
+    if not OmegaConf.has_resolver(RUN_NAME_RESOLVER):
+        OmegaConf.register_new_resolver(RUN_NAME_RESOLVER, run_name)
     store = ConfigStore.instance()
     store.store(name="train_schema", node=TrainConfig)
     for name, schema in AGENT_SCHEMAS.items():

@@ -19,6 +19,7 @@ resolved config is the run's config; the group is the command-line overrides min
 
 from __future__ import annotations
 
+import json
 import numbers
 import os
 from collections.abc import Mapping, Sequence
@@ -26,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from agents.config import LoggerConfig
+from envs.core.metrics import atomic_write
 
 IGNORED_OVERRIDE_KEYS = ("seed", "resume", "progress", "logger", "hydra")
 
@@ -59,15 +61,37 @@ class NullLogger:
     def summary(self, metrics: Mapping[str, Any]) -> None:
         return None
 
+    def log_agent(self, folders: Mapping[str, Path]) -> None:
+        return None
+
     def finish(self, ok: bool = True) -> None:
         return None
 
 
+WANDB_RUN_FILE = "wandb_run.json"  # in the run folder: what a resumed run continues
+
+
+def resumed_group(run: Path) -> str:
+    """The W&B group of the run that `resume=<run>` continues: the one it recorded, else
+    `run_group` of its own command-line overrides (Hydra's `.hydra/overrides.yaml`)."""
+    import yaml
+
+    recorded = Path(run) / WANDB_RUN_FILE
+    if recorded.is_file():
+        return str(json.loads(recorded.read_text())["group"])
+    overrides = Path(run) / ".hydra" / "overrides.yaml"
+    if overrides.is_file():
+        return run_group([str(o) for o in yaml.safe_load(overrides.read_text()) or []])
+    return "default"
+
+
 class WandbLogger(NullLogger):
-    """One W&B run (see the module docstring)."""
+    """One W&B run (see the module docstring). With `resume_from` (the run folder being
+    resumed), the W&B run that folder recorded is continued (same id, group and name), so
+    one training curve stays one run."""
 
     def __init__(self, cfg: LoggerConfig, run_dir: Path, config: Mapping[str, Any], group: str,
-                 name: str) -> None:
+                 name: str, resume_from: Path | None = None) -> None:
         import wandb
 
         # W&B mistakes this project's `agents` package for the OpenAI Agents SDK and prints
@@ -76,13 +100,25 @@ class WandbLogger(NullLogger):
         self.wandb = wandb
         mode = os.environ.get("WANDB_MODE") or cfg.mode
         run_dir.mkdir(parents=True, exist_ok=True)
+        lineage: dict[str, Any] = {}
+        if resume_from is not None and (Path(resume_from) / WANDB_RUN_FILE).is_file():
+            lineage = json.loads((Path(resume_from) / WANDB_RUN_FILE).read_text())
+        group = lineage.get("group") or cfg.group or group
+        name = lineage.get("name") or name
         self.run = wandb.init(
-            project=cfg.project, entity=cfg.entity, group=cfg.group or group, name=name,
+            project=cfg.project, entity=cfg.entity, group=group, name=name,
             dir=str(run_dir), mode=mode, config=dict(config), tags=list(cfg.tags),
             job_type="train", reinit="finish_previous",
-            settings=wandb.Settings(console="off", x_disable_stats=True, silent=True,
+            id=lineage.get("id"), resume="allow" if lineage.get("id") else None,
+            settings=wandb.Settings(console=cfg.console,
+                                    x_disable_stats=not cfg.system_metrics, silent=True,
                                     disable_git=True, save_code=False),
         )
+        self.mode, self.log_model = mode, cfg.log_model
+        if mode != "disabled":
+            record = {"id": self.run.id, "project": cfg.project, "group": group, "name": name,
+                      "resumed_from": str(resume_from) if resume_from else None}
+            atomic_write(run_dir / WANDB_RUN_FILE, lambda h: json.dump(record, h, indent=2))
         self.log_plots = cfg.log_plots
         self.run_dir = Path(self.run.dir).parent if mode != "disabled" else None
 
@@ -110,16 +146,28 @@ class WandbLogger(NullLogger):
         for key, value in metrics.items():
             self.run.summary[key] = value
 
+    def log_agent(self, folders: Mapping[str, Path]) -> None:
+        """The saved agent folders (label -> folder) as one W&B model artifact."""
+        if not self.log_model or not folders:
+            return
+        artifact = self.wandb.Artifact(f"agent-{self.run.id}", type="model")
+        for label, folder in folders.items():
+            artifact.add_dir(str(folder), name=label)
+        self.run.log_artifact(artifact)
+
     def finish(self, ok: bool = True) -> None:
+        folder = Path(self.run.dir).parent if self.mode == "offline" else None
         self.run.finish(exit_code=0 if ok else 1)
+        if folder is not None:  # (`silent` hides W&B's own hint)
+            print(f"W&B offline run: {folder}; upload it with `wandb sync {folder}`", flush=True)
 
 
 def build_logger(cfg: LoggerConfig, run_dir: Path, config: Mapping[str, Any], group: str,
-                 name: str) -> NullLogger:
-    """The logger `cfg.kind` names ("wandb" or "none")."""
+                 name: str, resume_from: Path | None = None) -> NullLogger:
+    """The logger `cfg.kind` names ("wandb" or "none"); `resume_from`: see `WandbLogger`."""
     if cfg.kind == "none":
         return NullLogger()
-    return WandbLogger(cfg, run_dir, config, group, name)
+    return WandbLogger(cfg, run_dir, config, group, name, resume_from)
 
 
 def sb3_logger(folder: Path, run_logger: NullLogger) -> Any:
@@ -144,4 +192,5 @@ def sb3_logger(folder: Path, run_logger: NullLogger) -> Any:
     return Logger(str(folder), [CSVOutputFormat(str(csv_path)), ForwardingFormat()])
 
 
-__all__ = ["NullLogger", "WandbLogger", "build_logger", "run_group", "sb3_logger"]
+__all__ = ["WANDB_RUN_FILE", "NullLogger", "WandbLogger", "build_logger", "resumed_group",
+           "run_group", "sb3_logger"]

@@ -28,6 +28,7 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from agents.config import (
+    RESOLVED_CONFIG,
     A2CConfig,
     DQNConfig,
     HeuristicConfig,
@@ -57,7 +58,6 @@ log = logging.getLogger("train")
 SCHEMA_OF_ALGO = {"maskable_ppo": PPOConfig, "ppo": PPOConfig, "a2c": A2CConfig,
                   "dqn": DQNConfig, "heuristic": HeuristicConfig}
 RESUME_KEEPS = ("resume", "resume_allow_pickle", "progress", "logger")
-RESOLVED_CONFIG = "resolved_config.yaml"
 AGENT_LABEL = "agent"
 BEST_FOLDER = "best"
 

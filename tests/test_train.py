@@ -338,6 +338,7 @@ def test_wandb_offline_run_holds_the_run(tmp_path: Path, monkeypatch: pytest.Mon
                      b"train/value_loss", b"rollout/ep_rew_mean"):
         assert expected in data, expected
     assert list(runs[0].glob("files/media/images/eval/comparison_*.png"))
+    assert b"agent-" in data and b"model" in data  # the saved agents, as a model artifact
 
 
 def test_periodic_callbacks_fire_between_rollouts_not_mid_rollout() -> None:
@@ -364,3 +365,35 @@ def test_periodic_callbacks_fire_between_rollouts_not_mid_rollout() -> None:
     recorder._on_training_end()
     # crossings at 100, 200 and 300 fire when the next rollout starts (128, 256) or at the end
     assert recorder.fired == [128, 256, 320]
+
+
+def test_a_resumed_run_keeps_its_name_wandb_run_and_group(tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    from agents.config import LoggerConfig, run_name
+    from agents.run_logger import WANDB_RUN_FILE, WandbLogger, resumed_group
+
+    first = tmp_path / "first"
+    first.mkdir()
+    (first / "resolved_config.yaml").write_text("name: my_sweep\nseed: 3\n")
+    assert run_name("default", str(first)) == "my_sweep"
+    assert run_name("default", None) == "default"
+    assert "${servegym.run_name:${name},${resume}}" in (ROOT / "conf" / "config.yaml").read_text()
+
+    (first / ".hydra").mkdir()
+    (first / ".hydra" / "overrides.yaml").write_text("- seed=3\n- agent=ppo\n- env.rate=20\n")
+    assert resumed_group(first) == "agent=ppo,env.rate=20"  # a killed run without W&B
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    original = WandbLogger(LoggerConfig(), first, {"seed": 3}, "agent=ppo", "my_sweep-ppo")
+    original.finish()
+    recorded = json.loads((first / WANDB_RUN_FILE).read_text())
+    assert resumed_group(first) == "agent=ppo"
+    second = tmp_path / "second"
+    resumed = WandbLogger(LoggerConfig(), second, {"seed": 3}, "default", "default-ppo",
+                          resume_from=first)
+    resumed.finish()
+    again = json.loads((second / WANDB_RUN_FILE).read_text())
+    assert again["id"] == recorded["id"]
+    assert (again["group"], again["name"]) == ("agent=ppo", "my_sweep-ppo")
+    assert again["resumed_from"] == str(first)
