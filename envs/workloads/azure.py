@@ -6,7 +6,26 @@ CC-BY-4.0 and the citation that any use of them requires).
 
 File format: CSV, optionally gzip- or xz-compressed (detected from the content, not the
 name), header ``TIMESTAMP,ContextTokens,GeneratedTokens`` (extra columns are ignored),
-timestamps ``YYYY-MM-DD HH:MM:SS.fffffff``. Blank lines are ignored.
+timestamps ``YYYY-MM-DD HH:MM:SS.fffffff``. Blank lines are ignored. Rows must be sorted
+by time.
+
+Bounds (a row past one is a bad row naming the field and the bound):
+
+* a row is at most :data:`~envs.workloads.tracefiles.MAX_CSV_ROW_CHARS` characters (65,536);
+* ``ContextTokens`` and ``GeneratedTokens`` are in ``[1, MAX_TOKENS]``
+  (:data:`~envs.workloads.tracefiles.MAX_TOKENS`, 10,000,000 tokens);
+* the trace spans at most :data:`~envs.workloads.tracefiles.MAX_TRACE_SPAN_S` (365 days):
+  the kept rows are those in the 365-day window that holds the most rows (of several, the
+  earliest), and a row outside it is out of range, e.g. a typo year 9023 in a 2023 trace.
+  So one mistyped date is the bad row, whether it is the first row, the last or any other.
+
+Out-of-order rows: of the rows in range, the kept rows are the longest run of rows whose
+timestamps never decrease, the earliest rows winning ties
+(:func:`~envs.workloads.tracefiles.out_of_order`); each other row is a bad row, "earlier
+than the previous kept row" or "later than the next kept row". So a row dated in the
+future (within the span) is the bad row, and the rows after it, in order with the last
+good row, are kept. Range and order are checked after the whole file is read: with
+``on_error="raise"`` a bad value (a length, a malformed date) raises first, wherever it is.
 
 Bad rows: with ``on_error="raise"`` (default) the first bad row raises
 :class:`WorkloadError` ``"<file>:<line>: <problem>; fix the row or pass on_error='skip'"``.
@@ -18,6 +37,7 @@ With ``on_error="skip"`` bad rows are left out and listed in a :class:`LoadRepor
 
 from __future__ import annotations
 
+import bisect
 import csv
 import datetime as dt
 import re
@@ -29,13 +49,17 @@ from typing import Protocol
 import numpy as np
 
 from envs.workloads.tracefiles import (
+    MAX_CSV_ROW_CHARS,
+    MAX_TRACE_SPAN_S,
     READ_ERRORS,
+    BoundedLines,
     LoadReport,
     RowError,
     RowProblems,
     TraceFileNotFoundError,
     check_on_error,
     open_text,
+    out_of_order,
     parse_count,
     trace_file,
     unreadable,
@@ -74,7 +98,19 @@ class _Columns:
     time_ns: list[int] = field(default_factory=list)
     prompt: list[int] = field(default_factory=list)
     output: list[int] = field(default_factory=list)
+    line: list[int] = field(default_factory=list)  # file line of each row
     rows_read: int = 0
+
+    def keep(self, drop: set[int]) -> _Columns:
+        """These columns without the rows at the indices in ``drop``."""
+        kept = _Columns(rows_read=self.rows_read)
+        for i, row in enumerate(zip(self.time_ns, self.prompt, self.output, self.line,
+                                    strict=True)):
+            if i not in drop:
+                for column, value in zip((kept.time_ns, kept.prompt, kept.output, kept.line),
+                                         row, strict=True):
+                    column.append(value)
+        return kept
 
 
 def load_azure_2023(
@@ -148,11 +184,17 @@ def _kinds_text() -> str:
 
 def _read(path: Path, problems: RowProblems) -> _Columns:
     with open_text(path) as text:
-        reader = csv.reader(text)
+        lines = BoundedLines(text, problems, MAX_CSV_ROW_CHARS, header=True)
+        reader = csv.reader(lines)
         try:
-            return _read_rows(path, reader, problems)
+            columns = _read_rows(path, reader, problems)
         except READ_ERRORS as exc:
             raise unreadable(path, reader.line_num + 1, exc, "CSV") from exc
+    columns.rows_read += lines.too_long
+    columns = _in_span(columns, problems)
+    columns = _in_order(columns, problems)
+    problems.check_loaded(columns.rows_read, len(columns.time_ns))
+    return columns
 
 
 def _read_rows(path: Path, reader: _CsvReader, problems: RowProblems) -> _Columns:
@@ -164,22 +206,19 @@ def _read_rows(path: Path, reader: _CsvReader, problems: RowProblems) -> _Column
         )
     index = _column_index(path, header)
     columns = _Columns()
-    last: tuple[int, str] | None = None  # last kept row's time and its text
     for row in reader:
         if not row:
             continue  # a blank line holds no request
         columns.rows_read += 1
         try:
             time_ns, prompt, output = _parse_row(row, index, len(header))
-            _check_order(time_ns, last, row[index[0]])
         except RowError as problem:
             problems.bad(reader.line_num, problem)
             continue
-        last = (time_ns, row[index[0]].strip())
         columns.time_ns.append(time_ns)
         columns.prompt.append(prompt)
         columns.output.append(output)
-    problems.check_loaded(columns.rows_read, len(columns.time_ns))
+        columns.line.append(reader.line_num)
     return columns
 
 
@@ -209,12 +248,56 @@ def _parse_row(row: list[str], index: tuple[int, int, int], width: int) -> tuple
     )
 
 
-def _check_order(time_ns: int, last: tuple[int, str] | None, text: str) -> None:
-    if last is not None and time_ns < last[0]:
-        raise RowError(
-            f"TIMESTAMP {text.strip()!r} is earlier than the previous kept row's "
-            f"{last[1]!r}; rows must be sorted by time"
-        )
+def _in_span(columns: _Columns, problems: RowProblems) -> _Columns:
+    """Drop (and report) the rows outside the 365-day window holding the most rows."""
+    times = columns.time_ns
+    span = MAX_TRACE_SPAN_S * _NS_PER_S
+    if not times or max(times) - min(times) <= span:
+        return columns
+    ordered = sorted(times)
+    # The window [ordered[i], ordered[i] + span] holding the most rows; the earliest of ties.
+    best, lo = -1, ordered[0]
+    for i, start in enumerate(ordered):
+        count = bisect.bisect_right(ordered, start + span) - i
+        if count > best:
+            best, lo = count, start
+    hi = lo + span
+    drop = set()
+    for i, time_ns in enumerate(times):
+        if not lo <= time_ns <= hi:
+            drop.add(i)
+            problems.bad(columns.line[i], (
+                f"TIMESTAMP {_format_ns(time_ns)!r} is outside {_format_ns(lo)!r} to "
+                f"{_format_ns(hi)!r}, the window holding most rows; a trace may span at most "
+                f"{MAX_TRACE_SPAN_S // _S_PER_DAY} days (MAX_TRACE_SPAN_S = "
+                f"{MAX_TRACE_SPAN_S:,} s)"
+            ))
+    return columns.keep(drop)
+
+
+def _in_order(columns: _Columns, problems: RowProblems) -> _Columns:
+    """Drop (and report) the rows out of time order (see the module docstring)."""
+    dropped = out_of_order(columns.time_ns)
+    if not dropped:
+        return columns
+    times, line = columns.time_ns, columns.line
+    for i, earlier, other in dropped:
+        relation = "earlier than the previous" if earlier else "later than the next"
+        problem = (f"TIMESTAMP {_format_ns(times[i])!r} is {relation} kept row's "
+                   f"{_format_ns(times[other])!r} (line {line[other]})")
+        if not earlier:
+            problem += ": this row is out of order"
+        problems.bad(line[i], f"{problem}; rows must be sorted by time")
+    return columns.keep({i for i, _, _ in dropped})
+
+
+def _format_ns(time_ns: int) -> str:
+    """A timestamp in the trace's format (7 fraction digits, 9 when they are needed)."""
+    seconds, fraction = divmod(time_ns, _NS_PER_S)
+    days, second_of_day = divmod(seconds, _S_PER_DAY)
+    clock = dt.time(second_of_day // 3600, second_of_day // 60 % 60, second_of_day % 60)
+    digits = f"{fraction:09d}" if fraction % 100 else f"{fraction // 100:07d}"
+    return f"{dt.date.fromordinal(days).isoformat()} {clock.isoformat()}.{digits}"
 
 
 def _parse_timestamp_ns(text: str) -> int:

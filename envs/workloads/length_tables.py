@@ -8,7 +8,9 @@ File format: CSV, optionally gzip- or xz-compressed, header with at least
 ``num_prefill_tokens`` (prompt tokens) and ``num_decode_tokens`` (output tokens); other
 columns (``num_total_tokens``, ``pd_ratio``) are ignored. Bad rows follow the Azure loader:
 ``on_error="raise"`` names file, line and problem, ``"skip"`` leaves them out and counts
-them in the :class:`LoadReport`.
+them in the :class:`LoadReport`. Bounds (a row past one is a bad row): a row is at most
+:data:`~envs.workloads.tracefiles.MAX_CSV_ROW_CHARS` characters (65,536), a token count at
+most :data:`~envs.workloads.tracefiles.MAX_TOKENS` (10,000,000).
 """
 
 from __future__ import annotations
@@ -22,7 +24,9 @@ from types import MappingProxyType
 import numpy as np
 
 from envs.workloads.tracefiles import (
+    MAX_CSV_ROW_CHARS,
     READ_ERRORS,
+    BoundedLines,
     LoadReport,
     RowError,
     RowProblems,
@@ -95,7 +99,8 @@ def load_length_table_with_report(
 
 def _read(path: Path, problems: RowProblems) -> tuple[list[int], list[int], int]:
     with open_text(path) as text:
-        reader = csv.reader(text)
+        lines = BoundedLines(text, problems, MAX_CSV_ROW_CHARS, header=True)
+        reader = csv.reader(lines)
         try:
             header = next(reader, None)
             if header is None:
@@ -103,13 +108,13 @@ def _read(path: Path, problems: RowProblems) -> tuple[list[int], list[int], int]
                     f"{path}: file is empty; expected a header with {', '.join(_COLUMNS)}"
                 )
             index = _column_index(path, header)
-            return _rows(reader, index, problems)
+            return _rows(reader, index, problems, lines)
         except READ_ERRORS as exc:
             raise unreadable(path, reader.line_num + 1, exc, "CSV") from exc
 
 
 def _rows(
-    reader: object, index: tuple[int, int], problems: RowProblems
+    reader: object, index: tuple[int, int], problems: RowProblems, lines: BoundedLines
 ) -> tuple[list[int], list[int], int]:
     prompt: list[int] = []
     output: list[int] = []
@@ -130,6 +135,7 @@ def _rows(
             continue
         prompt.append(p)
         output.append(o)
+    rows_read += lines.too_long  # rows over the length bound, reported by `lines`
     problems.check_loaded(rows_read, len(prompt))
     return prompt, output, rows_read
 

@@ -9,6 +9,24 @@ File format: JSON lines, optionally gzip- or xz-compressed, one object per reque
 requests share a KV prefix for as many leading ids as they have in common). Other keys
 are ignored; blank lines are skipped. Rows must be sorted by timestamp.
 
+Bounds (a row past one is a bad row naming the field and the bound):
+
+* a line is at most :data:`~envs.workloads.tracefiles.MAX_ROW_CHARS` characters (1 MiB)
+  and its JSON nests at most :data:`MAX_JSON_DEPTH` (32) levels (a record nests 2), checked
+  before parsing, so a deeply nested line cannot exhaust the recursion limit;
+* ``timestamp`` is a finite number in ``[0, MOONCAKE_MAX_TIMESTAMP_MS]``: at most
+  :data:`~envs.workloads.tracefiles.MAX_TRACE_SPAN_S` (365 days) after the trace start;
+* ``input_length`` and ``output_length`` are whole numbers in ``[1, MAX_TOKENS]``
+  (:data:`~envs.workloads.tracefiles.MAX_TOKENS`, 10,000,000 tokens);
+* integers are written with at most 4,300 digits (Python's limit; such a row is bad).
+
+Out-of-order rows: the kept rows are the longest run of rows whose timestamps never
+decrease, the earliest rows winning ties (:func:`~envs.workloads.tracefiles.out_of_order`);
+each other row is a bad row, "earlier than the previous kept row" or "later than the next
+kept row". So one row dated far in the future is the bad row, not every row after it. The
+order is checked after the whole file is read: with ``on_error="raise"`` a bad value
+raises first, wherever it is.
+
 Arrivals: the conversation trace's timestamps fall on ~3-second ticks (90% of gaps are
 0). ``arrivals="batch"`` replays each tick as a batch at its timestamp, exactly as
 recorded (the statistics of the traces' README use these times). ``arrivals="spread"``
@@ -31,6 +49,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,13 +58,18 @@ import numpy as np
 
 from envs.workloads.prefix import BlockChains, mooncake_segment_ends
 from envs.workloads.tracefiles import (
+    MAX_ROW_CHARS,
+    MAX_TRACE_SPAN_S,
     READ_ERRORS,
+    BoundedLines,
     LoadReport,
     RowError,
     RowProblems,
     check_on_error,
+    check_tokens,
     describe_non_count,
     open_text,
+    out_of_order,
     trace_file,
     unreadable,
     warn_if_skipped,
@@ -53,8 +77,10 @@ from envs.workloads.tracefiles import (
 from envs.workloads.workload import Workload, WorkloadError
 
 __all__ = [
+    "MAX_JSON_DEPTH",
     "MOONCAKE_ARRIVALS",
     "MOONCAKE_BLOCK_TOKENS",
+    "MOONCAKE_MAX_TIMESTAMP_MS",
     "load_mooncake",
     "load_mooncake_with_report",
     "spread_ticks",
@@ -65,6 +91,12 @@ MOONCAKE_ARRIVALS = ("spread", "batch")
 _FIELDS = ("timestamp", "input_length", "output_length", "hash_ids")
 _SHIPPED = "traces/mooncake_fast25/conversation_trace.jsonl.gz"
 _MAX_ID = 2**39 - 1  # block hashes are id * 2**24 + j and must stay in int64
+# Latest timestamp in ms: MAX_TRACE_SPAN_S (365 days) after the trace start.
+MOONCAKE_MAX_TIMESTAMP_MS = MAX_TRACE_SPAN_S * 1000
+# Deepest JSON nesting of a line (a record is an object holding a list: 2 levels).
+MAX_JSON_DEPTH = 32
+# A JSON string (to its closing quote, or to the end of an unterminated one) or a bracket.
+_JSON_TOKEN = re.compile(r'"[^"\\]*+(?:\\.[^"\\]*+)*+"?|[\[\]{}]', re.DOTALL)
 
 
 @dataclass
@@ -76,6 +108,7 @@ class _Rows:
     output: list[int] = field(default_factory=list)
     ids: list[int] = field(default_factory=list)
     num_ids: list[int] = field(default_factory=list)
+    line: list[int] = field(default_factory=list)  # file line of each accepted row
     rows_read: int = 0
 
 
@@ -198,20 +231,22 @@ def _generator(rng: np.random.Generator | int) -> np.random.Generator:
 
 def _read(path: Path, problems: RowProblems) -> _Rows:
     rows = _Rows()
-    line_no = 0
     with open_text(path) as text:
+        lines = BoundedLines(text, problems, MAX_ROW_CHARS)
         try:
-            for line_no, line in enumerate(text, start=1):  # noqa: B007 - used after the loop
+            for line in lines:
                 if line.strip():
                     rows.rows_read += 1
-                    _read_line(line, rows, problems, line_no)
+                    _read_line(line, rows, problems, lines.line)
         except READ_ERRORS as exc:
-            raise unreadable(path, line_no + 1, exc, "JSON-lines") from exc
-    if line_no == 0:
+            raise unreadable(path, lines.line + 1, exc, "JSON-lines") from exc
+    if lines.line == 0:
         raise WorkloadError(
             f"{path}: file is empty; expected one JSON object per line with fields "
             f"{', '.join(_FIELDS)}"
         )
+    rows.rows_read += lines.too_long
+    rows = _in_order(rows, problems)
     problems.check_loaded(rows.rows_read, len(rows.prompt))
     return rows
 
@@ -219,11 +254,6 @@ def _read(path: Path, problems: RowProblems) -> _Rows:
 def _read_line(line: str, rows: _Rows, problems: RowProblems, line_no: int) -> None:
     try:
         time_ms, prompt, output, ids = _parse(line)
-        if rows.time_ms and time_ms < rows.time_ms[-1]:
-            raise RowError(
-                f"timestamp {time_ms:g} ms is earlier than the previous kept row's "
-                f"{rows.time_ms[-1]:g} ms; rows must be sorted by time"
-            )
     except RowError as problem:
         problems.bad(line_no, problem)
         return
@@ -232,13 +262,47 @@ def _read_line(line: str, rows: _Rows, problems: RowProblems, line_no: int) -> N
     rows.output.append(output)
     rows.ids.extend(ids)
     rows.num_ids.append(len(ids))
+    rows.line.append(line_no)
+
+
+def _in_order(rows: _Rows, problems: RowProblems) -> _Rows:
+    """``rows`` without its out-of-order rows, each reported (see the module docstring)."""
+    dropped = out_of_order(rows.time_ms)
+    if not dropped:
+        return rows
+    t, line = rows.time_ms, rows.line
+    for i, earlier, other in dropped:
+        if earlier:
+            problem = (f"timestamp {t[i]:.15g} ms is earlier than the previous kept row's "
+                       f"{t[other]:.15g} ms (line {line[other]}); rows must be sorted by time")
+        else:
+            problem = (f"timestamp {t[i]:.15g} ms is later than the next kept row's "
+                       f"{t[other]:.15g} ms (line {line[other]}): this row is out of order; "
+                       "rows must be sorted by time")
+        problems.bad(line[i], problem)
+    drop = {i for i, _, _ in dropped}
+    kept = _Rows(rows_read=rows.rows_read)
+    start = 0
+    for i, count in enumerate(rows.num_ids):
+        if i not in drop:
+            kept.time_ms.append(t[i])
+            kept.prompt.append(rows.prompt[i])
+            kept.output.append(rows.output[i])
+            kept.ids.extend(rows.ids[start:start + count])
+            kept.num_ids.append(count)
+            kept.line.append(line[i])
+        start += count
+    return kept
 
 
 def _parse(line: str) -> tuple[float, int, int, list[int]]:
+    _check_depth(line)
     try:
         record = json.loads(line)
     except json.JSONDecodeError as exc:
         raise RowError(f"not valid JSON ({exc.msg} at column {exc.colno})") from None
+    except ValueError as exc:  # e.g. an integer of over 4,300 digits
+        raise RowError(f"not readable JSON: {exc}") from None
     if not isinstance(record, dict):
         raise RowError(f"expected a JSON object, got {type(record).__name__}")
     missing = [name for name in _FIELDS if name not in record]
@@ -252,34 +316,69 @@ def _parse(line: str) -> tuple[float, int, int, list[int]]:
     )
 
 
+def _check_depth(line: str) -> None:
+    """:class:`RowError` when the line's JSON nests deeper than :data:`MAX_JSON_DEPTH`."""
+    if line.count("[") + line.count("{") <= MAX_JSON_DEPTH:
+        return  # the common case: too few brackets to nest that deep
+    depth = 0
+    for match in _JSON_TOKEN.finditer(line):
+        first = match.group()[0]
+        if first in "[{":
+            depth += 1
+            if depth > MAX_JSON_DEPTH:
+                raise RowError(
+                    f"JSON nesting is deeper than {MAX_JSON_DEPTH} levels, the bound "
+                    "(MAX_JSON_DEPTH); a request record nests 2 levels"
+                )
+        elif first in "]}":
+            depth -= 1
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 24 else f"{text[:12]}... ({len(text):,} characters)"
+
+
 def _timestamp(value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise RowError(f"timestamp = {value!r} is not a number of milliseconds")
-    if not math.isfinite(value):
+        raise RowError(f"timestamp = {_shown(value)} is not a number of milliseconds")
+    if isinstance(value, float) and not math.isfinite(value):
         raise RowError(f"timestamp = {value!r} is {'NaN' if math.isnan(value) else 'infinite'}")
     if value < 0:
-        raise RowError(f"timestamp = {value!r} is negative")
+        raise RowError(f"timestamp = {_shown(value)} is negative")
+    if value > MOONCAKE_MAX_TIMESTAMP_MS:  # exact for ints of any size
+        raise RowError(
+            f"timestamp = {_shown(value)} ms is beyond the bound of "
+            f"{MOONCAKE_MAX_TIMESTAMP_MS:,} ms (MOONCAKE_MAX_TIMESTAMP_MS: "
+            f"{MAX_TRACE_SPAN_S // 86_400} days after the trace start)"
+        )
     return float(value)
 
 
 def _count(name: str, value: Any) -> int:
     if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        check_tokens(name, value, _shown(value))
         return value
     if isinstance(value, float) and value.is_integer() and value > 0:
+        check_tokens(name, int(value), repr(value))
         return int(value)
     raise RowError(
-        f"{name} = {value!r} is {describe_non_count(value)}; expected a positive integer"
+        f"{name} = {_shown(value)} is {describe_non_count(value)}; expected a positive integer"
     )
 
 
 def _ids(value: Any) -> list[int]:
     if not isinstance(value, list):
-        raise RowError(f"hash_ids = {value!r} is not a list of block ids")
+        raise RowError(f"hash_ids = {_shown(value)} is not a list of block ids")
     for position, block_id in enumerate(value):
         if isinstance(block_id, bool) or not isinstance(block_id, int):
-            raise RowError(f"hash_ids[{position}] = {block_id!r} is not an integer block id")
+            raise RowError(
+                f"hash_ids[{position}] = {_shown(block_id)} is not an integer block id"
+            )
         if not 0 <= block_id <= _MAX_ID:
-            raise RowError(f"hash_ids[{position}] = {block_id} is outside [0, {_MAX_ID}]")
+            raise RowError(
+                f"hash_ids[{position}] = {_shown(block_id)} is outside [0, {_MAX_ID}]"
+            )
     return value
 
 

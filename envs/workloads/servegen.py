@@ -31,6 +31,7 @@ from envs.workloads.servegen_data import (
     DIST_GAMMA,
     DIST_NONE,
     LENGTH_WINDOW_S,
+    PROMPT_FIELDS,
     RATE_WINDOW_S,
     SERVEGEN_POOLS,
     Pmf,
@@ -46,9 +47,6 @@ from envs.workloads.workload import Workload, WorkloadError
 
 __all__ = ["SERVEGEN_POOLS", "generate_servegen", "generate_servegen_with_report"]
 
-_PROMPT_FIELDS = ("input_tokens", "text_tokens", "image_tokens", "audio_tokens", "video_tokens")
-
-
 @dataclass
 class _Parts:
     """Requests generated so far, one array per client-window (local to one call)."""
@@ -59,6 +57,7 @@ class _Parts:
     tenant: list[np.ndarray] = field(default_factory=list)
     no_pmf_windows: int = 0
     no_pmf_requests: int = 0
+    no_pmf_fields: set[str] = field(default_factory=set)  # fields those windows' clients had
     zero_lengths: int = 0
 
 
@@ -113,13 +112,15 @@ def generate_servegen_with_report(
     check_on_error(on_error)
     with pool_file(path, pool, "rates") as rates_path:
         rate_problems = RowProblems(rates_path, on_error)
-        rates, rows_read, _ = read_rates(rates_path, rate_problems, start_s, span_end)
+        rates, rows_read, _ = read_rates(rates_path, rate_problems, start_s, span_end,
+                                         span_s=SERVEGEN_POOLS[pool])
     active = _client_requests(rates, start_s, span_end)
     with pool_file(path, pool, "pmfs") as pmf_path:
         pmf_problems = RowProblems(pmf_path, on_error)
         wanted_windows = _length_windows(start_s, span_end)
         pmfs, with_lengths, _ = read_pmfs(
-            pmf_path, pmf_problems, lambda c, w: w in wanted_windows and c in active
+            pmf_path, pmf_problems, lambda c, w: w in wanted_windows and c in active,
+            span_s=SERVEGEN_POOLS[pool],
         )
     chosen, notes = _choose_clients(rates, active, with_lengths, clients, max_clients)
     parts = _Parts()
@@ -223,6 +224,7 @@ def _generate_client(rates: PoolRates, pmfs: PmfTable, client: int, tenant: int,
         if lengths is None:
             parts.no_pmf_windows += 1
             parts.no_pmf_requests += times.size
+            parts.no_pmf_fields.update(_fields_before(pmfs, client, window))
             continue
         parts.times.append(times)
         parts.prompt.append(lengths[0])
@@ -256,7 +258,7 @@ def _lengths_for(pmfs: PmfTable, client: int, window: int, n: int, rng: np.rando
     if fields is None:
         return None
     prompt = np.zeros(n, dtype=np.int64)
-    for name in _PROMPT_FIELDS:
+    for name in PROMPT_FIELDS:
         if name in fields:
             prompt += fields[name].sample(n, rng)
     output = fields["output_tokens"].sample(n, rng)
@@ -270,13 +272,29 @@ def _pmfs_at(pmfs: PmfTable, client: int, window: int) -> dict[str, Pmf] | None:
     k = window // LENGTH_WINDOW_S
     while k >= 0:
         fields = pmfs.fields(client, k * LENGTH_WINDOW_S)
-        if fields and "output_tokens" in fields and any(f in fields for f in _PROMPT_FIELDS):
+        if fields and "output_tokens" in fields and any(f in fields for f in PROMPT_FIELDS):
             return fields
         k -= 1
     return None
 
 
+def _fields_before(pmfs: PmfTable, client: int, window: int) -> set[str]:
+    """The PMF field names of ``client`` at or before ``window`` (none usable)."""
+    names: set[str] = set()
+    for k in range(window // LENGTH_WINDOW_S + 1):
+        names.update(pmfs.fields(client, k * LENGTH_WINDOW_S))
+    return names
+
+
 def _assemble(parts: _Parts, chosen: list[int], start: float, pool: str) -> Workload:
+    if not parts.times and parts.no_pmf_windows:
+        found = ", ".join(sorted(parts.no_pmf_fields)) or "none"
+        raise WorkloadError(
+            f"ServeGen {pool}: no requests in the span: {parts.no_pmf_windows} client-window(s) "
+            f"with {parts.no_pmf_requests} request(s) have no usable length PMF at or before "
+            "them; a PMF window needs the field output_tokens and a prompt field (one of "
+            f"{', '.join(PROMPT_FIELDS)}); fields found there: {found}"
+        )
     if not parts.times:
         raise WorkloadError(f"ServeGen {pool}: no requests in the span; widen it or raise "
                             "rate_scale")

@@ -11,9 +11,23 @@ gzip or none) is detected from the content:
   client, 6-hour window and field; space-separated values and weights (integer counts, or
   probabilities), see ``SOURCE.md``.
 
-Only rows of the requested windows are parsed in full (the window column of every row is
-read and checked for order); bad rows raise ``<file>:<line>: <problem>`` or are skipped
-and counted with ``on_error="skip"``.
+PMF fields (the ``field`` column) are :data:`PMF_FIELDS`: the prompt fields
+:data:`PROMPT_FIELDS` (``input_tokens`` in language pools; ``text_tokens``,
+``image_tokens``, ``audio_tokens``, ``video_tokens`` in multimodal ones), ``output_tokens``
+and the multimodal ``*_count`` fields (read, not used for lengths). Another name (e.g.
+``input`` or ``output``) is a bad row that names the expected fields.
+
+Only rows of the requested windows are parsed in full (the client, window and field columns
+of every row are read and checked, and the window order of rate rows); bad rows raise
+``<file>:<line>: <problem>`` or are skipped and counted with ``on_error="skip"``.
+
+Bounds (a row past one is a bad row naming the field and the bound): a rates row is at
+most :data:`~envs.workloads.tracefiles.MAX_CSV_ROW_CHARS` characters (65,536), a PMF line
+at most :data:`~envs.workloads.tracefiles.MAX_ROW_CHARS` (1 MiB; the longest shipped one
+has 239,307); ``client_id`` is at most :data:`SERVEGEN_MAX_CLIENT_ID` (2**31 - 1; shipped
+ids are below 200); ``window_start_s`` is below the pool's span (:data:`SERVEGEN_POOLS`;
+at most 14 days); a PMF value (a token count) is at most
+:data:`~envs.workloads.tracefiles.MAX_TOKENS` (10,000,000).
 """
 
 from __future__ import annotations
@@ -29,9 +43,14 @@ from types import MappingProxyType
 import numpy as np
 
 from envs.workloads.tracefiles import (
+    MAX_CSV_ROW_CHARS,
+    MAX_ROW_CHARS,
     READ_ERRORS,
+    BoundedLines,
     RowError,
     RowProblems,
+    check_tokens,
+    digits_value,
     open_text,
     trace_file,
     unreadable,
@@ -43,7 +62,10 @@ __all__ = [
     "DIST_NONE",
     "DIST_WEIBULL",
     "LENGTH_WINDOW_S",
+    "PMF_FIELDS",
+    "PROMPT_FIELDS",
     "RATE_WINDOW_S",
+    "SERVEGEN_MAX_CLIENT_ID",
     "SERVEGEN_POOLS",
     "Pmf",
     "PmfTable",
@@ -59,7 +81,13 @@ SERVEGEN_POOLS: Mapping[str, int] = MappingProxyType({
     "language/m-small": 14 * 86_400,
     "multimodal/mm-image": 86_400,
 })
+_LONGEST_SPAN_S = max(SERVEGEN_POOLS.values())
 RATE_WINDOW_S = 600
+# Largest client id (int32, like a workload's tenant ids; shipped ids are below 200).
+SERVEGEN_MAX_CLIENT_ID = 2**31 - 1
+# Length fields: summed into the prompt (whichever a pool has), the output, and counts.
+PROMPT_FIELDS = ("input_tokens", "text_tokens", "image_tokens", "audio_tokens", "video_tokens")
+PMF_FIELDS = (*PROMPT_FIELDS, "output_tokens", "image_count", "audio_count", "video_count")
 LENGTH_WINDOW_S = 21_600
 DIST_NONE, DIST_GAMMA, DIST_WEIBULL = 0, 1, 2
 _DISTS = MappingProxyType({"": DIST_NONE, "Gamma": DIST_GAMMA, "Weibull": DIST_WEIBULL})
@@ -131,19 +159,25 @@ def pool_file(
 
 
 def read_rates(
-    path: Path, problems: RowProblems, start: float, end: float
+    path: Path, problems: RowProblems, start: float, end: float, *,
+    span_s: int = _LONGEST_SPAN_S,
 ) -> tuple[PoolRates, int, int]:
-    """Rate rows whose window overlaps ``[start, end)``; also rows read and kept."""
+    """Rate rows whose window overlaps ``[start, end)``; also rows read and kept.
+
+    ``span_s`` is the pool's span: a window starting at or after it is a bad row.
+    """
     rows = _RateRows()
     with open_text(path) as text:
-        reader = csv.reader(text)
+        lines = BoundedLines(text, problems, MAX_CSV_ROW_CHARS, header=True)
+        reader = csv.reader(lines)
         try:
             _check_header(path, next(reader, None), _RATE_COLUMNS)
             for row in reader:
                 if row:
-                    _rate_row(row, reader.line_num, rows, problems, start, end)
+                    _rate_row(row, reader.line_num, rows, problems, start, end, span_s)
         except READ_ERRORS as exc:
             raise unreadable(path, reader.line_num + 1, exc, "CSV") from exc
+    rows.rows_read += lines.too_long
     problems.check_loaded(rows.rows_read, rows.rows_read - len(problems.problems))
     c = rows.columns
     rates = PoolRates(
@@ -155,14 +189,13 @@ def read_rates(
 
 
 def _rate_row(row: list[str], line: int, rows: _RateRows, problems: RowProblems,
-              start: float, end: float) -> None:
+              start: float, end: float, span_s: int) -> None:
     rows.rows_read += 1
     try:
         if len(row) != len(_RATE_COLUMNS):
             raise RowError(f"row has {len(row)} field(s), expected {len(_RATE_COLUMNS)}: "
                            f"{','.join(_RATE_COLUMNS)}")
-        client = _non_negative_int("client_id", row[0])
-        window = _non_negative_int("window_start_s", row[1])
+        client, window = _client_window(row[0], row[1], span_s)
         previous = rows.last_window.get(client)
         if previous is not None and window <= previous:
             raise RowError(f"window_start_s {window} of client {client} is not after its "
@@ -235,42 +268,50 @@ class PmfTable:
 
 
 def read_pmfs(
-    path: Path, problems: RowProblems, wanted: Callable[[int, int], bool]
+    path: Path, problems: RowProblems, wanted: Callable[[int, int], bool], *,
+    span_s: int = _LONGEST_SPAN_S,
 ) -> tuple[PmfTable, set[int], int]:
     """The PMF lines for which ``wanted(client, window)``, as a lazily parsed table.
 
     Also returns every client id with a PMF line, and the number of lines read. Client,
-    window and field are checked on every line; values and weights when parsed.
+    window (below ``span_s``, the pool's span) and field are checked on every line; values
+    and weights when parsed.
     """
     table = PmfTable(problems)
     clients: set[int] = set()
     rows_read = 0
-    line = 1
     with open_text(path) as text:
+        lines = BoundedLines(text, problems, MAX_ROW_CHARS, header=True)
         try:
-            header = text.readline().rstrip("\r\n")
+            header = next(lines, "").rstrip("\r\n")
             _check_header(path, header.split(",") if header else None, _PMF_COLUMNS)
-            for line, content in enumerate(text, start=2):
+            for content in lines:
                 if content.strip():
                     rows_read += 1
-                    _pmf_line(content, line, table, clients, problems, wanted)
+                    _pmf_line(content, lines.line, table, clients, problems, wanted, span_s)
         except READ_ERRORS as exc:
-            raise unreadable(path, line + 1, exc, "CSV") from exc
+            raise unreadable(path, lines.line + 1, exc, "CSV") from exc
+    rows_read += lines.too_long
     problems.check_loaded(rows_read, rows_read - len(problems.problems))
     return table, clients, rows_read
 
 
 def _pmf_line(content: str, line: int, table: PmfTable, clients: set[int],
-              problems: RowProblems, wanted: Callable[[int, int], bool]) -> None:
+              problems: RowProblems, wanted: Callable[[int, int], bool], span_s: int) -> None:
     parts = content.rstrip("\r\n").split(",")
     try:
         if len(parts) != len(_PMF_COLUMNS):
             raise RowError(f"line has {len(parts)} field(s), expected {len(_PMF_COLUMNS)}: "
                            f"{','.join(_PMF_COLUMNS)}")
-        client = _non_negative_int("client_id", parts[0])
-        window = _non_negative_int("window_start_s", parts[1])
+        client, window = _client_window(parts[0], parts[1], span_s)
         if not parts[2]:
             raise RowError("field is empty")
+        if parts[2] not in PMF_FIELDS:
+            raise RowError(
+                f"field = {_shorter(parts[2])!r} is not a known PMF field; expected one of "
+                f"{', '.join(PMF_FIELDS)} (a client needs output_tokens and a prompt field: "
+                "input_tokens, or text/image/audio/video_tokens)"
+            )
     except RowError as problem:
         problems.bad(line, problem)
         return
@@ -286,13 +327,24 @@ def _pmf(values_text: str, weights_text: str) -> Pmf:
     if len(value_tokens) != len(weight_tokens):
         raise RowError(f"{len(value_tokens)} values but {len(weight_tokens)} weights")
     try:
-        values = np.array([int(v) for v in value_tokens], dtype=np.int64)
+        numbers = [int(v) if len(v) <= 20 else _long_int(v) for v in value_tokens]
     except ValueError:
         raise RowError("values must be space-separated non-negative integers") from None
-    if values.min() < 0:
-        raise RowError(f"value {int(values.min())} is negative")
+    lowest, highest = min(numbers), max(numbers)
+    if lowest < 0:
+        raise RowError(f"value {_shorter(value_tokens[numbers.index(lowest)])} is negative")
+    check_tokens("value", highest, value_tokens[numbers.index(highest)])
+    values = np.array(numbers, dtype=np.int64)
     weights = _weights(weight_tokens)
     return Pmf(values, np.cumsum(weights))
+
+
+def _long_int(token: str) -> int:
+    """A long integer token (int() refuses over 4,300 digits: see digits_value)."""
+    digits = token[1:] if token[:1] in "+-" else token
+    if not (digits.isascii() and digits.isdigit()):
+        raise ValueError(token)
+    return -digits_value(digits) if token[0] == "-" else digits_value(digits)
 
 
 def _weights(tokens: list[str]) -> np.ndarray:
@@ -322,11 +374,35 @@ def _check_header(path: Path, header: list[str] | None, columns: Iterable[str]) 
         )
 
 
-def _non_negative_int(name: str, text: str) -> int:
+def _client_window(client_text: str, window_text: str, span_s: int) -> tuple[int, int]:
+    """The row's client id and window start, checked against their bounds."""
+    c, w = client_text.strip(), window_text.strip()
+    # Fast path (every row of a good file): 9 digits at most are below the client bound.
+    if len(c) <= 9 and len(w) <= 9 and c.isdigit() and w.isdigit() and (c + w).isascii():
+        window = int(w)
+        if window < span_s:
+            return int(c), window
+    client = _plain_int("client_id", client_text)
+    if client > SERVEGEN_MAX_CLIENT_ID:
+        raise RowError(f"client_id = {_shorter(client_text.strip())} is above the bound of "
+                       f"{SERVEGEN_MAX_CLIENT_ID:,} (SERVEGEN_MAX_CLIENT_ID)")
+    window = _plain_int("window_start_s", window_text)
+    if window >= span_s:
+        raise RowError(f"window_start_s = {_shorter(window_text.strip())} is not below the "
+                       f"pool's span of {span_s:,} s (windows start in [0, {span_s:,}))")
+    return client, window
+
+
+def _plain_int(name: str, text: str) -> int:
+    """A non-negative integer written as plain digits (see digits_value), or RowError."""
     value = text.strip()
     if not (value.isascii() and value.isdigit()):
-        raise RowError(f"{name} = {value!r} is not a non-negative integer")
-    return int(value)
+        raise RowError(f"{name} = {_shorter(value)!r} is not a non-negative integer")
+    return digits_value(value)
+
+
+def _shorter(text: str) -> str:
+    return text if len(text) <= 24 else f"{text[:12]}... ({len(text):,} characters)"
 
 
 def _finite(name: str, text: str, minimum: float) -> float:
