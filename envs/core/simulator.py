@@ -220,7 +220,7 @@ class Simulator(Occupancy):
                 if not instance.on_event(time):
                     yield from instance.build_next(time)
                 if self.debug_checks:
-                    self._check_invariants(time)
+                    self.check_invariants(time)
             elif cursor < num_arrivals:
                 self.now = arrivals[cursor]
                 request = self._make_request(cursor)
@@ -228,7 +228,7 @@ class Simulator(Occupancy):
                 self.next_arrival_time = arrivals[cursor] if cursor < num_arrivals else math.inf
                 yield from self._route(request)
                 if self.debug_checks:
-                    self._check_invariants(self.now)
+                    self.check_invariants(self.now)
             else:
                 return
 
@@ -262,7 +262,10 @@ class Simulator(Occupancy):
         action = yield from self.ask(decision)
         self.instances[action.choice].enqueue(request, now)
 
-    def _check_invariants(self, time: float) -> None:
+    def check_invariants(self, time: float) -> None:
+        """Raise if the clock went back or an instance's KV accounting is broken (every
+        live request's blocks, the free and cached pools); `debug_checks` calls it after
+        every event, and a fuzzer may wrap it to count events."""
         if time < self._last_checked_time:
             raise RuntimeError(f"time went backwards: {time} after {self._last_checked_time}")
         self._last_checked_time = time
