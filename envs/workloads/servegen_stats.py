@@ -1,13 +1,18 @@
-"""Pool-level statistics of the shipped ServeGen data, as defined in the traces' README.
+"""Pool-level statistics of ServeGen data, as defined in the traces' README.
+
+A pool is named as for the generator (:func:`servegym.envs.workloads.generate_servegen`):
+a shipped pool's name, or ``path=`` its rates or length file (or a folder with ``pool``).
+A pool that is not shipped spans its rates file's windows.
 
 * clients: every client with rate rows; ``clients_with_lengths``: those with PMFs;
 * aggregate rate: the sum over clients of ``rate_rps`` per 600-s window (mean, peak and
   minimum over every window of the pool's span, empty windows counting as 0);
 * mean IAT CV: the rate-weighted mean of the per-client-window CVs;
 * ``share_with_lengths``: the share of requests (``rate * 600`` summed) from clients with PMFs;
-* per length field: mean, p50 and p99 of the request-weighted mixture of the client PMFs,
-  weight = the client's requests in that 6-hour window; a percentile is the smallest value
-  whose cumulative share reaches it.
+* per length field (also ``reason_ratio`` and the fields the generator does not model):
+  mean, p50 and p99 of the request-weighted mixture of the client PMFs, weight = the
+  client's requests in that 6-hour window; a percentile is the smallest value whose
+  cumulative share reaches it.
 
 Used to check that the shipped re-encoding reproduces the README's table.
 """
@@ -19,31 +24,31 @@ from typing import Any
 
 import numpy as np
 
-from envs.workloads.servegen_data import (
+from servegym.envs.workloads.servegen_data import (
     LENGTH_WINDOW_S,
     RATE_WINDOW_S,
-    SERVEGEN_POOLS,
     PmfTable,
     pool_file,
     read_pmfs,
     read_rates,
+    resolve_pool,
 )
-from envs.workloads.tracefiles import RowProblems
-from envs.workloads.workload import WorkloadError
+from servegym.envs.workloads.tracefiles import RowProblems
 
 __all__ = ["servegen_pool_stats"]
 
 
-def servegen_pool_stats(pool: str, path: str | Path | None = None) -> dict[str, Any]:
+def servegen_pool_stats(pool: str | None, path: str | Path | None = None) -> dict[str, Any]:
     """The statistics of the module docstring for ``pool`` (reads the whole pool)."""
-    if pool not in SERVEGEN_POOLS:
-        raise WorkloadError(f"unknown ServeGen pool {pool!r}; pools: {', '.join(SERVEGEN_POOLS)}")
-    span = SERVEGEN_POOLS[pool]
-    with pool_file(path, pool, "rates") as rates_path:
-        rates, _, _ = read_rates(rates_path, RowProblems(rates_path, "raise"), 0, float("inf"))
-    with pool_file(path, pool, "pmfs") as pmf_path:
+    spec = resolve_pool(pool, path)
+    pool = spec.pool
+    with pool_file(spec, "rates") as rates_path:
+        rates, _, _ = read_rates(rates_path, RowProblems(rates_path, "raise"), 0, float("inf"),
+                                 span_s=spec.row_bound_s)
+    span = rates.windows_end if spec.span_s is None else spec.span_s
+    with pool_file(spec, "lengths") as pmf_path:
         pmfs, with_lengths, _ = read_pmfs(pmf_path, RowProblems(pmf_path, "raise"),
-                                          lambda c, w: True)
+                                          lambda c, w: True, span_s=spec.row_bound_s)
     windows = np.bincount(rates.window // RATE_WINDOW_S, weights=rates.rate,
                           minlength=span // RATE_WINDOW_S)
     requests = rates.rate * RATE_WINDOW_S

@@ -10,10 +10,13 @@ mooncake ``arrivals`` (spread | batch), ``tick_s`` (3.0), ``path``, ``on_error``
 sharegpt ``num_requests`` or ``duration_s``, ``arrivals`` (a process), ``order``
          (random | file): the ShareGPT length table paired with arrivals
 arxiv    as ``sharegpt``, with the arXiv-summarisation length table
-servegen ``pool``, ``start_s`` (0), ``duration_s`` (3600), ``rate_scale`` (1),
-         ``clients`` (None: all), ``max_clients`` (None), ``path``, ``on_error``
-synthetic see :mod:`envs.workloads.synthetic`
-sessions see :mod:`envs.workloads.sessions`
+servegen ``pool`` (None: from ``path``'s file name, else language/m-large),
+         ``start_s`` (0), ``duration_s`` (3600), ``rate_scale`` (1), ``clients``
+         (None: all), ``max_clients`` (None), ``path`` (None: shipped; else a pool's
+         ``<category>_<model>_rates.csv[.gz|.xz]``, ``..._lengths.csv[.gz|.xz]`` or
+         ``..._pmfs.csv[.xz]`` file, or a folder with ``pool``), ``on_error``
+synthetic see :mod:`servegym.envs.workloads.synthetic`
+sessions see :mod:`servegym.envs.workloads.sessions`
 mix      ``tenants``: a list of ``{name, source, priority (0), ttft_slo, tpot_slo}``
          (SLOs None: keep the source's); every tenant's source is any kind above
 ======== ======================================================================
@@ -29,15 +32,15 @@ from typing import Any
 
 import numpy as np
 
-from envs.workloads.azure import load_azure_2023_with_report
-from envs.workloads.mooncake import load_mooncake_with_report
-from envs.workloads.servegen import generate_servegen_with_report
-from envs.workloads.sessions import multi_turn_workload
-from envs.workloads.spec import number, options, text
-from envs.workloads.synthetic import TraceData, synthetic_workload
-from envs.workloads.tracefiles import LoadReport
-from envs.workloads.transforms import merge
-from envs.workloads.workload import Workload, WorkloadError
+from servegym.envs.workloads.azure import load_azure_2023_with_report
+from servegym.envs.workloads.mooncake import load_mooncake_with_report
+from servegym.envs.workloads.servegen import generate_servegen_with_report
+from servegym.envs.workloads.sessions import multi_turn_workload
+from servegym.envs.workloads.spec import number, options, text
+from servegym.envs.workloads.synthetic import TraceData, synthetic_workload
+from servegym.envs.workloads.tracefiles import LoadReport
+from servegym.envs.workloads.transforms import merge
+from servegym.envs.workloads.workload import Workload, WorkloadError
 
 __all__ = ["SOURCE_KINDS", "SourceContext", "make_source"]
 
@@ -101,9 +104,9 @@ def _length_table(spec: Mapping, rng: np.random.Generator, context: SourceContex
 
 def _servegen(spec: Mapping, rng: np.random.Generator, context: SourceContext,
               where: str) -> Workload:
-    opts = options(spec, where, ("kind", "pool"),
-                   {"start_s": 0.0, "duration_s": 3600.0, "rate_scale": 1.0, "clients": None,
-                    "max_clients": None, "path": None, "on_error": "raise"})
+    opts = options(spec, where, ("kind",),
+                   {"pool": None, "start_s": 0.0, "duration_s": 3600.0, "rate_scale": 1.0,
+                    "clients": None, "max_clients": None, "path": None, "on_error": "raise"})
     workload, report = generate_servegen_with_report(
         opts["pool"], start_s=opts["start_s"], duration_s=opts["duration_s"],
         rate_scale=opts["rate_scale"], clients=opts["clients"], max_clients=opts["max_clients"],

@@ -1,7 +1,7 @@
 """Workload transforms: time windows, the train/test split, merging, context clipping.
 
 Rate scaling (compress or stretch time, burst shape kept) is
-:func:`envs.workloads.arrivals.scale_to_rate`.
+:func:`servegym.envs.workloads.arrivals.scale_to_rate`.
 
 The split rule (one rule for every trace and generator, deterministic, no randomness):
 the cut is ``t0 + TRAIN_FRACTION * (t_last - t0)`` over the workload's own time span
@@ -17,9 +17,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from envs.workloads.prefix import BlockChains
-from envs.workloads.spec import number
-from envs.workloads.workload import Workload, WorkloadError
+from servegym.envs.workloads.prefix import BlockChains
+from servegym.envs.workloads.spec import number
+from servegym.envs.workloads.workload import Workload, WorkloadError
 
 __all__ = ["SPLITS", "TRAIN_FRACTION", "clip_to_context", "merge", "split_by_time", "time_window"]
 
@@ -74,6 +74,8 @@ def merge(parts: Sequence[Workload], name: str = "merged") -> Workload:
     Tenants are concatenated: part ``k``'s tenant ``t`` becomes ``offset_k + t``; the
     tenant names must be unique across parts. Prefix hashes of different parts never
     collide (see :meth:`BlockChains.concat`); parts with hashes must share a block size.
+    The reasoning share (``reason_ratio``) is kept when any part has one, NaN (unknown)
+    for the requests of parts without it.
     """
     if not parts:
         raise WorkloadError("merge: give at least one workload")
@@ -89,8 +91,13 @@ def merge(parts: Sequence[Workload], name: str = "merged") -> Workload:
     }
     tenant = np.concatenate([p.tenant + off for p, off in zip(parts, offsets, strict=True)])
     hashes, block_size = _merged_hashes(parts)
+    reason = None
+    if any(p.reason_ratio is not None for p in parts):
+        reason = np.concatenate([p.reason_ratio if p.reason_ratio is not None
+                                 else np.full(len(p), np.nan) for p in parts])[order]
     return Workload(
         **columns,
+        reason_ratio=reason,
         tenant=tenant[order],
         tenant_names=names,
         prefix_hashes=None if hashes is None else _reorder(hashes, order),

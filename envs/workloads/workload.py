@@ -3,6 +3,13 @@
 A :class:`Workload` stores one numpy array per request attribute instead of one object
 per request, so that traces with 50k+ requests cost a few arrays and the simulator can
 read them without Python-level loops. All arrays are read-only after construction.
+
+Optional per-request columns (``None`` when a workload has no such information, so
+workloads without them are unchanged): ``prefix_hashes`` and ``reason_ratio``, the share
+of a request's output tokens spent reasoning (ServeGen's reasoning pools). Slicing
+(:meth:`Workload.head`, :meth:`Workload.take`, so splits and windows) keeps them aligned
+with the requests; ``dataclasses.replace`` of other columns (rate scaling, SLOs) keeps them
+as they are.
 """
 
 from __future__ import annotations
@@ -15,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from envs.workloads.prefix import BlockChains
+from servegym.envs.workloads.prefix import BlockChains
 
 __all__ = ["Workload", "WorkloadError", "WorkloadWarning"]
 
@@ -54,10 +61,16 @@ class Workload:
         prefix_hashes: per request, chained hashes of its full prompt blocks of
             ``prefix_block_size`` tokens: two requests with the same i-th hash share their
             first i blocks. ``None`` when the workload has no prefix information. Either a
-            tuple of int tuples, or a :class:`~envs.workloads.prefix.BlockChains` that
+            tuple of int tuples, or a :class:`~servegym.envs.workloads.prefix.BlockChains` that
             stores them compactly and builds request ``i``'s tuple when it is read.
         prefix_block_size: tokens per hashed block.
         name: label used in logs and result tables.
+        reason_ratio: per request, the share of its output tokens spent reasoning
+            (float64 in ``[0, 1]``; NaN where unknown), or ``None`` when the workload has
+            no reasoning information. About ``round(output_len * reason_ratio)`` of a
+            request's output tokens are reasoning tokens. Clipping the output
+            (:meth:`clip_total_tokens`) keeps the share. Set by ServeGen's reasoning pools
+            (the ``reason_ratio`` length field, see :mod:`servegym.envs.workloads.servegen`).
 
     Arrays are coerced to the dtypes above and made read-only; an input array that is
     already read-only with the right dtype is shared rather than copied.
@@ -74,6 +87,7 @@ class Workload:
     prefix_hashes: tuple[tuple[int, ...], ...] | BlockChains | None = None
     prefix_block_size: int = 16
     name: str = "workload"
+    reason_ratio: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         self._check_scalars()
@@ -86,6 +100,8 @@ class Workload:
         self._check_values()
         if self.prefix_hashes is not None:
             self._set("prefix_hashes", _as_prefix_hashes(self.prefix_hashes, len(self)))
+        if self.reason_ratio is not None:
+            self._set("reason_ratio", _as_reason_ratio(self.reason_ratio, len(self)))
 
     # ------------------------------------------------------------------ construction
 
@@ -104,11 +120,13 @@ class Workload:
         prefix_hashes: Sequence[Sequence[int]] | BlockChains | None = None,
         prefix_block_size: int = 16,
         name: str = "workload",
+        reason_ratio: Any = None,
     ) -> Workload:
         """Build a workload from per-request columns; scalars are repeated for every request.
 
-        ``tenant`` and ``priority`` default to 0 for every request. The number of requests
-        is the common length of the 1-D arguments (1 if all are scalars).
+        ``tenant`` and ``priority`` default to 0 for every request; ``reason_ratio`` to
+        ``None`` (no reasoning information). The number of requests is the common length of
+        the 1-D arguments (1 if all are scalars).
         """
         columns = {
             "arrival_time": arrival_time,
@@ -119,6 +137,8 @@ class Workload:
             "tenant": 0 if tenant is None else tenant,
             "priority": 0 if priority is None else priority,
         }
+        if reason_ratio is not None:
+            columns["reason_ratio"] = reason_ratio
         n = _common_length(columns)
         arrays = {key: _broadcast(value, n) for key, value in columns.items()}
         return cls(
@@ -228,7 +248,9 @@ class Workload:
 
     def _select(self, index: slice | np.ndarray) -> Workload:
         columns = {c: getattr(self, c)[index] for c in (*_FLOAT_COLUMNS, *_INT_COLUMNS)}
-        return dataclasses.replace(self, **columns, prefix_hashes=self._hashes_at(index))
+        ratio = None if self.reason_ratio is None else self.reason_ratio[index]
+        return dataclasses.replace(self, **columns, prefix_hashes=self._hashes_at(index),
+                                   reason_ratio=ratio)
 
     def _hashes_at(self, index: slice | np.ndarray) -> tuple | BlockChains | None:
         hashes = self.prefix_hashes
@@ -369,6 +391,19 @@ def _as_int_array(column: str, value: object, dtype: type[np.integer]) -> np.nda
         f"does not fit in {np.dtype(dtype).name}",
     )
     return _frozen(array.astype(dtype, copy=False), value)
+
+
+def _as_reason_ratio(value: object, n: int) -> np.ndarray:
+    array = _as_1d("reason_ratio", value)
+    if array.shape[0] != n:
+        raise WorkloadError(
+            f"Workload.reason_ratio has {array.shape[0]} entries but there are {n} requests; "
+            "give one reasoning share per request (NaN where unknown), or None for none"
+        )
+    array = _frozen(array.astype(np.float64, copy=False), value)
+    _fail_at((array < 0) | (array > 1), "reason_ratio", array,
+             "reasoning shares must be in [0, 1] (NaN: unknown)")
+    return array
 
 
 def _hashes_argument(hashes: object) -> object:
