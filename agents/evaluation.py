@@ -15,7 +15,7 @@ Definitions:
 * A run (`run_episode`): `Simulator.run(workload, seed)` with one policy per decision kind;
   the controlled kinds are answered by the candidate (a `LearnedPolicy` or a heuristic),
   the others by the env's heuristics. The row holds every `serving/` summary metric.
-  A learned agent that stalls (`agents.learned.AgentStalledError`: it keeps STOPping)
+  A learned agent that stalls (`servegym.agents.learned.AgentStalledError`: it keeps STOPping)
   abandons the window: its row has `stalled = 1` and NaN metrics.
 * The table (`comparison_table`): per policy, the mean over episodes and, in brackets,
   the min and max (NaN when a window stalled).
@@ -33,11 +33,11 @@ from typing import Any
 
 import numpy as np
 
-from envs.build import build_simulator
-from envs.core.metrics import atomic_write
-from envs.protocol import DecisionKind, Policy
-from envs.workloads import Workload, scale_to_rate
-from envs.workloads.transforms import split_by_time
+from servegym.envs.build import build_simulator
+from servegym.envs.core.metrics import atomic_write
+from servegym.envs.protocol import DecisionKind, Policy
+from servegym.envs.workloads import Workload, scale_to_rate
+from servegym.envs.workloads.transforms import split_by_time
 
 FINAL = 1
 PERIODIC = 2
@@ -103,7 +103,7 @@ def simulate(policies: Mapping[DecisionKind, Policy], workload: Workload, seed: 
 def run_episode(policies: Mapping[DecisionKind, Policy], episode: EvalEpisode, cost: Any,
                 cluster: Mapping[str, Any]) -> dict[str, Any]:
     """Simulate one episode; the row has the episode's identity, wall time and summary."""
-    from agents.learned import AgentStalledError
+    from servegym.agents.learned import AgentStalledError
 
     started = time.perf_counter()
     identity = {"episode": episode.index, "seed": episode.seed,
@@ -118,12 +118,13 @@ def run_episode(policies: Mapping[DecisionKind, Policy], episode: EvalEpisode, c
 
 def stalled_metrics() -> list[str]:
     """The `serving/` keys of a summary (NaN in the row of a stalled window)."""
-    from envs.core.metrics import PERCENTILES
+    from servegym.envs.core.metrics import PERCENTILES
 
     names = ["requests", "makespan_s", "throughput_rps", "output_tokens_per_s",
              "total_tokens_per_s", "slo_attainment", "goodput_rps", "finished", "rejected",
              "preemptions", "swaps", "recomputed_tokens", "kv_utilisation_mean",
-             "kv_utilisation_peak", "prefix_cache_hit_rate", "iterations", "fairness_jain"]
+             "kv_utilisation_peak", "prefix_cache_hit_rate", "iterations", "fairness_jain",
+             "cost_per_hour", "goodput_per_dollar"]
     for metric in ("ttft", "tpot", "e2e", "queueing", "tbt"):
         names += [f"{metric}_p{p}" for p in PERCENTILES] + [f"{metric}_mean"]
     return [f"serving/{name}" for name in names]

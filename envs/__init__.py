@@ -1,22 +1,25 @@
-"""servegym environments: importing `envs` registers the Gymnasium ids.
+"""servegym environments (`servegym.envs`, the `envs/` folder); importing `servegym`
+registers the Gymnasium ids.
 
     servegym/Admission-v0   the agent admits waiting requests into each batch (or STOPs)
     servegym/Preemption-v0  the agent picks preemption victims (and recompute vs swap)
     servegym/Routing-v0     the agent routes arriving requests over 4 instances
     servegym/Serving-v0     all three; the observation says which decision is asked
     servegym/AdmissionInterval-v0  admission by priority weights set once per interval
+    servegym/Heterogeneous-v0  routing over a heterogeneous cluster (1 H100, 2 A100, 3 L40S
+                            pools serving Llama-2-7B; Mélange's mixed chat + documents load)
 
 Each id's complete setting is its task in `envs/tasks.py` (`TASKS`), registered with every
 setting as a keyword argument: `gymnasium.make(id)` builds what `python train.py env=<name>`
 trains on (tests/test_headroom.py). Programs composing `conf/` register the OmegaConf
 resolver ``${servegym.task:<id>,<path>}`` through which the Hydra configs read those
-settings (`envs.tasks.register_resolver`; `agents.config.register_configs` does it), so
-`import envs` itself does not import OmegaConf (the simulator's memory stays as it was).
+settings (`servegym.envs.tasks.register_resolver`; `servegym.agents.config.register_configs`
+does it), so `import servegym` does not import OmegaConf (the simulator's memory stays as it was).
 """
 
 from gymnasium.envs.registration import register, registry
 
-from envs.tasks import TASKS
+from servegym.envs.tasks import TASKS
 
 MAX_EPISODE_STEPS = 100_000
 

@@ -5,13 +5,13 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from envs.core.cluster import Pool
-from envs.core.instance import InstanceConfig
-from envs.core.simulator import Simulator
-from envs.costs.base import CostModel
-from envs.protocol import DecisionKind, Policy
+from servegym.envs.core.cluster import Pool
+from servegym.envs.core.instance import InstanceConfig
+from servegym.envs.core.simulator import Simulator
+from servegym.envs.costs.base import CostModel
+from servegym.envs.protocol import DecisionKind, Policy
 
-POOL_KEYS = ("name", "count", "role", "instance", "cost")
+POOL_KEYS = ("name", "count", "role", "instance", "cost", "price_per_hour")
 COST_KEYS = ("model", "gpu", "tensor_parallel", "source")
 
 
@@ -31,9 +31,12 @@ def pool_settings(number: int, spec: Mapping[str, Any],
                   instance: Mapping[str, Any] | None = None
                   ) -> tuple[str, InstanceConfig, dict[str, Any]]:
     """(name, instance config, cost overrides) of `cluster.pools[number]`, every key,
-    instance setting, count and role checked (train.py calls it at config composition)."""
-    from envs.core.cluster import check_count_and_role
-    from envs.costs.specs import get_gpu, get_model
+    instance setting, count, role and price checked (train.py calls it at config
+    composition). `price_per_hour` (USD per GPU-hour; None or absent: the price table's,
+    envs/costs/prices.py) must be a positive, finite number."""
+    from servegym.envs.core.cluster import check_count_and_role
+    from servegym.envs.costs.prices import check_price
+    from servegym.envs.costs.specs import get_gpu, get_model
 
     spec = dict(spec)
     unknown = set(spec) - set(POOL_KEYS)
@@ -42,6 +45,8 @@ def pool_settings(number: int, spec: Mapping[str, Any],
                          f"known: {list(POOL_KEYS)}")
     name = str(spec.get("name", f"pool{number}"))
     check_count_and_role(name, spec.get("count", 1), str(spec.get("role", "mixed")))
+    if spec.get("price_per_hour") is not None:
+        check_price(spec["price_per_hour"], f"cluster.pools[{number}] ({name}).price_per_hour")
     config = instance_config({**dict(instance or {}), **dict(spec.get("instance") or {})})
     cost_spec = dict(spec.get("cost") or {})
     unknown = set(cost_spec) - set(COST_KEYS)
@@ -60,8 +65,8 @@ def build_pools(specs: Sequence[Mapping[str, Any]], cost_model: CostModel,
     """`Pool`s from a cluster config's `pools` list. Each entry: `name`, `count`, `role`
     ("mixed"), `instance` (settings over the cluster's `instance`) and `cost` (model, gpu,
     tensor_parallel, source over the run's `cost_model`; a pool without `cost` uses
-    `cost_model` itself)."""
-    from envs.costs import build_cost_model
+    `cost_model` itself), `price_per_hour` (USD per GPU-hour over the price table's)."""
+    from servegym.envs.costs import build_cost_model
 
     pools = []
     for number, spec in enumerate(specs):
@@ -72,8 +77,10 @@ def build_pools(specs: Sequence[Mapping[str, Any]], cost_model: CostModel,
                     "gpu": getattr(cost_model.gpu, "name", cost_model.gpu),
                     "tensor_parallel": cost_model.tensor_parallel, "source": "auto"}
             cost = build_cost_model(**{**base, **cost_spec}, block_size=config.block_size)
+        price = spec.get("price_per_hour")
         pools.append(Pool(name, config, cost, int(spec.get("count", 1)),
-                          str(spec.get("role", "mixed"))))
+                          str(spec.get("role", "mixed")),
+                          None if price is None else float(price)))
     return pools
 
 

@@ -1,4 +1,5 @@
-"""Gymnasium environments over the serving simulator: one class, four registered ids."""
+"""Gymnasium environments over the serving simulator: one class, five registered ids
+(the sixth, AdmissionInterval-v0, wraps it: envs/interval_env.py)."""
 
 from __future__ import annotations
 
@@ -10,15 +11,15 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from envs.backends import build_backend
-from envs.core.decisions import default_policies, reset_policies
-from envs.core.request import FINISHED, REJECTED
-from envs.costs import build_cost_model
-from envs.observations import DEFAULT_ADMIT_KEYS, DEFAULT_PREEMPT_KEYS, ObservationEncoder
-from envs.protocol import STOP, Action, Decision, DecisionKind, InvalidActionError, Policy
-from envs.rewards import RewardConfig, RewardTracker
-from envs.workloads import Workload, build_workload, load_azure_2023, scale_to_rate
-from envs.workloads.transforms import clip_to_context, split_by_time
+from servegym.envs.backends import build_backend
+from servegym.envs.core.decisions import default_policies, reset_policies
+from servegym.envs.core.request import FINISHED, REJECTED
+from servegym.envs.costs import build_cost_model
+from servegym.envs.observations import DEFAULT_ADMIT_KEYS, DEFAULT_PREEMPT_KEYS, ObservationEncoder
+from servegym.envs.protocol import STOP, Action, Decision, DecisionKind, InvalidActionError, Policy
+from servegym.envs.rewards import RewardConfig, RewardTracker
+from servegym.envs.workloads import Workload, build_workload, load_azure_2023, scale_to_rate
+from servegym.envs.workloads.transforms import clip_to_context, split_by_time
 
 KIND_NAMES = tuple(kind.name for kind in DecisionKind)
 CONTROLS = {"route": DecisionKind.ROUTE, "admit": DecisionKind.ADMIT,
@@ -110,7 +111,12 @@ class ServingEnv(gym.Env):
     conversation trace's train split rescaled to 24 req/s on one instance, the goodput
     reward with `ttft_credit=0.5` (so horizon ends), 16 slots over the default sort keys,
     oracle lengths; Preemption-v0, Routing-v0 and Serving-v0 change the decisions, the
-    workload, the rate and the cluster. Keyword arguments to `gym.make` override them.
+    workload, the rate and the cluster; Heterogeneous-v0 routes Mélange's mixed service
+    (80% chat, 20% long documents, per-tenant SLOs) at 32 req/s over pools of different
+    GPUs (1 H100, 2 A100, 3 L40S serving Llama-2-7B: measured cost tables on the A100 and
+    H100, the roofline on the L40S; `info["serving"]` has the cluster's
+    `serving/cost_per_hour` and `serving/goodput_per_dollar`, the report each pool's GPU,
+    count, price and cost source). Keyword arguments to `gym.make` override them.
     control: decisions the agent answers, any of "admit", "preempt", "route".
     workload: a `Workload`, `build_workload` arguments (a mapping, as in conf/workload/),
     or "azure_conv" / "azure_code". rate: target mean req/s.

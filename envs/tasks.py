@@ -9,17 +9,19 @@ cluster, the candidate sets, what the agent knows of output lengths, and the rew
   passes every setting explicitly (the `ServingEnv` / `IntervalEnv` signature defaults are
   the classes' own, not a task's).
 * The Hydra configs of `python train.py` read the same values through the OmegaConf
-  resolver `servegym.task` (`register_resolver`; importing `envs` registers it):
+  resolver `servegym.task` (`register_resolver`; importing `servegym` registers it):
   ``${servegym.task:<id>,<path>}`` is `task_setting(<id>, <path>)`, the value at the dotted
   path of the task's settings, e.g. ``${servegym.task:servegym/Routing-v0,cluster.num_instances}``.
   `conf/env/admission.yaml` reads every task field for its own `env.id` (``${.id}``), so an
-  env option that sets only `env.id` (preemption, routing, serving, admission_interval)
-  gets that id's defaults; `conf/workload/sharegpt_azure.yaml`,
-  `conf/workload/agent_sessions.yaml` and `conf/cluster/vllm_v1_x4_prefix.yaml` read their
-  task's workload and cluster. Always leaf by leaf, never a whole mapping: an override of
-  one nested key (``workload.source.order=file``, ``env.reward_options.ttft_credit=0``)
-  must keep its siblings, and OmegaConf cannot merge into an interpolated mapping.
-* `agents.config.EnvConfig`'s defaults are `DEFAULT_TASK`'s (but for `reward_options`:
+  env option that sets only `env.id` (preemption, routing, serving, admission_interval,
+  heterogeneous) gets that id's defaults; `conf/workload/sharegpt_azure.yaml`,
+  `conf/workload/agent_sessions.yaml`, `conf/workload/chat_documents.yaml`,
+  `conf/cluster/vllm_v1_x4_prefix.yaml` and `conf/cluster/heterogeneous.yaml` read their
+  task's workload and cluster (list items by index: ``cluster.pools.0.count``). Always
+  leaf by leaf, never a whole mapping: an override of one nested key
+  (``workload.source.order=file``, ``env.reward_options.ttft_credit=0``) must keep its
+  siblings, and OmegaConf cannot merge into an interpolated mapping.
+* `servegym.agents.config.EnvConfig`'s defaults are `DEFAULT_TASK`'s (but for `reward_options`:
   see there).
 
 `tests/test_headroom.py` builds every id both ways (`gym.make(id)` and train.py's
@@ -46,10 +48,10 @@ from dataclasses import dataclass, replace
 from types import MappingProxyType
 from typing import Any
 
-from envs.observations import DEFAULT_ADMIT_KEYS, DEFAULT_PREEMPT_KEYS
+from servegym.envs.observations import DEFAULT_ADMIT_KEYS, DEFAULT_PREEMPT_KEYS
 
-SERVING_ENTRY_POINT = "envs.serving_env:ServingEnv"
-INTERVAL_ENTRY_POINT = "envs.interval_env:IntervalEnv"
+SERVING_ENTRY_POINT = "servegym.envs.serving_env:ServingEnv"
+INTERVAL_ENTRY_POINT = "servegym.envs.interval_env:IntervalEnv"
 RESOLVER = "servegym.task"
 # Task settings that `IntervalEnv` refuses (a part of its `PER_DECISION_OPTIONS`; the
 # invalid-action ones are env mechanics, not task settings): an interval task carries them,
@@ -84,7 +86,8 @@ class TaskSpec:
     id: the Gymnasium id. entry_point: `SERVING_ENTRY_POINT` or `INTERVAL_ENTRY_POINT`.
     workload: "azure_conv" (the Azure 2023 conversation trace, as `ServingEnv` loads it)
         or `build_workload` arguments. cluster: {"num_instances": N, "instance":
-        InstanceConfig fields}; fields left out are `InstanceConfig`'s defaults.
+        InstanceConfig fields}; fields left out are `InstanceConfig`'s defaults; with
+        "pools" (name, count, cost, ...: envs/build.py `build_pools`) a heterogeneous one.
     interval_s: simulated seconds between the agent's actions (interval tasks only, else
         None); interval tasks do not pass `PER_DECISION_SETTINGS`.
     """
@@ -218,6 +221,51 @@ ROUTING = replace(
     cluster={"num_instances": 4, "instance": {"enable_prefix_caching": True}},
 )
 
+# Routing over a heterogeneous cluster, as Mélange (Griggs et al., 2024) studies: one H100,
+# two A100s and three L40S behind one router (envs/core/cluster.py pools; $14.80/h at the
+# dated on-demand prices of envs/costs/prices.py), serving Llama-2-7B, the model with
+# measured cost tables on two of the three GPUs (Vidur's A100 and H100 profiles; the L40S
+# runs on the labelled roofline fallback, envs/costs/factory.py; Llama-3-8B has a table on
+# the A100 only). The workload is Mélange's "mixed" service, 80% chat and 20% documents
+# (their Arena/PubMed blend, here synthetic lengths): chat prompts log-normal, mean 300
+# tokens (cv 1, <= 2048), answers mean 200 (cv 1, <= 1024), SLOs TTFT 1 s / TPOT 50 ms;
+# documents mean 2600 prompt tokens (cv 0.25, <= 3584), summaries mean 150 (cv 0.5,
+# <= 480), SLOs TTFT 4 s / TPOT 100 ms; Poisson arrivals, an hour of them, every episode
+# rescaled to 32 req/s. The GPUs differ ~4x in memory bandwidth, so where a request goes
+# (its size against each type's speed and KV room) decides whether it meets its SLO.
+# Measured (results/hetero_probe.md, goodput on the test split, 5 windows): melange 23.17,
+# min-ttft 20.73, llumnix 19.85, size-interval 18.68, the load-only routers 18.19-18.68, the
+# heterogeneity-blind rr 12.07 and random 11.92 req/s (SLO attainment 0.71-0.73 against
+# 0.97-1.00): spread 0.485. At 12 req/s every router meets every SLO (spread 0.11); at 25
+# req/s the spread is 0.26, at 40 req/s 0.50 (one window each, before the size routers'
+# final form).
+HETEROGENEOUS_RATE = 32.0
+HETEROGENEOUS = replace(
+    ROUTING,
+    id="servegym/Heterogeneous-v0",
+    workload={"source": {
+        "kind": "mix", "name": "chat_and_documents",
+        "tenants": (
+            {"name": "chat", "ttft_slo": 1.0, "tpot_slo": 0.05, "source": {
+                "kind": "synthetic", "duration_s": 3600,
+                "arrivals": {"process": "poisson", "rate": 8.0},
+                "prompt": {"dist": "lognormal", "mean": 300, "cv": 1.0, "high": 2048},
+                "output": {"dist": "lognormal", "mean": 200, "cv": 1.0, "high": 1024}}},
+            {"name": "documents", "ttft_slo": 4.0, "tpot_slo": 0.1, "source": {
+                "kind": "synthetic", "duration_s": 3600,
+                "arrivals": {"process": "poisson", "rate": 2.0},
+                "prompt": {"dist": "lognormal", "mean": 2600, "cv": 0.25, "high": 3584},
+                "output": {"dist": "lognormal", "mean": 150, "cv": 0.5, "high": 480}}},
+        ),
+    }},
+    rate=HETEROGENEOUS_RATE,
+    cluster={"num_instances": 6, "instance": {}, "pools": (
+        {"name": "h100", "count": 1, "cost": {"model": "Llama-2-7B", "gpu": "H100-80GB"}},
+        {"name": "a100", "count": 2, "cost": {"model": "Llama-2-7B", "gpu": "A100-80GB"}},
+        {"name": "l40s", "count": 3, "cost": {"model": "Llama-2-7B", "gpu": "L40S"}},
+    )},
+)
+
 # Admission, preemption and routing at once on two KV-bound instances.
 SERVING = replace(
     ADMISSION,
@@ -239,14 +287,16 @@ ADMISSION_INTERVAL = replace(
 )
 
 TASKS: Mapping[str, TaskSpec] = MappingProxyType({
-    task.id: task for task in (ADMISSION, PREEMPTION, ROUTING, SERVING, ADMISSION_INTERVAL)})
+    task.id: task for task in (ADMISSION, PREEMPTION, ROUTING, SERVING, ADMISSION_INTERVAL,
+                               HETEROGENEOUS)})
 DEFAULT_TASK = ADMISSION  # `python train.py`'s (conf/config.yaml: env=admission)
 
 
 # ============================================================================ lookups
 def task_setting(env_id: str, path: str) -> Any:
     """The value (plain) at dotted `path` of `env_id`'s task, e.g. ("servegym/Routing-v0",
-    "workload.source.arrivals.rate") -> 10.4; a KeyError naming what is missing."""
+    "workload.source.arrivals.rate") -> 10.4; a number indexes a list ("cluster.pools.0.
+    count"); a KeyError naming what is missing."""
     if env_id not in TASKS:
         raise KeyError(f"{env_id!r} is not a servegym task; choose one of {sorted(TASKS)}")
     value: Any = TASKS[env_id]
@@ -256,6 +306,8 @@ def task_setting(env_id: str, path: str) -> Any:
             value = getattr(value, key)
         elif isinstance(value, Mapping) and key in value:
             value = value[key]
+        elif isinstance(value, tuple) and key.isdigit() and int(key) < len(value):
+            value = value[int(key)]
         else:
             raise KeyError(f"{env_id} has no setting {'.'.join(keys[:depth + 1])!r} "
                            f"(envs/tasks.py)")
@@ -272,7 +324,8 @@ def register_resolver() -> None:
 
 
 __all__ = [
-    "ADMISSION", "ADMISSION_INTERVAL", "DEFAULT_TASK", "INTERVAL_ENTRY_POINT",
+    "ADMISSION", "ADMISSION_INTERVAL", "DEFAULT_TASK", "HETEROGENEOUS", "HETEROGENEOUS_RATE",
+    "INTERVAL_ENTRY_POINT",
     "PER_DECISION_SETTINGS", "PREEMPTION", "PREEMPTION_RATE", "RESOLVER", "ROUTING", "SERVING",
     "SERVING_ENTRY_POINT", "TASKS", "TaskSpec", "freeze", "register_resolver", "task_setting",
     "thaw",

@@ -24,9 +24,9 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from envs.build import build_simulator
-from envs.core.metrics import atomic_write, format_summary
-from envs.tasks import register_resolver
+from servegym.envs.build import build_simulator
+from servegym.envs.core.metrics import atomic_write, format_summary
+from servegym.envs.tasks import register_resolver
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -35,7 +35,8 @@ def main(cfg: DictConfig) -> dict:
     workload = instantiate(cfg.workload)
     cost = instantiate(cfg.cost)
     cluster = OmegaConf.to_container(cfg.cluster, resolve=True)
-    sim = build_simulator(cost, cluster["num_instances"], cluster.get("instance"))
+    sim = build_simulator(cost, cluster["num_instances"], cluster.get("instance"),
+                          pools=cluster.get("pools"))
     started = time.perf_counter()
     report = sim.run(workload, seed=cfg.seed)
     elapsed = time.perf_counter() - started
@@ -44,7 +45,7 @@ def main(cfg: DictConfig) -> dict:
     title = (f"{workload.name}: {len(workload)} requests on {sim.num_instances} x "
              f"{cfg.cost.model} on {cfg.cost.gpu} (tp={cfg.cost.tensor_parallel}, "
              f"{sim.config.mode}, {sim.num_kv_blocks} KV blocks per instance)")
-    table = format_summary(summary, source=report.cost_source)
+    table = format_summary(summary, source=report.cost_source, pools=report.pools)
     print(title)
     print(table)
     print(f"simulated in {elapsed:.2f} s")

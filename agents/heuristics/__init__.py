@@ -3,7 +3,7 @@
 Every name is unique across decision kinds, so a name alone says what it schedules. The
 rules, with their papers, are in each module's docstring and in docs/baselines.md.
 
->>> from agents.heuristics import make_policy
+>>> from servegym.agents.heuristics import make_policy
 >>> policy = make_policy("srpt-pred", sigma=1.0, max_wait_s=30.0)
 """
 
@@ -16,33 +16,34 @@ from functools import partial
 from types import MappingProxyType
 from typing import Any
 
-from agents.heuristics.deadline import EarliestDeadlineFirst
-from agents.heuristics.length import (
+from servegym.agents.heuristics.deadline import EarliestDeadlineFirst
+from servegym.agents.heuristics.length import (
     ShortestOutputFirst,
     ShortestPromptFirst,
     ShortestRemainingFirst,
 )
-from agents.heuristics.load_balance import (
+from servegym.agents.heuristics.load_balance import (
     JoinShortestQueue,
     LeastKVLoad,
     LeastOutstandingRequests,
     PowerOfTwoChoices,
     RandomRouting,
 )
-from agents.heuristics.past_future import PastFutureAdmission
-from agents.heuristics.preemption import (
+from servegym.agents.heuristics.melange import MelangeRouting, SizeIntervalRouting
+from servegym.agents.heuristics.past_future import PastFutureAdmission
+from servegym.agents.heuristics.preemption import (
     LeastProgressVictim,
     LongestRemainingVictim,
     LowestPriorityVictim,
     MostBlocksVictim,
 )
-from agents.heuristics.prefix_affinity import PrefixAffinity
-from agents.heuristics.priority import StrictPriority
-from agents.heuristics.swap import CostAwareSwap
-from agents.heuristics.ttft_routing import MinPredictedTTFT
-from agents.heuristics.vtc import VirtualTokenCounter
-from envs.core.decisions import FCFSAdmission, LatestArrivalPreemption, RoundRobinRouting
-from envs.protocol import DecisionKind, Policy
+from servegym.agents.heuristics.prefix_affinity import PrefixAffinity
+from servegym.agents.heuristics.priority import StrictPriority
+from servegym.agents.heuristics.swap import CostAwareSwap
+from servegym.agents.heuristics.ttft_routing import MinPredictedTTFT
+from servegym.agents.heuristics.vtc import VirtualTokenCounter
+from servegym.envs.core.decisions import FCFSAdmission, LatestArrivalPreemption, RoundRobinRouting
+from servegym.envs.protocol import DecisionKind, Policy
 
 ADMIT, PREEMPT, ROUTE = DecisionKind.ADMIT, DecisionKind.PREEMPT, DecisionKind.ROUTE
 
@@ -114,6 +115,12 @@ def _entries() -> list[PolicyInfo]:
         PolicyInfo("prefix-affinity", ROUTE, PrefixAffinity,
                    "longest cached prefix within a load cap"),
         PolicyInfo("min-ttft", ROUTE, MinPredictedTTFT, "lowest predicted TTFT"),
+        PolicyInfo("melange", ROUTE, MelangeRouting,
+                   "Mélange: size bucket -> GPU type by the allocation's shares, fewest "
+                   "outstanding within the type"),
+        PolicyInfo("size-interval", ROUTE, SizeIntervalRouting,
+                   "prompt-length interval per GPU type (SITA): shortest prompts to the "
+                   "cheapest type, cuts sized to capacity; fewest outstanding within"),
     ]
 
 

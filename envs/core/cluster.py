@@ -8,6 +8,11 @@ given) and every instance knows its pool (`Instance.pool`), which routing decisi
 heterogeneous one, e.g. 2 x H100 + 4 x A100 as Mélange studies, is several
 (conf/cluster/hetero_h100_a100.yaml).
 
+Prices: each pool's instances cost `price_per_hour` (USD per GPU-hour, times the cost
+model's tensor parallelism per instance), or the dated table price of its GPU
+(envs/costs/prices.py); reports show per pool its GPU, count, price and cost source and
+the cluster's `serving/cost_per_hour` (envs/core/metrics.py).
+
 Roles: "mixed" (prefill and decode on the same instance, as vLLM serves today) is the only
 role the simulator runs; "prefill" and "decode" name the pools of a disaggregated cluster
 (DistServe, Splitwise), which need KV transfers between pools and are refused until those
@@ -23,7 +28,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from envs.core.instance import InstanceConfig
+from servegym.envs.core.instance import InstanceConfig
 
 ROLES = ("mixed",)
 PLANNED_ROLES = ("prefill", "decode")
@@ -31,16 +36,24 @@ PLANNED_ROLES = ("prefill", "decode")
 
 @dataclass(frozen=True)
 class Pool:
-    """`count` identical instances: their `config`, `cost` model and `role`."""
+    """`count` identical instances: their `config`, `cost` model and `role`, and the
+    `price_per_hour` (USD per GPU-hour) to charge for them; None: the price table's for the
+    cost model's GPU (envs/costs/prices.py `pool_price`, which reports use)."""
 
     name: str
     config: InstanceConfig
     cost: Any  # a CostModel
     count: int = 1
     role: str = "mixed"
+    price_per_hour: float | None = None
 
     def __post_init__(self) -> None:
         check_count_and_role(self.name, self.count, self.role)
+        if self.price_per_hour is not None:
+            from servegym.envs.costs.prices import check_price
+
+            object.__setattr__(self, "price_per_hour", check_price(
+                self.price_per_hour, f"pool {self.name!r}: price_per_hour"))
 
 
 def check_count_and_role(name: str, count: Any, role: str) -> None:

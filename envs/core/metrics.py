@@ -18,6 +18,15 @@ Definitions (all times in seconds):
   tenant attains anything. (An index of the tokens served per tenant over the whole run
   would measure nothing: once every request finishes it equals the demand's, whatever the
   policy.)
+* Cost (`serving/cost_per_hour`): what the cluster costs per hour, sum over pools of
+  instances x GPUs per instance x USD per GPU-hour (each pool's `price_per_hour`, else the
+  dated on-demand price table of envs/costs/prices.py); NaN when a pool's GPU has no price.
+  The whole cluster is charged for the whole makespan, busy or idle, as a rented one is.
+* Goodput per dollar (`serving/goodput_per_dollar`): requests that attained their SLO per
+  USD of cluster time, met / (cost_per_hour x makespan / 3600) (Mélange's cost efficiency,
+  Griggs et al. 2024, for a fixed cluster). `ServingReport.pools` lists each pool's name,
+  GPU, count, price, price source and cost-model source (measured tables or roofline);
+  `format_summary` prints them.
 """
 
 from __future__ import annotations
@@ -33,10 +42,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from envs.core.request import FINISHED, REJECTED, STATUS_NAMES
+from servegym.envs.core.request import FINISHED, REJECTED, STATUS_NAMES
+from servegym.envs.costs.prices import format_pool_rows, pool_rows
 
 if TYPE_CHECKING:
-    from envs.core.simulator import Simulator
+    from servegym.envs.core.simulator import Simulator
 
 PERCENTILES = (50, 90, 99)
 
@@ -63,6 +73,9 @@ class ServingReport:
     # Per instance: (sample times, fraction of KV blocks in use from that time on).
     kv_series: list[tuple[np.ndarray, np.ndarray]] = field(default_factory=list)
     summary: dict[str, float] = field(default_factory=dict)
+    # Per pool: name, gpu, tensor_parallel, count, price_per_hour (per instance), price_source,
+    # cost_source (envs/costs/prices.py `pool_rows`); empty: no prices known.
+    pools: list[dict[str, Any]] = field(default_factory=list)
 
     def summarize(self, ttft_slo: float | None = None, tpot_slo: float | None = None) -> dict:
         return summarize(self, ttft_slo, tpot_slo)
@@ -80,7 +93,7 @@ class ServingReport:
         return atomic_write(path, write)
 
     def format_table(self) -> str:
-        return format_summary(self.summary, self.cost_source)
+        return format_summary(self.summary, self.cost_source, self.pools)
 
 
 def atomic_write(path: Path, write: Any, *, overwrite: bool = False) -> Path:
@@ -156,6 +169,7 @@ def build_report(sim: Simulator) -> ServingReport:
              np.array(i.kv_used, dtype=np.float64) / i.bm.num_blocks)
             for i in instances
         ],
+        pools=pool_rows(sim.pools),
     )
     report.summary = summarize(report)
     return report
@@ -270,6 +284,11 @@ def summarize(
     out["serving/prefix_cache_hit_rate"] = report.counters["prefix_cache_hit_rate"]
     out["serving/iterations"] = report.counters["iterations"]
     out["serving/fairness_jain"] = _jain(r["tenant"], met)
+    cost = (float(sum(row["count"] * row["price_per_hour"] for row in report.pools))
+            if report.pools else math.nan)
+    out["serving/cost_per_hour"] = cost
+    dollars = cost * (end - start) / 3600.0
+    out["serving/goodput_per_dollar"] = float(met.sum()) / dollars if dollars > 0 else math.nan
     return out
 
 
@@ -282,8 +301,10 @@ def _jain(tenant: np.ndarray, met: np.ndarray) -> float:
     return float(attainment.sum() ** 2 / (attainment.size * (attainment**2).sum()))
 
 
-def format_summary(summary: dict[str, float], source: str | None = None) -> str:
-    """A fixed-width table of the headline metrics."""
+def format_summary(summary: dict[str, float], source: str | None = None,
+                   pools: list[dict[str, Any]] | None = None) -> str:
+    """A fixed-width table of the headline metrics (and, given `ServingReport.pools`, the
+    cluster's cost and each pool's GPU, count, price and cost source)."""
     rows = [
         ("requests (finished / rejected)",
          f"{summary['serving/finished']:.0f} / {summary['serving/rejected']:.0f}"),
@@ -307,5 +328,11 @@ def format_summary(summary: dict[str, float], source: str | None = None) -> str:
     ]
     if source:
         rows.append(("cost source", source))
+    cost = summary.get("serving/cost_per_hour", math.nan)
+    if math.isfinite(cost):
+        rows += [("cluster cost ($/h)", f"{cost:.2f}"),
+                 ("goodput per $", f"{summary['serving/goodput_per_dollar']:.1f}")]
+    for row in pools or ():
+        rows.append((f"pool {row['name']}", format_pool_rows([row]).split(": ", 1)[1]))
     width = max(len(name) for name, _ in rows)
     return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)
