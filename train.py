@@ -27,12 +27,18 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from agents import learners, training
-from agents.agent_files import has_training_state
-from agents.callbacks import Checkpoints, EpisodeServing, ProgressBar, ServingEvaluation
-from agents.config import TrainConfig, register_configs
-from agents.evaluation import compare, comparison_table
-from agents.run_logger import NullLogger, build_logger, resumed_group, run_group, sb3_logger
+from servegym.agents import learners, training
+from servegym.agents.agent_files import has_training_state
+from servegym.agents.callbacks import Checkpoints, EpisodeServing, ProgressBar, ServingEvaluation
+from servegym.agents.config import TrainConfig, register_configs
+from servegym.agents.evaluation import compare, comparison_table
+from servegym.agents.run_logger import (
+    NullLogger,
+    build_logger,
+    resumed_group,
+    run_group,
+    sb3_logger,
+)
 
 log = logging.getLogger("train")
 register_configs()

@@ -1,4 +1,4 @@
-"""Schedulers for servegym: heuristic baselines (`agents.heuristics`) and, later, learned
+"""Schedulers for servegym: heuristic baselines (`servegym.agents.heuristics`) and, later, learned
 agents. `build_scheduler(spec)` turns a policy spec into the simulator's policies:
 
 * ``"srpt-oracle"``: one registered baseline; the other decision kinds keep the defaults
@@ -15,9 +15,9 @@ import ast
 import re
 from typing import Any
 
-from agents.heuristics import make_policy, policy_info
-from envs.core.decisions import default_policies
-from envs.protocol import DecisionKind, Policy
+from servegym.agents.heuristics import make_policy, policy_info
+from servegym.envs.core.decisions import default_policies
+from servegym.envs.protocol import DecisionKind, Policy
 
 _TERM = re.compile(r"^\s*([A-Za-z0-9_.\-]+)\s*(?:\((.*)\))?\s*$", re.S)
 KIND_ORDER = (DecisionKind.ROUTE, DecisionKind.ADMIT, DecisionKind.PREEMPT)
@@ -27,8 +27,8 @@ def load_agent(path: str, allow_pickle: bool = False) -> dict[DecisionKind, Poli
     """Policies of the learned agent saved at `path` (a train.py run folder, its `model/`
     folder or a checkpoint): the agent answers the decisions it was trained on, its training
     heuristics (or the defaults) the others. Nothing is unpickled unless `allow_pickle`
-    (for folders saved before the safe files existed). See `agents.learned`."""
-    from agents.learned import load_agent as load
+    (for folders saved before the safe files existed). See `servegym.agents.learned`."""
+    from servegym.agents.learned import load_agent as load
 
     return load(path, allow_pickle=allow_pickle)
 

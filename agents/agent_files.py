@@ -20,7 +20,7 @@ only pickled files: loading it needs `allow_pickle=True`, which warns (agents/le
 
 What resuming training needs beyond the policy, also without pickle
 (`training_state_files` writes, `restore_training_state` reads into a model that
-`agents.learners.build_model` has just built from the run's recorded config):
+`servegym.agents.learners.build_model` has just built from the run's recorded config):
 
 * `optimizer.pt`: the optimizer's `state_dict` (`torch.load(weights_only=True)`);
 * `training_state.json`: the counters (timesteps, updates, calls, episodes) and, with
@@ -31,8 +31,10 @@ What resuming training needs beyond the policy, also without pickle
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -56,7 +58,7 @@ def policy_classes() -> dict[str, type]:
     from stable_baselines3.common.policies import ActorCriticPolicy
     from stable_baselines3.dqn.policies import DQNPolicy
 
-    from agents.scorer_policy import MaskableScorerPolicy, ScorerPolicy
+    from servegym.agents.scorer_policy import MaskableScorerPolicy, ScorerPolicy
 
     return {"ActorCriticPolicy": ActorCriticPolicy,
             "MaskableActorCriticPolicy": MaskableActorCriticPolicy,
@@ -182,6 +184,33 @@ def load_policy_files(folder: Path) -> tuple[LoadedModel, ObsNormalizer | None]:
     return LoadedModel(policy), normalizer
 
 
+# ---------------------------------------------------------------------- legacy pickles
+@contextlib.contextmanager
+def legacy_module_names(what: str) -> Iterator[None]:
+    """While unpickling an opted-in legacy folder: the pre-0.2 module names (``agents.*``,
+    ``envs.*``) resolve to ``servegym.agents.*`` / ``servegym.envs.*``, with a
+    DeprecationWarning; the aliases are removed afterwards."""
+    import importlib
+    import sys
+    import warnings
+
+    for package in ("servegym.agents.scorer_policy", "servegym.envs.observations"):
+        importlib.import_module(package)  # what pickled SB3 models name
+    added = [name[len("servegym."):] for name in list(sys.modules)
+             if name.startswith(("servegym.agents", "servegym.envs"))
+             and name[len("servegym."):] not in sys.modules]
+    for name in added:
+        sys.modules[name] = sys.modules[f"servegym.{name}"]
+    warnings.warn(f"{what} may name pre-0.2 modules (agents.*, envs.*): read as servegym.*; "
+                  "re-save it (the old names stop working in the next release)",
+                  DeprecationWarning, stacklevel=3)
+    try:
+        yield
+    finally:
+        for name in added:
+            sys.modules.pop(name, None)
+
+
 # ---------------------------------------------------------------------- training state
 def _running_stats(rms: Any) -> dict[str, Any]:
     return {"mean": np.asarray(rms.mean).tolist(), "var": np.asarray(rms.var).tolist(),
@@ -199,9 +228,10 @@ def training_state_files(model: Any, replay_buffer: bool = False) -> dict[str, b
         "episode_num": int(getattr(model, "_episode_num", 0)),
     }
     venv = model.get_vec_normalize_env()
-    if venv is not None:
-        state["vec_normalize"] = {"obs": _running_stats(venv.obs_rms),
-                                  "ret": _running_stats(venv.ret_rms)}
+    if venv is not None:  # (norm_obs=False: VecNormalize keeps no observation statistics)
+        state["vec_normalize"] = {
+            key: _running_stats(getattr(venv, f"{key}_rms")) if hasattr(venv, f"{key}_rms")
+            else None for key in ("obs", "ret")}
     files = {TRAINING_STATE: json.dumps(state, indent=2).encode()}
     buffer = io.BytesIO()
     torch.save(model.policy.optimizer.state_dict(), buffer)
@@ -251,8 +281,13 @@ def restore_training_state(model: Any, folder: Path) -> Any:
         raise UnsafeAgentError(f"{folder}: the run was saved {'with' if saved else 'without'} "
                                "VecNormalize statistics but the config says otherwise")
     if venv is not None:
-        _restore_stats(venv.obs_rms, saved["obs"], "observation")
-        _restore_stats(venv.ret_rms, saved["ret"], "return")
+        for key, what in (("obs", "observation"), ("ret", "return")):
+            if (saved.get(key) is None) != (not hasattr(venv, f"{key}_rms")):
+                raise UnsafeAgentError(f"{folder}: VecNormalize {what} statistics were saved "
+                                       f"{'without' if saved.get(key) is None else 'with'} "
+                                       "them, but the config says otherwise")
+            if saved.get(key) is not None:
+                _restore_stats(getattr(venv, f"{key}_rms"), saved[key], what)
     replay = getattr(model, "replay_buffer", None)
     if replay is not None and (folder / REPLAY_ARRAYS).is_file():
         with np.load(folder / REPLAY_ARRAYS, allow_pickle=False) as arrays:

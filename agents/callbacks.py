@@ -1,10 +1,10 @@
 """SB3 callbacks of train.py: progress bar, checkpoints, serving evaluations, episode stats.
 
 * `ProgressBar`: a tqdm bar over timesteps (starts at the resumed step).
-* `Checkpoints`: every `freq` timesteps, `agents.learners.save_checkpoint` (model,
+* `Checkpoints`: every `freq` timesteps, `servegym.agents.learners.save_checkpoint` (model,
   VecNormalize statistics, replay buffer, agent metadata) into `<run dir>/checkpoints/`.
 * `ServingEvaluation`: every `freq` timesteps, the current model as a `LearnedPolicy` on
-  `agents.evaluation` episodes of the training split (stream `PERIODIC`); the means of
+  `servegym.agents.evaluation` episodes of the training split (stream `PERIODIC`); the means of
   `serving/slo_attainment`, `serving/ttft_p99`, `serving/tbt_p99`, `serving/e2e_mean`,
   `serving/throughput_rps` and `serving/goodput_rps` go to the logger under their own
   names, at that timestep. When `run_dir` is given, the model with the best mean
@@ -28,9 +28,9 @@ from typing import Any
 import numpy as np
 from stable_baselines3.common.callbacks import BaseCallback
 
-from agents.evaluation import EvalEpisode, compare, policy_means
-from agents.learned import policy_from_model, scheduler_for
-from agents.learners import CHECKPOINTS, save_agent, save_checkpoint
+from servegym.agents.evaluation import EvalEpisode, compare, policy_means
+from servegym.agents.learned import policy_from_model, scheduler_for
+from servegym.agents.learners import CHECKPOINTS, save_agent, save_checkpoint
 
 PERIODIC_METRICS = ("serving/slo_attainment", "serving/ttft_p99", "serving/tbt_p99",
                     "serving/e2e_mean", "serving/throughput_rps", "serving/goodput_rps")
@@ -100,7 +100,7 @@ class _Every(BaseCallback):
 
 
 class Checkpoints(_Every):
-    """Checkpoint every `freq` timesteps (see `agents.learners.save_checkpoint`)."""
+    """Checkpoint every `freq` timesteps (see `servegym.agents.learners.save_checkpoint`)."""
 
     def __init__(self, freq: int, run_dir: Path, metadata: Mapping[str, Any], keep: int) -> None:
         super().__init__(freq)

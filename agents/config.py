@@ -27,8 +27,8 @@ from typing import Any
 
 from omegaconf import MISSING
 
-from envs.core.instance import InstanceConfig
-from envs.tasks import ADMISSION_INTERVAL, DEFAULT_TASK, register_resolver
+from servegym.envs.core.instance import InstanceConfig
+from servegym.envs.tasks import ADMISSION_INTERVAL, DEFAULT_TASK, register_resolver
 
 ALGORITHMS = ("maskable_ppo", "ppo", "a2c", "dqn", "heuristic")
 MASKED_ALGORITHMS = ("maskable_ppo",)
@@ -42,9 +42,9 @@ NETWORKS = ("auto", "mlp", "scorer")
 # ============================================================================ shared groups
 @dataclass
 class WorkloadConfig:
-    """`conf/workload/*.yaml`: the arguments of `envs.workloads.build_workload`."""
+    """`conf/workload/*.yaml`: the arguments of `servegym.envs.workloads.build_workload`."""
 
-    _target_: str = "envs.workloads.build_workload"
+    _target_: str = "servegym.envs.workloads.build_workload"
     source: dict[str, Any] = field(default_factory=dict)
     rate: float | None = None
     window: Any = None
@@ -66,7 +66,7 @@ class CostConfig:
     or `vidur_compatible` are refused here rather than silently dropped.
     """
 
-    _target_: str = "envs.costs.build_cost_model"
+    _target_: str = "servegym.envs.costs.build_cost_model"
     model: str = "Llama-3-8B"
     gpu: str = "H100-80GB"
     tensor_parallel: int = 1
@@ -90,13 +90,15 @@ class PoolConfig:
     """One pool of a heterogeneous cluster (envs/core/cluster.py): `count` instances with
     the cluster's `instance` settings overridden by this pool's `instance`, on the run's
     cost model overridden by `cost` (model, gpu, tensor_parallel, source), in `role`
-    ("mixed")."""
+    ("mixed"), charged `price_per_hour` USD per GPU-hour (null: the dated price table's for
+    its GPU, envs/costs/prices.py; a positive, finite number, checked at composition)."""
 
     name: str = MISSING
     count: int = 1
     role: str = "mixed"
     instance: dict[str, Any] = field(default_factory=dict)
     cost: dict[str, Any] = field(default_factory=dict)
+    price_per_hour: float | None = None
 
 
 @dataclass
@@ -116,7 +118,7 @@ class EnvConfig:
     workload / cost / cluster groups do not set.
 
     The task fields (rate through reward, and interval_s) default to the settings of
-    `envs.tasks.DEFAULT_TASK` (servegym/Admission-v0; interval_s: AdmissionInterval-v0's),
+    `servegym.envs.tasks.DEFAULT_TASK` (servegym/Admission-v0; interval_s: AdmissionInterval-v0's),
     the one statement of every task's defaults; `conf/env/admission.yaml` reads them, and
     reward_options, for `env.id` (`${servegym.task:${.id},<field>}`), so train.py and
     `gym.make(id)` build the same task unless overridden.
@@ -310,7 +312,8 @@ class LoggerConfig:
 
 @dataclass
 class EvalConfig:
-    """Evaluation: the agent and the baselines on the same workloads (see agents.evaluation).
+    """Evaluation: the agent and the baselines on the same workloads (see
+    servegym.agents.evaluation).
 
     split: trace part of the final evaluation ("test": held out). episodes: workload
     windows; num_requests / rate: per window (null: the env's episode_requests / rate).
@@ -324,7 +327,7 @@ class EvalConfig:
     training split.
     deterministic: greedy agent actions (default; the headline row "agent"); false samples
     from the trained policy with a seeded generator. The other mode, and the last model in
-    both, are reported beside it (agents.training.agent_factories).
+    both, are reported beside it (servegym.agents.training.agent_factories).
     """
 
     split: str = "test"
@@ -371,6 +374,37 @@ class TrainConfig:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
 
 
+# Top-level module names before servegym 0.2, which saved configs and agents may still name.
+LEGACY_PACKAGES = ("envs", "agents")
+
+
+def upgrade_module_paths(container: Any, where: str = "a saved config") -> Any:
+    """`container` with every ``_target_`` that names a pre-0.2 module (``envs.*``,
+    ``agents.*``) renamed under ``servegym.``, with a DeprecationWarning (for one release)."""
+    import warnings
+
+    renamed: list[str] = []
+
+    def walk(node: Any) -> Any:
+        if isinstance(node, dict):
+            out = {key: walk(value) for key, value in node.items()}
+            target = out.get("_target_")
+            if isinstance(target, str) and target.split(".", 1)[0] in LEGACY_PACKAGES:
+                out["_target_"] = f"servegym.{target}"
+                renamed.append(target)
+            return out
+        if isinstance(node, list):
+            return [walk(item) for item in node]
+        return node
+
+    upgraded = walk(container)
+    if renamed:
+        warnings.warn(f"{where} names the old module path(s) {sorted(set(renamed))}; read as "
+                      "servegym.* (the old names stop working in the next release)",
+                      DeprecationWarning, stacklevel=2)
+    return upgraded
+
+
 RUN_NAME_RESOLVER = "servegym.run_name"
 RESOLVED_CONFIG = "resolved_config.yaml"  # a run's effective config, in its folder
 
@@ -393,7 +427,7 @@ def run_name(name: str, resume: str | None) -> str:
 def register_configs() -> None:
     """Store the schemas in Hydra's ConfigStore and register the resolver
     ``${servegym.task:<id>,<path>}`` through which the configs read the task settings of
-    `envs/tasks.py` (importing `envs` registers it too; idempotent)."""
+    `envs/tasks.py` (importing `servegym` registers it too; idempotent)."""
     from hydra.core.config_store import ConfigStore
 
     register_resolver()
@@ -460,8 +494,8 @@ def validate(cfg: TrainConfig) -> None:
 
 def _validate_env(env: EnvConfig) -> None:
     """Candidate sets and episode ends, checked at composition (before any env is built)."""
-    from envs.observations import ADMIT_KEYS, PREEMPT_KEYS, check_keys
-    from envs.serving_env import EPISODE_ENDS
+    from servegym.envs.observations import ADMIT_KEYS, PREEMPT_KEYS, check_keys
+    from servegym.envs.serving_env import EPISODE_ENDS
 
     if env.num_slots < 1:
         raise ValueError(f"env.num_slots must be >= 1, got {env.num_slots}")
@@ -537,9 +571,9 @@ def _validate_agent(agent: AgentConfig) -> None:
 
 
 def _validate_cluster(cluster: ClusterConfig) -> None:
-    """The instance settings, checked by `InstanceConfig` itself (envs.build.instance_config)
-    at composition, and the instance count."""
-    from envs.build import instance_config
+    """The instance settings, checked by `InstanceConfig` itself
+    (servegym.envs.build.instance_config) at composition, and the instance count."""
+    from servegym.envs.build import instance_config
 
     if cluster.num_instances < 1:
         raise ValueError(f"cluster.num_instances must be >= 1, got {cluster.num_instances}")
@@ -550,7 +584,7 @@ def _validate_cluster(cluster: ClusterConfig) -> None:
 
 
 def _interval_id(env_id: str) -> bool:
-    from agents.learners import is_interval_env
+    from servegym.agents.learners import is_interval_env
 
     return is_interval_env(env_id)
 
@@ -570,9 +604,10 @@ def _validate_interval(cfg: TrainConfig) -> None:
 
 
 def _validate_pools(cluster: ClusterConfig) -> None:
-    """Pools checked at composition, by the builder's own checks (`envs.build.pool_settings`:
-    keys, instance settings, GPU and model names, count, role), and their instance count."""
-    from envs.build import pool_settings
+    """Pools checked at composition, by the builder's own checks
+    (`servegym.envs.build.pool_settings`: keys, instance settings, GPU and model names,
+    count, role), and their instance count."""
+    from servegym.envs.build import pool_settings
 
     if not cluster.pools:
         return

@@ -40,8 +40,8 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-from envs.core.decisions import reset_policies
-from envs.protocol import DecisionKind, Policy
+from servegym.envs.core.decisions import reset_policies
+from servegym.envs.protocol import DecisionKind, Policy
 
 MAX_EPISODES = 10_000  # collection stops after this many episodes even if short of steps
 

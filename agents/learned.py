@@ -4,7 +4,7 @@ A `LearnedPolicy` answers a decision the way the env would have asked it: it enc
 decision with the env's own `ObservationEncoder` (same slots, features and mask), picks an
 action greedily among the valid ones, and maps it back with `encoder.to_action`. So a
 trained agent is evaluated in a plain `Simulator`, on the same workloads and through the
-same code path as every heuristic (`agents.evaluation`), and `agent:<path>` policy specs
+same code path as every heuristic (`servegym.agents.evaluation`), and `agent:<path>` policy specs
 work in `experiments/evaluate.py` too.
 
 Action among the valid ones (PPO, A2C and DQN train unmasked with the env's fallback; at
@@ -38,14 +38,14 @@ from typing import Any
 
 import numpy as np
 
-from envs.core.decisions import default_policies
-from envs.observations import (
+from servegym.envs.core.decisions import default_policies
+from servegym.envs.observations import (
     DEFAULT_ADMIT_KEYS,
     DEFAULT_PREEMPT_KEYS,
     OBS_LAYOUT_VERSION,
     ObservationEncoder,
 )
-from envs.protocol import Action, Decision, DecisionKind, Policy
+from servegym.envs.protocol import Action, Decision, DecisionKind, Policy
 
 KINDS = {"admit": DecisionKind.ADMIT, "preempt": DecisionKind.PREEMPT,
          "route": DecisionKind.ROUTE}
@@ -76,7 +76,7 @@ class LearnedPolicy:
 
     Args:
         model: a trained MaskablePPO, PPO, A2C or DQN model.
-        metadata: `agents.learners.agent_metadata` of the env it trained on (algo,
+        metadata: `servegym.agents.learners.agent_metadata` of the env it trained on (algo,
             num_slots, default_ttft_slo, rate_scale, length_knowledge, length_sigma,
             output_mean).
         normalizer: a `VecNormalize` whose `normalize_obs` is applied first (or None).
@@ -136,7 +136,7 @@ class LearnedPolicy:
         One forward pass of the network, without SB3's `predict` plumbing: for MaskablePPO
         the argmax of the masked logits is exactly `predict(..., deterministic=True)`. The
         logits come from the policy's own action distribution, so any SB3 actor-critic
-        policy (MlpPolicy, agents.scorer_policy's scorers) acts the same way.
+        policy (MlpPolicy, servegym.agents.scorer_policy's scorers) acts the same way.
         """
         import torch
 
@@ -183,7 +183,7 @@ def scheduler_for(policy: Policy, controlled: list[str], specs: Mapping[str, str
                   ) -> dict[DecisionKind, Policy]:
     """Policies for every decision kind: `policy` for the controlled kinds, the heuristics
     named in `specs` (or the simulator's defaults) for the rest."""
-    from agents.learners import uncontrolled_policies
+    from servegym.agents.learners import uncontrolled_policies
 
     chosen = {KINDS[key]: value for key, value in uncontrolled_policies(specs).items()}
     for name in controlled:
@@ -199,7 +199,7 @@ class AgentNotFoundError(FileNotFoundError, ValueError):
 def agent_folder(path: str | Path) -> Path:
     """The saved-agent folder behind `path`: the folder itself, a run folder (its `model/`),
     or a `model.zip` inside one."""
-    from agents.learners import AGENT_FILE
+    from servegym.agents.learners import AGENT_FILE
 
     path = Path(path)
     for candidate in (path, path / "model", path.parent):
@@ -221,8 +221,13 @@ def load_policy(path: str | Path, deterministic: bool | None = None,
     refused unless `allow_pickle=True` (policy spec `agent+pickle:<path>`), which warns."""
     import torch
 
-    from agents.agent_files import UnsafeAgentError, has_policy_files, load_policy_files
-    from agents.learners import AGENT_FILE, MODEL_FILE, VECNORM_FILE, algorithm_class
+    from servegym.agents.agent_files import (
+        UnsafeAgentError,
+        has_policy_files,
+        legacy_module_names,
+        load_policy_files,
+    )
+    from servegym.agents.learners import AGENT_FILE, MODEL_FILE, VECNORM_FILE, algorithm_class
 
     torch.set_num_threads(1)
     folder = agent_folder(path)
@@ -240,12 +245,14 @@ def load_policy(path: str | Path, deterministic: bool | None = None,
     else:
         warnings.warn(f"loading the pickled agent files of {folder} (allow_pickle=True): "
                       "they can run code", stacklevel=2)
-        model = algorithm_class(metadata["algo"]).load(str(folder / MODEL_FILE), device="cpu")
-        normalizer = None
-        if (folder / VECNORM_FILE).exists():
-            with open(folder / VECNORM_FILE, "rb") as handle:
-                normalizer = pickle.load(handle)
-            normalizer.training = False
+        with legacy_module_names(str(folder)):
+            model = algorithm_class(metadata["algo"]).load(str(folder / MODEL_FILE),
+                                                           device="cpu")
+            normalizer = None
+            if (folder / VECNORM_FILE).exists():
+                with open(folder / VECNORM_FILE, "rb") as handle:
+                    normalizer = pickle.load(handle)
+                normalizer.training = False
     if deterministic is None:
         deterministic = bool(metadata.get("eval_deterministic", True))
     return policy_from_model(model, metadata, normalizer, deterministic), metadata
@@ -254,9 +261,9 @@ def load_policy(path: str | Path, deterministic: bool | None = None,
 def policy_from_model(model: Any, metadata: Mapping[str, Any], normalizer: Any = None,
                       deterministic: bool = True) -> Policy:
     """The simulator policy of a model: a `LearnedPolicy` for per-decision agents, an
-    `envs.interval_env.IntervalPolicy` for interval-mode ones (`metadata["mode"]`)."""
+    `servegym.envs.interval_env.IntervalPolicy` for interval-mode ones (`metadata["mode"]`)."""
     if metadata.get("mode") == "interval":
-        from envs.interval_env import IntervalPolicy
+        from servegym.envs.interval_env import IntervalPolicy
 
         return IntervalPolicy.from_model(model, metadata, normalizer, deterministic)
     return LearnedPolicy(model, metadata, normalizer, deterministic)

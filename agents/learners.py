@@ -9,7 +9,7 @@
   `"raise"` (it never picks an invalid action).
 * A saved agent is a folder: `policy.pt` + `policy.json` (+ `obs_normalizer.json` with
   VecNormalize), which evaluation loads without unpickling anything
-  (agents/agent_files.py); `agent.json` (what `agents.load_agent` needs to rebuild the
+  (agents/agent_files.py); `agent.json` (what `servegym.agents.load_agent` needs to rebuild the
   observation encoder); SB3's `model.zip` and `vecnormalize.pkl` (pickled: used only to
   resume your own runs), and for checkpoints of off-policy agents `replay_buffer.pkl` plus
   `state.json`. Files are written atomically and never overwritten.
@@ -30,15 +30,16 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-from agents.agent_files import (
+from servegym.agents.agent_files import (
     has_training_state,
+    legacy_module_names,
     policy_files,
     restore_training_state,
     training_state_files,
 )
-from agents.config import MASKED_ALGORITHMS, AgentConfig, TrainConfig
-from envs.core.metrics import atomic_write
-from envs.observations import OBS_LAYOUT_VERSION
+from servegym.agents.config import MASKED_ALGORITHMS, AgentConfig, TrainConfig
+from servegym.envs.core.metrics import atomic_write
+from servegym.envs.observations import OBS_LAYOUT_VERSION
 
 MODEL_FILE = "model.zip"
 VECNORM_FILE = "vecnormalize.pkl"
@@ -46,8 +47,8 @@ AGENT_FILE = "agent.json"
 REPLAY_FILE = "replay_buffer.pkl"
 STATE_FILE = "state.json"
 CHECKPOINTS = "checkpoints"
-BUILD_WORKLOAD = "envs.workloads.build_workload"
-BUILD_COST = "envs.costs.build_cost_model"
+BUILD_WORKLOAD = "servegym.envs.workloads.build_workload"
+BUILD_COST = "servegym.envs.costs.build_cost_model"
 
 
 def algorithm_class(algo: str) -> type:
@@ -83,13 +84,13 @@ def workload_arguments(workload: Mapping[str, Any]) -> dict[str, Any]:
     return spec
 
 
-INTERVAL_ENTRY_POINT = "envs.interval_env:IntervalEnv"
+INTERVAL_ENTRY_POINT = "servegym.envs.interval_env:IntervalEnv"
 
 
 def is_interval_env(env_id: str) -> bool:
     """Whether `env_id` is an interval-mode env (the agent sets priority weights once per
     scheduling interval, envs/interval_env.py) rather than a per-decision `ServingEnv`."""
-    import envs  # noqa: F401  (registers the ids)
+    import servegym  # noqa: F401  (registers the ids)
 
     try:
         spec = gym.spec(env_id)
@@ -134,7 +135,7 @@ def env_kwargs(cfg: TrainConfig) -> dict[str, Any]:
     if env.control is not None:
         kwargs["control"] = list(env.control)
     if is_interval_env(env.id):
-        from envs.interval_env import PER_DECISION_OPTIONS
+        from servegym.envs.interval_env import PER_DECISION_OPTIONS
 
         for key in PER_DECISION_OPTIONS:
             kwargs.pop(key)
@@ -145,8 +146,8 @@ def env_kwargs(cfg: TrainConfig) -> dict[str, Any]:
 def uncontrolled_policies(specs: Mapping[str, str]) -> dict[str, Any]:
     """Fresh heuristics keyed by decision ("admit" | "preempt" | "route") from registry
     specs, e.g. {"preempt": "swap-cost-aware"}; each spec must be of its key's kind."""
-    from agents import parse_spec
-    from agents.heuristics import make_policy, policy_info
+    from servegym.agents import parse_spec
+    from servegym.agents.heuristics import make_policy, policy_info
 
     policies = {}
     for key, spec in specs.items():
@@ -167,7 +168,7 @@ def make_env(env_id: str, kwargs: Mapping[str, Any], policy_specs: Mapping[str, 
     """A thunk building one env (with its own heuristics), wrapped in SB3's `Monitor`."""
 
     def thunk() -> gym.Env:
-        import envs  # noqa: F401  (registers the ids, also in subprocesses)
+        import servegym  # noqa: F401  (registers the ids, also in subprocesses)
 
         extra = {} if max_episode_steps is None else {"max_episode_steps": max_episode_steps}
         env = gym.make(env_id, policies=uncontrolled_policies(policy_specs), **kwargs, **extra)
@@ -210,8 +211,8 @@ def build_model(agent: AgentConfig, venv: Any, seed: int) -> Any:
         agent.network == "auto" and agent.algo in ("ppo", "maskable_ppo")
         and isinstance(venv.action_space, spaces.Discrete))
     if scorer:
-        from agents.scorer_policy import policy_class
-        from envs.observations import GLOBAL_FEATURES, SLOT_FEATURES
+        from servegym.agents.scorer_policy import policy_class
+        from servegym.envs.observations import GLOBAL_FEATURES, SLOT_FEATURES
 
         policy: Any = policy_class(agent.algo)
         policy_kwargs = {"global_features": GLOBAL_FEATURES, "slot_features": SLOT_FEATURES,
@@ -231,14 +232,15 @@ def load_model(agent: AgentConfig, checkpoint: Path, venv: Any, seed: int) -> An
     """The model of a saved agent, attached to `venv` and re-seeded for the rest of training:
     rebuilt from the config and filled from its pickle-free training state
     (agents/agent_files.py); a folder saved before that existed goes through SB3's
-    unpickling loader (`agents.training.check_resumable` has required the opt-in)."""
+    unpickling loader (`servegym.agents.training.check_resumable` has required the opt-in)."""
     if has_training_state(checkpoint):
         model = restore_training_state(build_model(agent, venv, seed), checkpoint)
     else:
-        model = algorithm_class(agent.algo).load(str(checkpoint / MODEL_FILE), env=venv,
-                                                 device=agent.device)
-        if (checkpoint / REPLAY_FILE).exists():
-            model.load_replay_buffer(str(checkpoint / REPLAY_FILE))
+        with legacy_module_names(str(checkpoint)):
+            model = algorithm_class(agent.algo).load(str(checkpoint / MODEL_FILE), env=venv,
+                                                     device=agent.device)
+            if (checkpoint / REPLAY_FILE).exists():
+                model.load_replay_buffer(str(checkpoint / REPLAY_FILE))
     model.set_random_seed(resume_seed(seed, model.num_timesteps))
     return model
 

@@ -1,6 +1,6 @@
 """Plots of a training run (matplotlib, Agg backend), written atomically as PNG.
 
-* `plot_comparison`: one panel per metric of `agents.evaluation.TABLE_METRICS`, a bar per
+* `plot_comparison`: one panel per metric of `servegym.agents.evaluation.TABLE_METRICS`, a bar per
   policy (the mean over evaluation windows) with a min-max range.
 * `plot_training`: the mean training-episode return (`rollout/ep_rew_mean`) and E2E
   latency (`rollout/e2e_mean`) against timesteps from SB3's `progress.csv`, and the
@@ -23,8 +23,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from agents.evaluation import TABLE_METRICS  # noqa: E402
-from envs.core.metrics import atomic_write  # noqa: E402
+from servegym.agents.evaluation import TABLE_METRICS  # noqa: E402
+from servegym.envs.core.metrics import atomic_write  # noqa: E402
 
 
 def save_png(figure: Any, path: Path) -> Path:

@@ -26,8 +26,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from agents.config import LoggerConfig
-from envs.core.metrics import atomic_write
+from servegym.agents.config import LoggerConfig
+from servegym.envs.core.metrics import atomic_write
 
 IGNORED_OVERRIDE_KEYS = ("seed", "resume", "progress", "logger", "hydra")
 

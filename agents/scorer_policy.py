@@ -37,7 +37,7 @@ Use ``ScorerPolicy`` with ``PPO`` and ``MaskableScorerPolicy`` with sb3-contrib'
                 policy_kwargs={"global_features": 16, "slot_features": 9})
 
 ``model.save`` / ``PPO.load`` / ``MaskablePPO.load`` work unchanged: SB3 pickles the policy
-class by import path (``agents.scorer_policy``) and its ``policy_kwargs`` (plain ints).
+class by import path (``servegym.agents.scorer_policy``) and its ``policy_kwargs`` (plain ints).
 
 Reference: H. Mao, M. Schwarzkopf, S. B. Venkatakrishnan, Z. Meng, M. Alizadeh, "Learning
 Scheduling Algorithms for Data Processing Clusters" (Decima), SIGCOMM 2019.

@@ -9,7 +9,7 @@ train.py calls these in order; each is a spec'd step that tests can call on its 
   (with `resume`, `progress` and `logger` from the new command) and its newest checkpoint.
 * `candidates(...)`: label -> policy factory for the final evaluation: the agent and every
   baseline, each answering the controlled decisions, with the env's heuristics for the
-  others (see agents.evaluation for the shared workloads).
+  others (see servegym.agents.evaluation for the shared workloads).
 * `write_results(...)`: metrics.json, eval.csv, comparison.md and plots into the run
   folder, atomically and never overwriting.
 """
@@ -27,16 +27,17 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from agents.config import (
+from servegym.agents.config import (
     RESOLVED_CONFIG,
     A2CConfig,
     DQNConfig,
     HeuristicConfig,
     PPOConfig,
     TrainConfig,
+    upgrade_module_paths,
     validate,
 )
-from agents.evaluation import (
+from servegym.agents.evaluation import (
     FINAL,
     PERIODIC,
     TEACHER,
@@ -47,11 +48,12 @@ from agents.evaluation import (
     split_workload,
     write_rows_csv,
 )
-from agents.learned import KIND_ORDER, KINDS
-from agents.learners import env_kwargs, latest_checkpoint, make_env, workload_arguments
-from envs.core.decisions import default_policies
-from envs.core.metrics import atomic_write
-from envs.protocol import DecisionKind, Policy
+from servegym.agents.learned import KIND_ORDER, KINDS
+from servegym.agents.learners import env_kwargs, latest_checkpoint, make_env, workload_arguments
+from servegym.envs.core.decisions import default_policies
+from servegym.envs.core.metrics import atomic_write
+from servegym.envs.costs.prices import format_pool_rows, pool_rows
+from servegym.envs.protocol import DecisionKind, Policy
 
 log = logging.getLogger("train")
 
@@ -100,7 +102,8 @@ def resume_config(container: Mapping[str, Any], overrides: Sequence[str]
                          f"other overrides {extra} (or start a new run)")
     checkpoint = resume_point(run)
     check_resumable(checkpoint, bool(container.get("resume_allow_pickle")))
-    config = OmegaConf.to_container(OmegaConf.load(saved), resolve=True)
+    config = upgrade_module_paths(OmegaConf.to_container(OmegaConf.load(saved), resolve=True),
+                                  str(saved))
     for key in RESUME_KEEPS:
         config[key] = container.get(key)
     return config, checkpoint
@@ -111,7 +114,7 @@ def check_resumable(checkpoint: Path, allow_pickle: bool) -> None:
     before they existed only with `resume_allow_pickle=true`, which warns."""
     import warnings
 
-    from agents.agent_files import UnsafeAgentError, has_training_state
+    from servegym.agents.agent_files import UnsafeAgentError, has_training_state
 
     if has_training_state(checkpoint):
         return
@@ -128,7 +131,7 @@ def resume_point(run: Path) -> Path:
     """What `resume=<run>` continues from: the saved agent with the most timesteps among the
     run's complete checkpoints and its final `model/` (a finished run resumes from its last
     model, not an older checkpoint); a clear error when there is none."""
-    from agents.learners import AGENT_FILE, MODEL_FILE, checkpoints
+    from servegym.agents.learners import AGENT_FILE, MODEL_FILE, checkpoints
 
     found = list(checkpoints(run))
     final = Path(run) / "model"
@@ -160,6 +163,8 @@ class Setting:
     cost: Any
     cost_note: str
     metadata: dict[str, Any] = field(default_factory=dict)
+    # Per pool of the env's cluster: GPU, count, price and cost source (prices.pool_rows).
+    pools: list[dict[str, Any]] = field(default_factory=list)
 
     def describe(self, config: TrainConfig) -> list[str]:
         env = config.env
@@ -171,8 +176,7 @@ class Setting:
             f"cluster: {config.cluster.num_instances} x {config.cluster.instance.mode} "
             f"(max_num_seqs {config.cluster.instance.max_num_seqs}, "
             f"{config.cluster.instance.max_num_batched_tokens} tokens per batch)"
-            + "".join(f"; pool {p.name}: {p.count} x {p.cost.get('gpu', 'the run GPU')}"
-                      for p in config.cluster.pools),
+            + (f"; pools {format_pool_rows(self.pools)}" if self.pools else ""),
             f"agent: {agent_name(config)}, seed {config.seed}",
         ]
 
@@ -197,22 +201,23 @@ def cost_note(cost: Any, requested: str) -> str:
 
 def build_setting(config: TrainConfig, probe: Any) -> Setting:
     """The `Setting` of a run from `probe`, one env built with the run's arguments."""
-    from agents.learners import agent_metadata
+    from servegym.agents.learners import agent_metadata
 
     base = probe.unwrapped
     cost = base.sim.cost
     metadata = agent_metadata(config.agent.algo, probe, config.env.id, config.env.policies,
                               config.eval.deterministic)
+    pools = pool_rows(base.sim.pools)
     return Setting(env_kwargs(config), list(metadata["controlled"]), cost,
-                   cost_note(cost, config.cost.source), metadata)
+                   cost_note(cost, config.cost.source), metadata, pools)
 
 
 # ============================================================================ evaluation
 def episodes_for(config: TrainConfig, setting: Setting, split: str, count: int,
                  stream: int) -> list[EvalEpisode]:
-    """Evaluation windows of the run (see agents.evaluation.evaluation_episodes)."""
-    from envs.rewards import RewardConfig
-    from envs.workloads import build_workload
+    """Evaluation windows of the run (see servegym.agents.evaluation.evaluation_episodes)."""
+    from servegym.envs.rewards import RewardConfig
+    from servegym.envs.workloads import build_workload
 
     workload = build_workload(**workload_arguments(setting.kwargs["workload"]))
     rewards = RewardConfig(kind=config.env.reward, **config.env.reward_options)
@@ -234,7 +239,7 @@ def periodic_episodes(config: TrainConfig, setting: Setting) -> list[EvalEpisode
 def with_controlled(chosen: Mapping[DecisionKind, Policy], controlled: Sequence[str],
                     env_policies: Mapping[str, str]) -> dict[DecisionKind, Policy]:
     """`chosen` for the controlled kinds; the env's heuristics (or defaults) for the rest."""
-    from agents.learners import uncontrolled_policies
+    from servegym.agents.learners import uncontrolled_policies
 
     out = default_policies()
     out.update({KINDS[key]: p for key, p in uncontrolled_policies(env_policies).items()})
@@ -246,8 +251,8 @@ def with_controlled(chosen: Mapping[DecisionKind, Policy], controlled: Sequence[
 def heuristic_factory(spec: str, controlled: Sequence[str], env_policies: Mapping[str, str]
                       ) -> Callable[[], dict[DecisionKind, Policy]]:
     """Fresh policies of a registry spec for the controlled kinds (others: the env's)."""
-    from agents import build_scheduler, parse_spec
-    from agents.heuristics import policy_info
+    from servegym.agents import build_scheduler, parse_spec
+    from servegym.agents.heuristics import policy_info
 
     for name, _ in parse_spec(spec):
         kind = policy_info(name).kind.name.lower()
@@ -263,7 +268,7 @@ def baseline_specs(config: TrainConfig, controlled: Sequence[str]) -> list[str]:
     extra = list(config.eval.extra_baselines)
     if config.eval.baselines is not None:
         return list(config.eval.baselines) + extra
-    from agents.heuristics import policy_names
+    from servegym.agents.heuristics import policy_names
 
     return [name for key in controlled for name in policy_names(KINDS[key])] + extra
 
@@ -274,7 +279,7 @@ def choose_teacher(config: TrainConfig, setting: Setting
     `eval.metric` on `auto_windows` windows of the training split (never the held-out
     ones; their own stream `TEACHER`): the best of them teaches. An explicit spec is
     checked against the controlled decisions here, before any training."""
-    from agents.learners import is_interval_env
+    from servegym.agents.learners import is_interval_env
 
     spec = config.agent.warm_start.teacher
     if spec is None or (spec == "auto" and is_interval_env(config.env.id)):
@@ -282,7 +287,7 @@ def choose_teacher(config: TrainConfig, setting: Setting
     if spec != "auto":
         heuristic_factory(spec, setting.controlled, config.env.policies)
         return spec, {}
-    from agents.evaluation import compare
+    from servegym.agents.evaluation import compare
 
     specs = baseline_specs(config, setting.controlled)
     factories = {s: heuristic_factory(s, setting.controlled, config.env.policies)
@@ -302,7 +307,7 @@ def warm_start(config: TrainConfig, setting: Setting, model: Any) -> dict[str, A
     spec, scores = choose_teacher(config, setting)
     if spec is None:
         return {}
-    from agents.imitation import warm_start as clone_teacher
+    from servegym.agents.imitation import warm_start as clone_teacher
 
     env = make_env(config.env.id, setting.kwargs, config.env.policies, monitor=False)()
     try:
@@ -333,7 +338,7 @@ def agent_factories(folders: Mapping[str, Path], deterministic: bool
     """Labels -> policy factories of a trained agent: "agent" is the best model acting as
     `eval.deterministic` says (the headline and the sweep objective); beside it the best in
     the other mode and the last model in both (greedy and sampled, best and last)."""
-    from agents.learned import load_policy, scheduler_for
+    from servegym.agents.learned import load_policy, scheduler_for
 
     def factory(folder: Path, greedy: bool) -> Callable[[], dict[DecisionKind, Policy]]:
         policy, metadata = load_policy(folder, deterministic=greedy)
@@ -363,7 +368,7 @@ def candidates(config: TrainConfig, setting: Setting,
 def check_objective(config: TrainConfig, setting: Setting) -> None:
     """Refuse an `eval.metric` that the serving summary does not have, before training:
     the summary's keys come from a few requests simulated with the default policies."""
-    from agents.evaluation import compare
+    from servegym.agents.evaluation import compare
 
     episode = final_episodes(config, setting)[0]
     small = EvalEpisode(episode.index, episode.workload.head(8), episode.seed)
@@ -408,7 +413,7 @@ def write_results(run_dir: Path, config: TrainConfig, container: Mapping[str, An
                   command: str, overrides: Sequence[str]) -> dict[str, Any]:
     """metrics.json, eval.csv, comparison.md, comparison.png and training.png (when trained)
     into `run_dir`; returns the metrics written."""
-    from agents.plots import plot_comparison, plot_training
+    from servegym.agents.plots import plot_comparison, plot_training
 
     run_dir = Path(run_dir)
     value = objective(config, rows)

@@ -9,7 +9,7 @@ thousands, and every action is a whole scheduling rule (FCFS, SPF, SJF, ... are 
 the action space).
 
 `IntervalPolicy` is the same controller as a simulator `Policy` (for `Simulator.run` and
-`agents.evaluation`): it recomputes the weights from `weights_fn(observation)` at the first
+`servegym.agents.evaluation`): it recomputes the weights from `weights_fn(observation)` at the first
 ADMIT decision at or after each interval boundary, with the env's own `IntervalObserver`,
 so a trained agent is evaluated exactly as it acted in the env.
 
@@ -34,17 +34,17 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from agents.heuristics.weighted import (
+from servegym.agents.heuristics.weighted import (
     FEATURES,
     NUM_FEATURES,
     PREFILL_SCALE,
     WeightedPriorityAdmission,
     ttft_slack,
 )
-from envs.observations import RATE_WINDOW_S, squash
-from envs.protocol import Decision, DecisionKind, Policy
-from envs.rewards import RewardTracker, met_slo
-from envs.serving_env import ServingEnv
+from servegym.envs.observations import RATE_WINDOW_S, squash
+from servegym.envs.protocol import Decision, DecisionKind, Policy
+from servegym.envs.rewards import RewardTracker, met_slo
+from servegym.envs.serving_env import ServingEnv
 
 OBSERVATIONS: tuple[str, ...] = (
     "waiting", "running", "swapped", "kv_used", "arrival_rate", "arrived", "time",
@@ -53,7 +53,7 @@ OBSERVATIONS: tuple[str, ...] = (
 OBSERVATION_SIZE = len(OBSERVATIONS)
 RECENT_DEPARTURES = 32
 # Simulator.reset hands each policy a child generator in the order of its `policies`
-# mapping; the evaluation path (agents.learned.scheduler_for) orders ROUTE, ADMIT, PREEMPT.
+# mapping; the evaluation path (servegym.agents.learned.scheduler_for) orders ROUTE, ADMIT, PREEMPT.
 ADMIT_POSITION = 1
 DEFAULT_INTERVAL_S = 2.0
 
@@ -208,7 +208,7 @@ class IntervalEnv(gym.Env):
     per scheduling interval of `interval_s` simulated seconds. Its action is the weight
     vector of a `WeightedPriorityAdmission` policy, which then answers every ADMIT decision
     of the interval: each waiting request is scored `w . f(request)` over the features of
-    `agents.heuristics.weighted.FEATURES` and the lowest score is admitted first (STOP when
+    `servegym.agents.heuristics.weighted.FEATURES` and the lowest score is admitted first (STOP when
     it does not fit, or with `backfill` the best-ranked request that does). Preemption and
     routing use `policies` (default: vLLM's latest-arrival victim, round-robin). A learned
     heuristic: FCFS (all zeros), SPF (`prefill` = 1), SJF, SRPT, strict priority and
@@ -231,7 +231,7 @@ class IntervalEnv(gym.Env):
     The `ServingEnv` reward of kind `reward` accumulated over the interval; the default
     `"goodput"` is +1 per request that leaves meeting its TTFT and TPOT targets (the
     reward's defaults, 2 s and 0.1 s, for requests without their own), so an episode's
-    rewards sum to its goodput count. `reward_options`: `envs.rewards.RewardConfig` fields.
+    rewards sum to its goodput count. `reward_options`: `servegym.envs.rewards.RewardConfig` fields.
 
     ## Starting State
     `reset(seed)` draws an episode exactly as `ServingEnv.reset` does with the same seed

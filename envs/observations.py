@@ -62,13 +62,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from envs.protocol import STOP, Action, DecisionKind
+from servegym.envs.protocol import STOP, Action, DecisionKind
 
 if TYPE_CHECKING:
-    from envs.core.instance import Instance
-    from envs.core.request import Request
-    from envs.core.simulator import Simulator
-    from envs.protocol import Decision
+    from servegym.envs.core.instance import Instance
+    from servegym.envs.core.request import Request
+    from servegym.envs.core.simulator import Simulator
+    from servegym.envs.protocol import Decision
 
 GLOBAL_FEATURES = 16
 BASE_SLOT_FEATURES = 9

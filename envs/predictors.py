@@ -30,8 +30,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 if TYPE_CHECKING:
-    from envs.core.request import Request
-    from envs.workloads.workload import Workload
+    from servegym.envs.core.request import Request
+    from servegym.envs.workloads.workload import Workload
 
 LENGTH_MODES = ("oracle", "predicted", "none")
 

@@ -28,11 +28,11 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from envs.core.request import FINISHED
+from servegym.envs.core.request import FINISHED
 
 if TYPE_CHECKING:
-    from envs.core.request import Request
-    from envs.core.simulator import Simulator
+    from servegym.envs.core.request import Request
+    from servegym.envs.core.simulator import Simulator
 
 REWARDS = ("latency", "slo", "goodput")
 

@@ -19,7 +19,7 @@ aggregate is never overwritten, and the command says so without a traceback):
 
 Definitions: a job's value of a metric is its mean over its evaluation windows. Jobs are
 grouped by the overrides that vary across the jobs, minus the seed
-(`agents.run_logger.run_group`). The learned agent of each group is one row, labelled by
+(`servegym.agents.run_logger.run_group`). The learned agent of each group is one row, labelled by
 the group; baselines are one row per policy and per setting (the group minus `agent...`
 keys), so a sweep over agents on one setting shows each baseline once (every job
 evaluates the baselines on the same windows for a given seed). CI: mean +- t(0.975, n-1)
@@ -40,9 +40,9 @@ from typing import Any
 
 import numpy as np
 
-from agents.run_logger import run_group
-from agents.training import AGENT_LABEL, override_key
-from envs.core.metrics import atomic_write
+from servegym.agents.run_logger import run_group
+from servegym.agents.training import AGENT_LABEL, override_key
+from servegym.envs.core.metrics import atomic_write
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -205,7 +205,7 @@ def write_csv(path: Path, header: Sequence[str], rows: Sequence[Sequence[Any]]) 
 def aggregate(folders: Sequence[Path], out: Path | None = None, name: str | None = None
               ) -> Path:
     """Write the aggregate of the sweeps in `folders` to `out` (see the module docstring)."""
-    from agents.plots import plot_summary
+    from servegym.agents.plots import plot_summary
 
     jobs, failed = find_jobs(folders)
     if not jobs:

@@ -35,21 +35,23 @@ import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 
-from envs.core.metrics import atomic_write
+from servegym.envs.core.metrics import atomic_write
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_BEFORE = "c26b387"
 
 CHILD = r"""
-import json, resource, sys, time
+import importlib, json, resource, sys, time
 import numpy as np
-kind = sys.argv[1]
+kind, pkg = sys.argv[1], sys.argv[2]  # pkg: the tree's module prefix (servegym.envs or envs)
+def load(module, name):
+    return getattr(importlib.import_module(f"{pkg}.{module}"), name)
 if kind == "sim":
-    from envs.core.instance import InstanceConfig
-    from envs.core.simulator import Simulator
-    from envs.costs import build_cost_model
-    from envs.workloads.azure import load_azure_2023
-    from envs.workloads.workload import Workload
+    InstanceConfig = load("core.instance", "InstanceConfig")
+    Simulator = load("core.simulator", "Simulator")
+    build_cost_model = load("costs", "build_cost_model")
+    load_azure_2023 = load("workloads.azure", "load_azure_2023")
+    Workload = load("workloads.workload", "Workload")
     trace, _ = load_azure_2023("conv").clip_total_tokens(8192)
     n = 20_000
     index = np.arange(n) % len(trace)
@@ -63,7 +65,7 @@ if kind == "sim":
     value = n / (time.process_time() - started)
 else:
     import gymnasium as gym
-    import envs  # noqa: F401
+    importlib.import_module(pkg.split(".")[0])  # registers the ids
     rate = {"servegym/Admission-v0": 24.0, "servegym/Serving-v0": 30.0}[kind]
     env = gym.make(kind, rate=rate, episode_requests=1000, reward="goodput", num_slots=16,
                    reward_options={"ttft_credit": 0.5})
@@ -86,10 +88,17 @@ MEASURES = (("sim", "sim req/s (H100 v1, 20k requests)"),
             ("servegym/Serving-v0", "env steps/s, Serving-v0"))
 
 
+def module_prefix(tree: Path) -> str:
+    """How `tree` names its env package: `servegym.envs` since 0.2 (src/servegym), before
+    that the top-level `envs` (imported from the tree itself, first on PYTHONPATH)."""
+    return "servegym.envs" if (tree / "src" / "servegym").is_dir() else "envs"
+
+
 def measure(tree: Path, kind: str) -> dict[str, float]:
     env = dict(os.environ, PYTHONPATH=str(tree), OMP_NUM_THREADS="1", PYTHONHASHSEED="0")
     taskset = ["taskset", "-c", "0"] if shutil.which("taskset") else []
-    done = subprocess.run([*taskset, sys.executable, "-c", CHILD, kind], cwd=tree, env=env,
+    done = subprocess.run([*taskset, sys.executable, "-c", CHILD, kind, module_prefix(tree)],
+                          cwd=tree, env=env,
                           capture_output=True, text=True, check=True, timeout=600)
     return json.loads(done.stdout.strip().splitlines()[-1])
 

@@ -22,8 +22,8 @@ from pathlib import Path
 import gymnasium as gym
 import numpy as np
 
-import envs  # noqa: F401  (registers the ids)
-from envs.core.metrics import atomic_write
+import servegym  # noqa: F401  (registers the ids)
+from servegym.envs.core.metrics import atomic_write
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -36,14 +36,14 @@ def saturation_rate(env_id: str) -> float:
     """Requests/s one cluster of this env serves when all requests wait from time 0."""
     import bench_sim
 
-    from envs.workloads import Workload
+    from servegym.envs.workloads import Workload
 
     env = gym.make(env_id).unwrapped
     prompts, outputs = bench_sim.azure_conv_lengths(2000, 8192)
     burst = Workload.from_lengths(np.zeros(prompts.size), prompts, outputs)
     sim = env.sim
-    from envs.core.decisions import default_policies
-    from envs.core.simulator import Simulator
+    from servegym.envs.core.decisions import default_policies
+    from servegym.envs.core.simulator import Simulator
 
     full = Simulator(sim.cost, sim.config, num_instances=sim.num_instances,
                      policies=default_policies())

@@ -4,7 +4,7 @@ For every `servegym/` id registered by `envs/__init__.py`, take the id's train.p
 setting (the `conf/env/*.yaml` whose `env.id` is the id, composed as `python train.py
 env=<name>` composes it; an id without one: the default env group with `env.id=<id>`) and
 evaluate every heuristic of the controlled decision kinds exactly as train.py's final
-evaluation evaluates its baselines (`agents.training`: the held-out `eval.split`,
+evaluation evaluates its baselines (`servegym.agents.training`: the held-out `eval.split`,
 `eval.episodes` windows of `env.episode_requests` requests, the same windows and seeds for
 every heuristic, the env's heuristics or the defaults for the other decisions).
 
@@ -38,7 +38,7 @@ import numpy as np
 import torch  # (SB3's; one thread, as train.py sets it)
 from omegaconf import OmegaConf
 
-from envs.core.metrics import atomic_write
+from servegym.envs.core.metrics import atomic_write
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -49,10 +49,10 @@ BASE_OVERRIDES = ("agent=heuristic", "logger=none", "progress=false")
 
 # ============================================================================ settings
 def registered_ids() -> list[str]:
-    """Every `servegym/` id that importing `envs` registers, in registration order."""
+    """Every `servegym/` id that importing `servegym` registers, in registration order."""
     from gymnasium.envs.registration import registry
 
-    import envs  # noqa: F401  (registers the ids)
+    import servegym  # noqa: F401  (registers the ids)
 
     return [name for name in registry if name.startswith("servegym/")]
 
@@ -63,7 +63,7 @@ def compose(overrides: Sequence[str]) -> Any:
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
-    from agents.config import register_configs
+    from servegym.agents.config import register_configs
 
     register_configs()
     GlobalHydra.instance().clear()
@@ -88,7 +88,7 @@ def default_overrides(env_id: str, groups: Mapping[str, str] | None = None) -> l
 
 
 def typed_config(overrides: Sequence[str]) -> Any:
-    from agents.training import typed_config as typed
+    from servegym.agents.training import typed_config as typed
 
     return typed(OmegaConf.to_container(compose(overrides), resolve=True))
 
@@ -103,8 +103,8 @@ def spread(values: Mapping[str, float]) -> float:
 def evaluate(env_id: str, overrides: Sequence[str]) -> dict[str, Any]:
     """Every heuristic of `env_id`'s controlled kinds on train.py's final evaluation
     windows for `overrides`; per heuristic the mean, min and max over windows."""
-    from agents import learners, training
-    from agents.evaluation import compare
+    from servegym.agents import learners, training
+    from servegym.agents.evaluation import compare
 
     config = typed_config(overrides)
     if config.env.id != env_id:
@@ -185,8 +185,8 @@ def markdown(command: str, stamp: str, results: Sequence[Mapping[str, Any]]) -> 
         f"Command: `{command}`",
         "",
         "Every heuristic of each id's controlled decision kinds on the id's train.py default "
-        "setting, evaluated as train.py evaluates its baselines (agents.training: the same "
-        "windows and seeds for every heuristic). Goodput = requests meeting both TTFT and "
+        "setting, evaluated as train.py evaluates its baselines (servegym.agents.training: "
+        "the same windows and seeds for every heuristic). Goodput = requests meeting both TTFT and "
         "TPOT SLOs per second of makespan (`serving/goodput_rps`), mean [min, max] over "
         f"windows. Spread = (best - worst) / best of the mean goodput; target >= {MIN_SPREAD}.",
         "",

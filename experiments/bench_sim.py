@@ -31,12 +31,12 @@ from pathlib import Path
 
 import numpy as np
 
-from envs.core.instance import InstanceConfig
-from envs.core.metrics import atomic_write
-from envs.core.simulator import Simulator
-from envs.costs import CostModel, build_cost_model
-from envs.workloads.azure import load_azure_2023
-from envs.workloads.workload import Workload
+from servegym.envs.core.instance import InstanceConfig
+from servegym.envs.core.metrics import atomic_write
+from servegym.envs.core.simulator import Simulator
+from servegym.envs.costs import CostModel, build_cost_model
+from servegym.envs.workloads.azure import load_azure_2023
+from servegym.envs.workloads.workload import Workload
 
 ROOT = Path(__file__).resolve().parents[1]
 

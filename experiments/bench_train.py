@@ -3,8 +3,8 @@ time goes, and the training time until the agent matches the best admission heur
 
 The config is composed with Hydra's compose API as train.py composes it (extra Hydra
 overrides from the command line), and the vec env and model are built with
-`agents.learners` (`env_kwargs`, `make_env`, `build_vec_env`, `build_model`), so the network
-is the one `agent.network` picks. One torch thread (as train.py). Configurations: the
+`servegym.agents.learners` (`env_kwargs`, `make_env`, `build_vec_env`, `build_model`), so the
+network is the one `agent.network` picks. One torch thread (as train.py). Configurations: the
 default `agent.n_envs` and n_envs in `--n-envs` (DummyVecEnv), and SubprocVecEnv at the
 default n_envs; the default is measured again at the end as a drift check. Measured:
 
@@ -22,7 +22,7 @@ e) time to the best heuristic: the default config trains while every `--eval-eve
    training-split windows of train.py's periodic evaluation (`periodic_episodes`), beside
    the best admission heuristic on the same windows (every heuristic of the controlled
    kinds, evaluated once at the start; best by mean `serving/goodput_rps`). Training
-   starts as train.py's does, with the warm start (`agents.training.warm_start`: the
+   starts as train.py's does, with the warm start (`servegym.agents.training.warm_start`: the
    teacher's choice on training windows, its demonstrations and the clone; none with
    `agent.warm_start.teacher=null`), whose wall time counts as training time; the first
    evaluation is of the warm-started model. Training wall time excludes the periodic
@@ -63,12 +63,12 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from stable_baselines3.common.callbacks import BaseCallback
 
-from agents import learners, training
-from agents.callbacks import EpisodeServing
-from agents.config import TrainConfig, register_configs, validate
-from agents.evaluation import compare, policy_means
-from agents.learned import policy_from_model, scheduler_for
-from envs.core.metrics import atomic_write
+from servegym.agents import learners, training
+from servegym.agents.callbacks import EpisodeServing
+from servegym.agents.config import TrainConfig, register_configs, validate
+from servegym.agents.evaluation import compare, policy_means
+from servegym.agents.learned import policy_from_model, scheduler_for
+from servegym.envs.core.metrics import atomic_write
 
 ROOT = Path(__file__).resolve().parents[1]
 

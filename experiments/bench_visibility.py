@@ -5,7 +5,7 @@
 A request the agent cannot see is a request it cannot choose. Each heuristic of a
 decision kind runs inline on the evaluation windows of the train.py default setting of
 its task (ADMIT: servegym/Admission-v0; PREEMPT: servegym/Preemption-v0; held-out split,
-5 windows, `agents.training.final_episodes`); at every decision it answers, the decision is
+5 windows, `servegym.agents.training.final_episodes`); at every decision it answers, the decision is
 also encoded by two observation encoders and we count whether the heuristic's choice is
 among the encoder's slots:
 
@@ -30,9 +30,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from envs.core.decisions import STOP, Action, DecisionKind
-from envs.core.metrics import atomic_write
-from envs.observations import ObservationEncoder
+from servegym.envs.core.decisions import STOP, Action, DecisionKind
+from servegym.envs.core.metrics import atomic_write
+from servegym.envs.observations import ObservationEncoder
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -75,8 +75,8 @@ def setting(task: str) -> tuple[Any, Any, list[Any]]:
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    from agents import learners, training
-    from agents.config import register_configs
+    from servegym.agents import learners, training
+    from servegym.agents.config import register_configs
 
     register_configs()
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
@@ -102,9 +102,9 @@ def encoders(config: Any, kind: DecisionKind, estimate: Any) -> dict[str, Observ
 
 
 def measure(kind: DecisionKind) -> list[dict[str, Any]]:
-    from agents.evaluation import run_episode
-    from agents.heuristics import make_policy, policy_names
-    from agents.training import with_controlled
+    from servegym.agents.evaluation import run_episode
+    from servegym.agents.heuristics import make_policy, policy_names
+    from servegym.agents.training import with_controlled
 
     config, built, episodes = setting(TASKS[kind])
     rows = []

@@ -2,10 +2,10 @@
 
     python experiments/bench_weights.py        # writes results/interval_weights.md, .json
 
-Each row holds one weight vector of `agents.heuristics.weighted.WeightedPriorityAdmission`
-constant for a whole window (an `envs.interval_env.IntervalPolicy` whose weights never
+Each row holds one weight vector of `servegym.agents.heuristics.weighted.WeightedPriorityAdmission`
+constant for a whole window (an `servegym.envs.interval_env.IntervalPolicy` whose weights never
 change), on the held-out windows of servegym/AdmissionInterval-v0's train.py default
-setting (`agents.training.final_episodes`: 5 windows of 1000 requests at 24 req/s), beside
+setting (`servegym.agents.training.final_episodes`: 5 windows of 1000 requests at 24 req/s), beside
 SPF, the best admission heuristic there. It shows what the interval agent's action space
 holds: the presets reproduce known rules, and some mixes beat all of them.
 """
@@ -17,8 +17,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from agents.heuristics.weighted import FEATURES, PRESETS
-from envs.core.metrics import atomic_write
+from servegym.agents.heuristics.weighted import FEATURES, PRESETS
+from servegym.envs.core.metrics import atomic_write
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -38,10 +38,10 @@ def main() -> None:
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    from agents import learners, training
-    from agents.config import register_configs
-    from agents.evaluation import compare, policy_means
-    from envs.interval_env import IntervalPolicy
+    from servegym.agents import learners, training
+    from servegym.agents.config import register_configs
+    from servegym.agents.evaluation import compare, policy_means
+    from servegym.envs.interval_env import IntervalPolicy
 
     register_configs()
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):

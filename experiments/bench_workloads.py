@@ -22,8 +22,8 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
-from envs.core.metrics import atomic_write
-from envs.workloads import (
+from servegym.envs.core.metrics import atomic_write
+from servegym.envs.workloads import (
     Workload,
     build_workload,
     load_azure_2023,

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from envs.backends.live.backend import step_rows
-from envs.backends.live.calibrate import (
+from servegym.envs.backends.live.backend import step_rows
+from servegym.envs.backends.live.calibrate import (
     StepCostModel,
     error_summary,
     fit_steps,
@@ -30,7 +30,7 @@ from envs.backends.live.calibrate import (
     rows_to_table,
     write_table,
 )
-from envs.workloads.workload import Workload
+from servegym.envs.workloads.workload import Workload
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -97,7 +97,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--clock", default="thread_time")
     args = parser.parse_args()
-    from envs.backends.live.backend import LiveBackend, live_instance_config
+    from servegym.envs.backends.live.backend import LiveBackend, live_instance_config
 
     backend = LiveBackend(live_instance_config(PROFILE_INSTANCE), clock=args.clock)
     backend.build_engines()

@@ -1,12 +1,12 @@
 """The evaluation harness's engine: policies x request rates x seeds, goodput search, tables.
 
 Kept free of Hydra so tests and notebooks can call it; `experiments/evaluate.py` is the
-command-line front end. Every run goes through `agents.evaluation.simulate`, the path
+command-line front end. Every run goes through `servegym.agents.evaluation.simulate`, the path
 train.py's evaluations take, so both harnesses simulate a policy the same way (pools
 included). Definitions:
 
-* A run simulates one policy spec (see `agents.build_scheduler`) on one workload at one mean
-  request rate with one seed and yields every `serving/` summary metric of its report. A
+* A run simulates one policy spec (see `servegym.agents.build_scheduler`) on one workload at
+  one mean request rate with one seed and yields every `serving/` summary metric of its report. A
   policy label `spec@preset` runs the spec on another cluster preset (`conf/cluster/`), so
   batching presets compare in one table (`fcfs@vllm_v0`, `fcfs@sarathi`); `clusters` maps
   each preset name to its settings.
@@ -42,10 +42,10 @@ from typing import Any
 
 import numpy as np
 
-from agents import build_scheduler
-from agents.evaluation import simulate
-from envs.costs.base import CostModel
-from envs.workloads import Workload, scale_to_rate, with_poisson_arrivals
+from servegym.agents import build_scheduler
+from servegym.agents.evaluation import simulate
+from servegym.envs.costs.base import CostModel
+from servegym.envs.workloads import Workload, scale_to_rate, with_poisson_arrivals
 
 WINDOWS = ("random", "head")
 ARRIVALS = ("trace", "poisson")

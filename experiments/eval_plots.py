@@ -12,7 +12,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from envs.core.metrics import atomic_write  # noqa: E402
+from servegym.envs.core.metrics import atomic_write  # noqa: E402
 
 STYLES = ("-", "--", "-.", ":")
 MARKERS = ("o", "s", "^", "v", "D", "x", "+", "*", "P", "X")

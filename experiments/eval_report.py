@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from envs.core.metrics import atomic_write
+from servegym.envs.core.metrics import atomic_write
 
 IDENTITY = ("policy", "rate", "seed", "phase", "requests", "wall_s")
 RATE_TABLES = (

@@ -28,7 +28,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from envs.tasks import register_resolver
+from servegym.envs.tasks import register_resolver
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -25,11 +25,11 @@ from pathlib import Path
 
 import numpy as np
 
-from agents.heuristics import make_policy
-from envs.core.decisions import DecisionKind, default_policies
-from envs.core.simulator import Simulator
-from envs.workloads import clip_to_context, load_azure_2023, scale_to_rate
-from envs.workloads.workload import Workload
+from servegym.agents.heuristics import make_policy
+from servegym.envs.core.decisions import DecisionKind, default_policies
+from servegym.envs.core.simulator import Simulator
+from servegym.envs.workloads import clip_to_context, load_azure_2023, scale_to_rate
+from servegym.envs.workloads.workload import Workload
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -147,8 +147,8 @@ def main() -> None:
     started = time.perf_counter()
     load_at_start = " / ".join(f"{x:.1f}" for x in os.getloadavg())
 
-    from envs.backends.live.backend import LiveBackend, live_instance_config, step_rows
-    from envs.backends.live.calibrate import (
+    from servegym.envs.backends.live.backend import LiveBackend, live_instance_config, step_rows
+    from servegym.envs.backends.live.calibrate import (
         StepCostModel,
         error_summary,
         profile_engine,
@@ -161,7 +161,7 @@ def main() -> None:
         rows = profile_engine(live.instances[0], decodes=(8,), contexts=(128,),
                               prefills=(0, 192), repeats=6, seed=5)
         return float(np.median([t / model.iteration_time(c, d, x) for c, d, x, t in rows]))
-    from experiments.calibrate_live import PROFILE_INSTANCE, calibrate
+    from calibrate_live import PROFILE_INSTANCE, calibrate
 
     live = LiveBackend(live_instance_config(PROFILE_INSTANCE), clock=args.clock)
     live.build_engines()

@@ -24,12 +24,12 @@ from types import MappingProxyType
 
 import numpy as np
 
-from envs.core.metrics import atomic_write
-from envs.costs.attention_fit import AttentionShape, fit_attention
-from envs.costs.catalog import load_calibration, measured_combinations, scan
-from envs.costs.specs import get_gpu, get_model
-from envs.costs.tables import TOKEN_OPS, read_table
-from envs.costs.validation import (
+from servegym.envs.core.metrics import atomic_write
+from servegym.envs.costs.attention_fit import AttentionShape, fit_attention
+from servegym.envs.costs.catalog import load_calibration, measured_combinations, scan
+from servegym.envs.costs.specs import get_gpu, get_model
+from servegym.envs.costs.tables import TOKEN_OPS, read_table
+from servegym.envs.costs.validation import (
     Errors,
     attention_errors,
     curve_errors,

@@ -15,7 +15,7 @@ Configurations: the grid of the structural axes, 3 x 2 x 2 x 5 = 60 named
 * prefix caching: `prefix` or `noprefix`;
 * cluster: `x1` .. `x4` identical instances (Llama-3-8B on H100, roofline costs), or
   `hetero`: the pools of `conf/cluster/hetero_h100_a100.yaml` (2 x H100 roofline + 4 x
-  A100 measured tables, built by `envs.build.build_pools`).
+  A100 measured tables, built by `servegym.envs.build.build_pools`).
 
 Every configuration gets `--decisions / 60` decisions (rounded up), as episodes run to
 completion until its share is reached (or as many episodes have run: a run of failing
@@ -24,7 +24,7 @@ configuration and its episode seed (drawn from `--seed`), which seeds one
 `np.random.Generator` that draws, in order: the episode's settings, the workload, the
 simulator seed and every decision (no global RNG). Per episode it draws:
 
-* the workload, built by `envs.workloads.build_workload`: a `synthetic` source (poisson,
+* the workload, built by `servegym.envs.workloads.build_workload`: a `synthetic` source (poisson,
   gamma or on/off arrivals at 0.5-300 req/s; lognormal, uniform or Zipf prompt lengths;
   uniform or lognormal outputs) or a `sessions` source (5-30 multi-turn chats starting at
   0.2-50 per second, whose turns share their conversation, and a system prompt of 0-1000
@@ -106,16 +106,16 @@ from typing import Any
 import numpy as np
 from omegaconf import OmegaConf
 
-from envs.build import build_pools, instance_config
-from envs.core.cluster import Pool
-from envs.core.instance import InstanceConfig
-from envs.core.metrics import atomic_write
-from envs.core.request import FINISHED, REJECTED
-from envs.core.simulator import Simulator
-from envs.costs import RooflineFallbackWarning, build_cost_model
-from envs.protocol import STOP, Action, Decision, DecisionKind
-from envs.workloads.build import build_workload
-from envs.workloads.workload import Workload, WorkloadWarning
+from servegym.envs.build import build_pools, instance_config
+from servegym.envs.core.cluster import Pool
+from servegym.envs.core.instance import InstanceConfig
+from servegym.envs.core.metrics import atomic_write
+from servegym.envs.core.request import FINISHED, REJECTED
+from servegym.envs.core.simulator import Simulator
+from servegym.envs.costs import RooflineFallbackWarning, build_cost_model
+from servegym.envs.protocol import STOP, Action, Decision, DecisionKind
+from servegym.envs.workloads.build import build_workload
+from servegym.envs.workloads.workload import Workload, WorkloadWarning
 
 ROOT = Path(__file__).resolve().parents[1]
 HETERO_YAML = ROOT / "conf" / "cluster" / "hetero_h100_a100.yaml"

@@ -3,6 +3,8 @@
     python experiments/leaderboard.py run                 # the multirun, then the table
     python experiments/leaderboard.py run --seeds 0,1,2 --jobs 2
     python experiments/leaderboard.py aggregate multirun/train/<day>/<time>_leaderboard
+    python experiments/leaderboard.py run --experiments 'lb_heterogeneous_*' --jobs 2
+    python experiments/leaderboard.py aggregate <earlier folder> <new folder>  # one table
 
 `run` launches one Hydra multirun of train.py over the leaderboard jobs and the seeds:
 
@@ -46,7 +48,7 @@ from typing import Any
 
 from aggregate import find_jobs, mean_ci, sweep_commands
 
-from envs.core.metrics import atomic_write
+from servegym.envs.core.metrics import atomic_write
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -255,11 +257,15 @@ def aggregate(folders: Sequence[Path], out: Path, command: str) -> dict[str, Any
     return payload
 
 
-def run(seeds: str, jobs: int, extra: Sequence[str]) -> Path:
-    """The multirun; returns its folder."""
+def run(seeds: str, jobs: int, extra: Sequence[str], experiments: str = "lb_*") -> Path:
+    """The multirun of the jobs `experiments` matches (a glob over conf/experiment/);
+    returns its folder."""
+    if not experiments.startswith("lb_") or not list((ROOT / "conf" / "experiment")
+                                                     .glob(f"{experiments}.yaml")):
+        raise SystemExit(f"--experiments {experiments!r} matches no conf/experiment/lb_*.yaml")
     stamp = datetime.now(UTC).strftime("%Y-%m-%d/%H-%M-%S")
     folder = ROOT / "multirun" / "leaderboard" / stamp
-    command = [sys.executable, str(ROOT / "train.py"), "-m", "experiment=glob(lb_*)",
+    command = [sys.executable, str(ROOT / "train.py"), "-m", f"experiment=glob({experiments})",
                f"seed={seeds}", f"hydra.sweep.dir={folder}", *extra]
     if jobs > 1:
         command.append("hydra/launcher=joblib_local")
@@ -276,6 +282,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     run_p.add_argument("--seeds", default="0,1,2")
     run_p.add_argument("--jobs", type=int, default=1,
                        help="parallel jobs (2+ needs the joblib extra: pip install -e .[joblib])")
+    run_p.add_argument("--experiments", default="lb_*",
+                       help="glob of the jobs to run (e.g. 'lb_heterogeneous_*'); aggregate "
+                       "the new folder with earlier ones for the full table")
     run_p.add_argument("overrides", nargs="*", help="extra train.py overrides for every job")
     agg_p = sub.add_parser("aggregate", help="the table from finished multirun folders")
     agg_p.add_argument("folders", nargs="+", type=Path)
@@ -284,8 +293,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     command = "python experiments/leaderboard.py " + shlex.join(
         sys.argv[1:] if argv is None else list(argv))
-    folders = [run(args.seeds, args.jobs, args.overrides)] if args.command == "run" \
-        else args.folders
+    folders = [run(args.seeds, args.jobs, args.overrides, args.experiments)] \
+        if args.command == "run" else args.folders
     aggregate(folders, args.out, command)
 
 

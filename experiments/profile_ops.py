@@ -61,10 +61,10 @@ def main(argv: list[str] | None = None) -> Path:
     args = parse_args(argv)
     import torch
 
-    from envs.core.metrics import atomic_write
-    from envs.costs.profiler import ProfileGrid, profile_ops, registry_gpu_name
-    from envs.costs.specs import get_gpu, get_model
-    from envs.costs.tables import format_table, table_writer
+    from servegym.envs.core.metrics import atomic_write
+    from servegym.envs.costs.profiler import ProfileGrid, profile_ops, registry_gpu_name
+    from servegym.envs.costs.specs import get_gpu, get_model
+    from servegym.envs.costs.tables import format_table, table_writer
 
     model = get_model(args.model)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))

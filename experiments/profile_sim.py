@@ -17,8 +17,8 @@ from pathlib import Path
 
 import bench_sim
 
-from envs.core.metrics import atomic_write
-from envs.core.simulator import Simulator
+from servegym.envs.core.metrics import atomic_write
+from servegym.envs.core.simulator import Simulator
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -6,8 +6,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from envs.costs.base import CostModel
-from envs.workloads.workload import Workload
+from servegym.envs.costs.base import CostModel
+from servegym.envs.workloads.workload import Workload
 
 
 class AffineCost(CostModel):

@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 from test_train import PPO_TINY, TINY, run_train
 
-import envs  # noqa: F401  (registers the ids)
-from agents import build_scheduler
-from agents.agent_files import POLICY_SPEC, POLICY_WEIGHTS, UnsafeAgentError
-from agents.learned import load_policy
-from agents.learners import algorithm_class
+import servegym  # noqa: F401  (registers the ids)
+from servegym.agents import build_scheduler
+from servegym.agents.agent_files import POLICY_SPEC, POLICY_WEIGHTS, UnsafeAgentError
+from servegym.agents.learned import load_policy
+from servegym.agents.learners import algorithm_class
 
 RUNS = {
     "a2c": ["agent=a2c", "agent.total_timesteps=64", "agent.n_envs=2"],
@@ -111,8 +111,8 @@ def test_checkpoints_resume_without_pickle_into_the_saved_state(
     import torch
     from omegaconf import OmegaConf
 
-    from agents import learners
-    from agents.training import RESOLVED_CONFIG, typed_config
+    from servegym.agents import learners
+    from servegym.agents.training import RESOLVED_CONFIG, typed_config
 
     overrides = [o for o in TINY if "checkpoint" not in o]
     _, run_dir = run_train(tmp_path, [*overrides, "checkpoint.freq=64", *RESUMABLE[kind]])
@@ -158,7 +158,7 @@ def arrays_observations(checkpoint: Path) -> np.ndarray:
 
 
 def test_resuming_an_old_pickle_only_checkpoint_needs_the_opt_in(tmp_path: Path) -> None:
-    from agents.training import RESOLVED_CONFIG, resume_config
+    from servegym.agents.training import RESOLVED_CONFIG, resume_config
 
     overrides = [o for o in TINY if "checkpoint" not in o]
     _, run_dir = run_train(tmp_path, [*overrides, "checkpoint.freq=64", *PPO_TINY])

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from envs.workloads import (
+from servegym.envs.workloads import (
     generate_servegen,
     generate_servegen_with_report,
     load_azure_2023,
@@ -27,8 +27,8 @@ from envs.workloads import (
     load_mooncake,
     load_mooncake_with_report,
 )
-from envs.workloads.tracefiles import LoadReport
-from envs.workloads.workload import WorkloadError, WorkloadWarning
+from servegym.envs.workloads.tracefiles import LoadReport
+from servegym.envs.workloads.workload import WorkloadError, WorkloadWarning
 
 CORPUS = Path(__file__).parent / "bad_inputs"
 CASES: list[dict[str, Any]] = json.loads((CORPUS / "cases.json").read_text())["cases"]
@@ -118,7 +118,7 @@ def test_every_corpus_file_is_used_and_exists() -> None:
 
 def test_out_of_order_keeps_the_longest_sorted_run() -> None:
     """The rule behind the *_future_row cases: the rows dropped are the fewest possible."""
-    from envs.workloads.tracefiles import out_of_order
+    from servegym.envs.workloads.tracefiles import out_of_order
 
     assert out_of_order([0, 1, 1, 2]) == []
     assert out_of_order([0, 90, 1, 2, 3]) == [(1, False, 2)]  # the spike, not its successors

@@ -19,16 +19,16 @@ import gymnasium as gym
 import numpy as np
 import pytest
 
-import envs  # noqa: F401  (registers the ids)
-from agents.heuristics import make_policy
-from envs import protocol
-from envs.observations import (
+import servegym  # noqa: F401  (registers the ids)
+from servegym.agents.heuristics import make_policy
+from servegym.envs import protocol
+from servegym.envs.observations import (
     GLOBAL_FEATURES,
     OBS_LAYOUT_VERSION,
     SLOT_FEATURES,
     ObservationEncoder,
 )
-from envs.protocol import (
+from servegym.envs.protocol import (
     Backend,
     ClusterView,
     DecisionKind,
@@ -169,3 +169,53 @@ def test_observations_and_heuristics_read_only_the_protocol(env_id: str) -> None
         env.step(int(rng.choice(np.flatnonzero(env.action_masks()))))
     assert seen
 
+
+
+# ============================================================================ import name
+def test_servegym_is_the_only_import_name_and_registers_the_ids() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys, gymnasium as gym\n"
+            "env = gym.make('servegym:servegym/Admission-v0')\n"
+            "env.reset(seed=0)\n"
+            "import servegym.agents.training, servegym.agents.heuristics, servegym.envs.build\n"
+            "print(sorted({m.split('.')[0] for m in sys.modules} & {'envs', 'agents'}))\n")
+    done = subprocess.run([sys.executable, "-W", "ignore", "-c", code], capture_output=True,
+                          text=True, check=True, cwd="/")
+    assert done.stdout.strip() == "[]"
+
+
+def test_pyproject_lists_every_package_folder() -> None:
+    import tomllib
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    listed = set(tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]
+                 ["packages"])
+    folders = {"servegym"} | {
+        "servegym." + ".".join(init.parent.relative_to(root).parts)
+        for top in ("envs", "agents") for init in (root / top).rglob("__init__.py")}
+    assert listed == folders
+
+
+def test_old_module_paths_load_with_a_deprecation_warning() -> None:
+    import importlib
+    import sys
+
+    from servegym.agents.agent_files import legacy_module_names
+    from servegym.agents.config import upgrade_module_paths
+
+    saved = {"workload": {"_target_": "envs.workloads.build_workload", "rate": 2.0},
+             "cost": {"_target_": "servegym.envs.costs.build_cost_model"}}
+    with pytest.warns(DeprecationWarning, match="envs.workloads.build_workload"):
+        upgraded = upgrade_module_paths(saved)
+    assert upgraded["workload"] == {"_target_": "servegym.envs.workloads.build_workload",
+                                    "rate": 2.0}
+    assert upgraded["cost"] == saved["cost"]
+    with pytest.warns(DeprecationWarning, match="pre-0.2 modules"), \
+            legacy_module_names("an old agent"):
+        import servegym.agents.scorer_policy as current
+
+        assert importlib.import_module("agents.scorer_policy") is current
+    assert "agents.scorer_policy" not in sys.modules and "agents" not in sys.modules

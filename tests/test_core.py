@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 from sim_fixtures import AffineCost, make_workload
 
-from envs.core.decisions import STOP, Action, DecisionKind, InvalidActionError
-from envs.core.instance import InstanceConfig
-from envs.core.kv_cache import BlockManager
-from envs.core.request import Request
-from envs.core.simulator import Simulator
+from servegym.envs.core.decisions import STOP, Action, DecisionKind, InvalidActionError
+from servegym.envs.core.instance import InstanceConfig
+from servegym.envs.core.kv_cache import BlockManager
+from servegym.envs.core.request import Request
+from servegym.envs.core.simulator import Simulator
 
 
 def run(cost, workload, **config):
@@ -124,7 +124,7 @@ def test_swap_keeps_progress_and_pays_transfer_time() -> None:
 
 
 def _fcfs():
-    from envs.core.decisions import FCFSAdmission
+    from servegym.envs.core.decisions import FCFSAdmission
 
     return FCFSAdmission()
 
@@ -193,7 +193,7 @@ def test_stepping_decision_by_decision_matches_policies(affine: AffineCost) -> N
     default = _fcfs()
     sim = Simulator(affine, InstanceConfig(num_kv_blocks=6), policies={})
     sim.reset(workload, seed=0)
-    from envs.core.decisions import LatestArrivalPreemption
+    from servegym.envs.core.decisions import LatestArrivalPreemption
 
     kinds = []
     while (decision := sim.next_decision()) is not None:
@@ -274,7 +274,7 @@ def test_kv_utilisation_series_tracks_blocks(affine: AffineCost) -> None:
 
 
 def test_a_workload_beyond_the_horizon_is_refused_not_simulated_forever() -> None:
-    from envs.core.simulator import MAX_TIME_S
+    from servegym.envs.core.simulator import MAX_TIME_S
 
     sim = Simulator(AffineCost(), InstanceConfig(num_kv_blocks=64))
     far = make_workload([0.0, MAX_TIME_S * 10], [16, 16], [4, 4])
@@ -287,7 +287,7 @@ def test_a_workload_beyond_the_horizon_is_refused_not_simulated_forever() -> Non
 
 @pytest.mark.parametrize("horizon", [1e-3, 1.0, 1e9, 1e57, 1e300])
 def test_first_reaching_ends_for_any_horizon(horizon: float) -> None:
-    from envs.core.instance import _elapsed, _first_reaching
+    from servegym.envs.core.instance import _elapsed, _first_reaching
 
     count = _first_reaching(0.01, 1e-6, 4, 100, horizon)
     assert count >= 1
@@ -297,7 +297,7 @@ def test_first_reaching_ends_for_any_horizon(horizon: float) -> None:
 
 
 def test_jain_fairness_is_over_tenants_slo_attainment() -> None:
-    from envs.core.metrics import _jain
+    from servegym.envs.core.metrics import _jain
 
     tenant = np.array([0, 0, 1, 1])
     assert _jain(tenant, np.array([True, True, True, True])) == 1.0

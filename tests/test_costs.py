@@ -1,4 +1,4 @@
-"""Tests for envs.costs: specs, KV capacity and the roofline cost model."""
+"""Tests for servegym.envs.costs: specs, KV capacity and the roofline cost model."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from envs.costs import (
+from servegym.envs.costs import (
     GPUS,
     MODELS,
     CostModel,

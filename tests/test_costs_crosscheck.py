@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from envs.costs.crosscheck import vidur_crosscheck_workload
+from servegym.envs.costs.crosscheck import vidur_crosscheck_workload
 
 ROOT = Path(__file__).resolve().parents[1]
 

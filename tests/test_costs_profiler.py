@@ -8,11 +8,17 @@ from pathlib import Path
 import pytest
 import torch
 
-from envs.core.metrics import atomic_write
-from envs.costs import ModelSpec, TableCostModel
-from envs.costs.catalog import Calibration
-from envs.costs.profiler import ProfileGrid, profile_ops, registry_gpu_name
-from envs.costs.tables import ATTENTION_OPS, TOKEN_OPS, format_table, read_table, table_writer
+from servegym.envs.core.metrics import atomic_write
+from servegym.envs.costs import ModelSpec, TableCostModel
+from servegym.envs.costs.catalog import Calibration
+from servegym.envs.costs.profiler import ProfileGrid, profile_ops, registry_gpu_name
+from servegym.envs.costs.tables import (
+    ATTENTION_OPS,
+    TOKEN_OPS,
+    format_table,
+    read_table,
+    table_writer,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ModelSpec("tiny-test", num_layers=2, hidden_size=64, num_heads=4, num_kv_heads=2,

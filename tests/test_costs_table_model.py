@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from omegaconf import OmegaConf
 
-from envs.costs import (
+from servegym.envs.costs import (
     MissingTableError,
     RooflineCostModel,
     RooflineFallbackWarning,
@@ -24,10 +24,10 @@ from envs.costs import (
     kv_capacity_blocks,
     measured_combinations,
 )
-from envs.costs.attention_fit import AttentionShape, fit_attention
-from envs.costs.catalog import load_calibration
-from envs.costs.specs import get_gpu, get_model
-from envs.costs.table_model import LAYER_OPS, interpolate
+from servegym.envs.costs.attention_fit import AttentionShape, fit_attention
+from servegym.envs.costs.catalog import load_calibration
+from servegym.envs.costs.specs import get_gpu, get_model
+from servegym.envs.costs.table_model import LAYER_OPS, interpolate
 
 ROOT = Path(__file__).resolve().parents[1]
 

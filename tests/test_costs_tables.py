@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from envs.core.metrics import atomic_write
-from envs.costs.catalog import SHIPPED_DIR, scan
-from envs.costs.tables import (
+from servegym.envs.core.metrics import atomic_write
+from servegym.envs.costs.catalog import SHIPPED_DIR, scan
+from servegym.envs.costs.tables import (
     COLUMNS,
     TableFormatError,
     format_table,

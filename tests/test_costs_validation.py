@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from envs.costs.catalog import load_calibration
-from envs.costs.specs import get_gpu, get_model
-from envs.costs.tables import TOKEN_OPS
-from envs.costs.validation import (
+from servegym.envs.costs.catalog import load_calibration
+from servegym.envs.costs.specs import get_gpu, get_model
+from servegym.envs.costs.tables import TOKEN_OPS
+from servegym.envs.costs.validation import (
     curve_errors,
     heldout_tokens,
     holdout_mask,

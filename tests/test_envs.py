@@ -8,10 +8,10 @@ import gymnasium as gym
 import numpy as np
 import pytest
 
-import envs  # noqa: F401  (registers the ids)
-from envs.core.decisions import InvalidActionError
-from envs.costs import RooflineFallbackWarning
-from envs.tasks import TASKS
+import servegym  # noqa: F401  (registers the ids)
+from servegym.envs.core.decisions import InvalidActionError
+from servegym.envs.costs import RooflineFallbackWarning
+from servegym.envs.tasks import TASKS
 
 IDS = tuple(task.id for task in TASKS.values() if not task.interval)  # per-decision: masks
 SMALL = {"episode_requests": 48}

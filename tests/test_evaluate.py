@@ -15,7 +15,7 @@ from eval_core import EvalSettings, evaluate, goodput_bracket, search_goodput
 from eval_report import write_all
 from sim_fixtures import AffineCost, make_workload
 
-from envs.costs import RooflineCostModel
+from servegym.envs.costs import RooflineCostModel
 
 ROOT = Path(__file__).resolve().parents[1]
 

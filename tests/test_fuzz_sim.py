@@ -9,8 +9,8 @@ from typing import Any
 import fuzz_sim
 import pytest
 
-from envs.core.kv_cache import BlockManager
-from envs.costs import RooflineCostModel
+from servegym.envs.core.kv_cache import BlockManager
+from servegym.envs.costs import RooflineCostModel
 
 # One configuration per cluster; together they take both values of every other axis.
 CONFIGS = ["v0.swap.prefix.x1", "v1.noswap.noprefix.x2", "v1nc.swap.noprefix.hetero",

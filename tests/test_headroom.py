@@ -13,7 +13,7 @@ Also: `gym.make(id)` builds the task that `python train.py env=<name>` trains on
 the id's settings in envs/tasks.py (the registration's kwargs; the Hydra configs through the
 `servegym.task` resolver), so what is compared is what each side *builds*: the effective
 settings of `gym.make(id).unwrapped` and of the env built from train.py's composed config
-(`agents.learners.env_kwargs`, as train.py's `make_env` passes them): decisions, rate,
+(`servegym.agents.learners.env_kwargs`, as train.py's `make_env` passes them): decisions, rate,
 episode length, reward config, candidate sets, episode end, length knowledge, instances and
 their fields, cost model and the workload's requests. A config that forgets to read a task
 setting, or restates one that then drifts, fails here.
@@ -25,11 +25,10 @@ import dataclasses
 import hashlib
 from typing import Any
 
+import bench_headroom
 import gymnasium as gym
 import numpy as np
 import pytest
-
-from experiments import bench_headroom
 
 IDS = bench_headroom.registered_ids()
 
@@ -53,7 +52,7 @@ def test_default_setting_separates_the_heuristics(env_id: str, groups: dict[str,
 
 def workload_digest(workload: Any) -> dict[str, Any]:
     """The requests of a `Workload` (its name aside), as digests of its columns."""
-    from envs.workloads.prefix import BlockChains
+    from servegym.envs.workloads.prefix import BlockChains
 
     digest = {}
     for column in ("arrival_time", "prompt_len", "output_len", "tenant", "priority",
@@ -74,7 +73,7 @@ def workload_digest(workload: Any) -> dict[str, Any]:
 
 def effective_settings(env: Any) -> dict[str, Any]:
     """What an env (`gym.make(...).unwrapped`) actually runs with."""
-    from envs.interval_env import IntervalEnv
+    from servegym.envs.interval_env import IntervalEnv
 
     settings: dict[str, Any] = {"class": type(env).__name__}
     if isinstance(env, IntervalEnv):
@@ -99,8 +98,8 @@ def effective_settings(env: Any) -> dict[str, Any]:
 
 @pytest.mark.parametrize("env_id", IDS)
 def test_gym_make_builds_what_train_py_trains_on(env_id: str, groups: dict[str, str]) -> None:
-    from agents.learners import env_kwargs
-    from envs.tasks import TASKS
+    from servegym.agents.learners import env_kwargs
+    from servegym.envs.tasks import TASKS
 
     assert env_id in groups, f"{env_id}: no conf/env/*.yaml has env.id={env_id}"
     assert gym.spec(env_id).kwargs == TASKS[env_id].make_kwargs(), \

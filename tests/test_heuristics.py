@@ -6,17 +6,17 @@ import numpy as np
 import pytest
 from sim_fixtures import AffineCost, make_workload
 
-from agents import build_scheduler, parse_spec
-from agents.heuristics import POLICIES, make_policy, policy_names
-from agents.heuristics.load_balance import freeness
-from agents.heuristics.past_future import peak_usage
-from agents.heuristics.swap import swap_is_cheaper
-from agents.heuristics.vtc import VirtualTokenCounter
-from envs.core.decisions import STOP, Action, Decision, DecisionKind
-from envs.core.instance import InstanceConfig
-from envs.core.request import Request
-from envs.core.simulator import Simulator
-from envs.predictors import LengthPredictor
+from servegym.agents import build_scheduler, parse_spec
+from servegym.agents.heuristics import POLICIES, make_policy, policy_names
+from servegym.agents.heuristics.load_balance import freeness
+from servegym.agents.heuristics.past_future import peak_usage
+from servegym.agents.heuristics.swap import swap_is_cheaper
+from servegym.agents.heuristics.vtc import VirtualTokenCounter
+from servegym.envs.core.decisions import STOP, Action, Decision, DecisionKind
+from servegym.envs.core.instance import InstanceConfig
+from servegym.envs.core.request import Request
+from servegym.envs.core.simulator import Simulator
+from servegym.envs.predictors import LengthPredictor
 
 ADMIT, PREEMPT, ROUTE = DecisionKind.ADMIT, DecisionKind.PREEMPT, DecisionKind.ROUTE
 

@@ -12,11 +12,11 @@ import numpy as np
 from omegaconf import OmegaConf
 from sim_fixtures import AffineCost, make_workload
 
-from agents import build_scheduler
-from envs.build import build_simulator
-from envs.core.instance import InstanceConfig
-from envs.core.simulator import Simulator
-from envs.costs import RooflineCostModel
+from servegym.agents import build_scheduler
+from servegym.envs.build import build_simulator
+from servegym.envs.core.instance import InstanceConfig
+from servegym.envs.core.simulator import Simulator
+from servegym.envs.costs import RooflineCostModel
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 SEEDS = (0, 1, 2)

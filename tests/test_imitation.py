@@ -12,12 +12,12 @@ import pytest
 import torch
 from test_train import PPO_TINY, TINY, run_train
 
-import envs  # noqa: F401  (registers the ids)
-from agents import build_scheduler
-from agents.config import PPOConfig
-from agents.imitation import agreement, clone, collect, discounted_returns
-from agents.learners import build_model
-from envs.core.decisions import reset_policies
+import servegym  # noqa: F401  (registers the ids)
+from servegym.agents import build_scheduler
+from servegym.agents.config import PPOConfig
+from servegym.agents.imitation import agreement, clone, collect, discounted_returns
+from servegym.agents.learners import build_model
+from servegym.envs.core.decisions import reset_policies
 
 SMALL = {"rate": 30.0, "episode_requests": 120}
 

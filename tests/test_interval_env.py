@@ -11,33 +11,39 @@ import numpy as np
 import pytest
 from gymnasium.envs.registration import register, registry
 
-from agents.heuristics.length import (
+from servegym.agents.heuristics.length import (
     ShortestOutputFirst,
     ShortestPromptFirst,
     ShortestRemainingFirst,
 )
-from agents.heuristics.priority import StrictPriority
-from agents.heuristics.weighted import (
+from servegym.agents.heuristics.priority import StrictPriority
+from servegym.agents.heuristics.weighted import (
     FEATURES,
     NUM_FEATURES,
     PRESETS,
     WeightedPriorityAdmission,
     check_weights,
 )
-from agents.learned import scheduler_for
-from envs.build import build_simulator
-from envs.core.decisions import Decision, DecisionKind, FCFSAdmission, Policy, default_policies
-from envs.interval_env import (
+from servegym.agents.learned import scheduler_for
+from servegym.envs.build import build_simulator
+from servegym.envs.core.decisions import (
+    Decision,
+    DecisionKind,
+    FCFSAdmission,
+    Policy,
+    default_policies,
+)
+from servegym.envs.interval_env import (
     OBSERVATION_SIZE,
     IntervalEnv,
     IntervalPolicy,
     next_boundary,
 )
-from envs.rewards import met_slo
+from servegym.envs.rewards import met_slo
 
 ENV_ID = "servegym/AdmissionInterval-v0"
 if ENV_ID not in registry:  # the registration proposed for envs/__init__.py
-    register(id=ENV_ID, entry_point="envs.interval_env:IntervalEnv",
+    register(id=ENV_ID, entry_point="servegym.envs.interval_env:IntervalEnv",
              kwargs={"rate": 24.0, "episode_requests": 1000, "reward": "goodput"},
              max_episode_steps=100_000, disable_env_checker=True)
 
@@ -128,7 +134,7 @@ def test_same_seed_same_episode(small_env: IntervalEnv) -> None:
 
 
 def test_episodes_are_drawn_as_serving_env_draws_them(small_env: IntervalEnv) -> None:
-    from envs.serving_env import ServingEnv
+    from servegym.envs.serving_env import ServingEnv
 
     small_env.reset(seed=11)
     serving = ServingEnv(control=("admit",), reward="goodput", **SMALL)
@@ -140,7 +146,7 @@ def test_episodes_are_drawn_as_serving_env_draws_them(small_env: IntervalEnv) ->
 
 def reward_options() -> list[dict]:
     """No options, and the early TTFT credit of conf/env/admission.yaml where it exists."""
-    from envs.rewards import RewardConfig
+    from servegym.envs.rewards import RewardConfig
 
     fields = {f.name for f in dataclasses.fields(RewardConfig)}
     return [{}] + ([{"ttft_credit": 0.5}] if "ttft_credit" in fields else [])
@@ -304,8 +310,8 @@ def test_interval_policy_in_the_simulator_replays_the_env_episode(lengths: str) 
 def test_ppo_trains_and_evaluates_through_the_shared_path() -> None:
     from stable_baselines3 import PPO
 
-    from agents.evaluation import evaluation_episodes
-    from agents.evaluation import run_episode as evaluate
+    from servegym.agents.evaluation import evaluation_episodes
+    from servegym.agents.evaluation import run_episode as evaluate
 
     env = IntervalEnv(rate=24.0, episode_requests=96)
     model = PPO("MlpPolicy", env, n_steps=64, batch_size=32, n_epochs=2, seed=0, device="cpu")

@@ -5,9 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import leaderboard
 import pytest
-
-from experiments import leaderboard
 
 
 def job(folder: Path, task: str, algo: str, seed: int, agent: float, sampled: float,

@@ -7,10 +7,10 @@ import gymnasium as gym
 import numpy as np
 import pytest
 
-import envs  # noqa: F401  (registers the ids)
-from agents.learned import LayoutMismatchError, check_layout
-from envs.core.decisions import STOP, DecisionKind, default_policies
-from envs.observations import (
+import servegym  # noqa: F401  (registers the ids)
+from servegym.agents.learned import LayoutMismatchError, check_layout
+from servegym.envs.core.decisions import STOP, DecisionKind, default_policies
+from servegym.envs.observations import (
     ADMIT_KEYS,
     BASE_SLOT_FEATURES,
     MAX_ROLES,
@@ -20,7 +20,7 @@ from envs.observations import (
     check_keys,
     round_robin_slots,
 )
-from envs.rewards import met_slo
+from servegym.envs.rewards import met_slo
 
 LOADED = {"rate": 30.0, "episode_requests": 300}  # a queue builds: slots are scarce
 
@@ -192,11 +192,11 @@ class DelayTheLost:
 
 
 def test_delaying_lost_requests_does_not_beat_spf_on_goodput_rate() -> None:
-    from agents.evaluation import compare, evaluation_episodes, policy_means
-    from agents.heuristics import make_policy
-    from envs.costs import build_cost_model
-    from envs.workloads import load_azure_2023
-    from envs.workloads.transforms import split_by_time
+    from servegym.agents.evaluation import compare, evaluation_episodes, policy_means
+    from servegym.agents.heuristics import make_policy
+    from servegym.envs.costs import build_cost_model
+    from servegym.envs.workloads import load_azure_2023
+    from servegym.envs.workloads.transforms import split_by_time
 
     source = split_by_time(load_azure_2023("conv"), "test")
     episodes = evaluation_episodes(source, 2, 600, 26.0, seed=0)

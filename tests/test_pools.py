@@ -7,14 +7,14 @@ import gymnasium as gym
 import numpy as np
 import pytest
 
-import envs  # noqa: F401  (registers the ids)
-from envs.build import build_simulator
-from envs.core.cluster import Pool
-from envs.core.decisions import default_policies
-from envs.core.instance import InstanceConfig
-from envs.core.simulator import Simulator
-from envs.costs import build_cost_model
-from envs.workloads import load_azure_2023, scale_to_rate
+import servegym  # noqa: F401  (registers the ids)
+from servegym.envs.build import build_simulator
+from servegym.envs.core.cluster import Pool
+from servegym.envs.core.decisions import default_policies
+from servegym.envs.core.instance import InstanceConfig
+from servegym.envs.core.simulator import Simulator
+from servegym.envs.costs import build_cost_model
+from servegym.envs.workloads import load_azure_2023, scale_to_rate
 
 MODEL = "Llama-3-8B"
 
@@ -69,7 +69,7 @@ def test_routing_sees_each_instances_pool() -> None:
                    episode_requests=200).unwrapped
     observation, _ = env.reset(seed=0)
     assert env.sim.num_instances == 4 and len(env.sim.pools) == 2
-    from envs.observations import GLOBAL_FEATURES, SLOT_FEATURES
+    from servegym.envs.observations import GLOBAL_FEATURES, SLOT_FEATURES
 
     slots = observation[GLOBAL_FEATURES:].reshape(env.encoder.num_slots, SLOT_FEATURES)
     np.testing.assert_array_equal(slots[:4, 8], [0.0, 0.0, 1.0, 1.0])
@@ -117,8 +117,8 @@ def test_a_heterogeneous_cluster_preset_composes_and_bad_pools_fail_at_compositi
     from omegaconf import OmegaConf
     from test_train import compose_config
 
-    from agents.learners import env_kwargs
-    from agents.training import typed_config
+    from servegym.agents.learners import env_kwargs
+    from servegym.agents.training import typed_config
 
     def typed(overrides):
         return typed_config(OmegaConf.to_container(compose_config(overrides), resolve=True))

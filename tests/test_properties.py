@@ -7,11 +7,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sim_fixtures import AffineCost, make_workload
 
-from envs.core.cluster import Pool
-from envs.core.decisions import STOP, Action, DecisionKind
-from envs.core.instance import InstanceConfig
-from envs.core.request import FINISHED, REJECTED
-from envs.core.simulator import Simulator
+from servegym.envs.core.cluster import Pool
+from servegym.envs.core.decisions import STOP, Action, DecisionKind
+from servegym.envs.core.instance import InstanceConfig
+from servegym.envs.core.request import FINISHED, REJECTED
+from servegym.envs.core.simulator import Simulator
 
 
 class RandomValid:

@@ -1,4 +1,5 @@
-"""ScorerPolicy / MaskableScorerPolicy (agents.scorer_policy) on a tiny slot-picking env."""
+"""ScorerPolicy / MaskableScorerPolicy (servegym.agents.scorer_policy) on a tiny slot-picking
+env."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from sb3_contrib import MaskablePPO
 from stable_baselines3 import PPO
 from stable_baselines3.common.vec_env import DummyVecEnv
 
-from agents.scorer_policy import (
+from servegym.agents.scorer_policy import (
     MaskableScorerPolicy,
     ScorerPolicy,
     action_logits,

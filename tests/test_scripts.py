@@ -46,7 +46,7 @@ def test_bench_case_reports_rates() -> None:
 
 
 def test_existing_results_are_not_overwritten(tmp_path: Path) -> None:
-    from envs.core.metrics import atomic_write
+    from servegym.envs.core.metrics import atomic_write
 
     target = tmp_path / "x.json"
     atomic_write(target, lambda h: h.write("1"))

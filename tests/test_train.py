@@ -13,18 +13,18 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-import envs  # noqa: F401  (registers the ids)
-from agents import build_scheduler, load_agent
-from agents.config import register_configs
-from agents.evaluation import evaluation_episodes
-from agents.learned import LearnedPolicy, scheduler_for
-from agents.learners import agent_metadata, save_agent
-from agents.run_logger import run_group
-from agents.training import typed_config
-from envs.build import build_simulator
-from envs.core.decisions import DecisionKind
-from envs.workloads import load_azure_2023
-from envs.workloads.transforms import split_by_time
+import servegym  # noqa: F401  (registers the ids)
+from servegym.agents import build_scheduler, load_agent
+from servegym.agents.config import register_configs
+from servegym.agents.evaluation import evaluation_episodes
+from servegym.agents.learned import LearnedPolicy, scheduler_for
+from servegym.agents.learners import agent_metadata, save_agent
+from servegym.agents.run_logger import run_group
+from servegym.agents.training import typed_config
+from servegym.envs.build import build_simulator
+from servegym.envs.core.decisions import DecisionKind
+from servegym.envs.workloads import load_azure_2023
+from servegym.envs.workloads.transforms import split_by_time
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["env.episode_requests=32", "eval.episodes=2", "eval.baselines=[fcfs,spf]",
@@ -154,7 +154,7 @@ def test_run_group_drops_the_seed_and_run_plumbing() -> None:
 
 
 def test_resume_errors_name_the_problem(tmp_path: Path) -> None:
-    from agents.training import RESOLVED_CONFIG, resume_config
+    from servegym.agents.training import RESOLVED_CONFIG, resume_config
 
     container = OmegaConf.to_container(compose_config([]), resolve=True)
     with pytest.raises(FileNotFoundError, match="no resolved_config.yaml there"):
@@ -200,7 +200,7 @@ def test_learned_policy_in_the_simulator_replays_the_env_episode() -> None:
 def test_greedy_act_equals_sb3_predict_and_a_stalling_agent_is_cut_short() -> None:
     from sb3_contrib import MaskablePPO
 
-    from agents.evaluation import run_episode
+    from servegym.agents.evaluation import run_episode
 
     env = gym.make("servegym/Admission-v0", episode_requests=32)
     model = MaskablePPO("MlpPolicy", env, seed=1)
@@ -236,7 +236,7 @@ def test_evaluation_windows_are_the_same_for_every_policy_and_follow_the_seed() 
 @pytest.mark.parametrize("algo", ["ppo", "a2c", "dqn"])
 def test_unmasked_agents_pick_only_valid_actions_at_evaluation(tmp_path: Path,
                                                                algo: str) -> None:
-    from agents.learners import algorithm_class
+    from servegym.agents.learners import algorithm_class
 
     env = gym.make("servegym/Admission-v0", episode_requests=32, invalid_action="fallback")
     model = algorithm_class(algo)("MlpPolicy", env, seed=0)
@@ -314,7 +314,7 @@ def test_other_algorithms_train_and_evaluate(tmp_path: Path, overrides: list[str
     if "agent.vec_normalize=true" in overrides:
         assert (run_dir / "model" / "vecnormalize.pkl").is_file()
     if "agent=dqn" in overrides:
-        assert list((run_dir / "checkpoints").glob("step_*/replay_buffer.pkl"))
+        assert list((run_dir / "checkpoints").glob("step_*/replay_buffer.npz"))  # no pickle
 
 
 def test_heuristic_outside_the_controlled_kinds_is_refused(tmp_path: Path) -> None:
@@ -344,7 +344,7 @@ def test_wandb_offline_run_holds_the_run(tmp_path: Path, monkeypatch: pytest.Mon
 def test_periodic_callbacks_fire_between_rollouts_not_mid_rollout() -> None:
     from types import SimpleNamespace
 
-    from agents.callbacks import _Every
+    from servegym.agents.callbacks import _Every
 
     class Recorder(_Every):
         def __init__(self, freq: int) -> None:
@@ -369,8 +369,8 @@ def test_periodic_callbacks_fire_between_rollouts_not_mid_rollout() -> None:
 
 def test_a_resumed_run_keeps_its_name_wandb_run_and_group(tmp_path: Path,
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
-    from agents.config import LoggerConfig, run_name
-    from agents.run_logger import WANDB_RUN_FILE, WandbLogger, resumed_group
+    from servegym.agents.config import LoggerConfig, run_name
+    from servegym.agents.run_logger import WANDB_RUN_FILE, WandbLogger, resumed_group
 
     first = tmp_path / "first"
     first.mkdir()

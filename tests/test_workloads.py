@@ -1,4 +1,4 @@
-"""Tests for envs.workloads: Workload, the Azure 2023 loader and arrival processes."""
+"""Tests for servegym.envs.workloads: Workload, the Azure 2023 loader and arrival processes."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import envs
-from envs.workloads import (
+import servegym.envs
+from servegym.envs.workloads import (
     AZURE_2023_KINDS,
     TraceFileNotFoundError,
     Workload,
@@ -27,7 +27,7 @@ from envs.workloads import (
     with_poisson_arrivals,
 )
 
-TRACE_DIR = Path(envs.__file__).parent / "data" / "traces" / "azure_llm_2023"
+TRACE_DIR = Path(servegym.envs.__file__).parent / "data" / "traces" / "azure_llm_2023"
 HEADER = "TIMESTAMP,ContextTokens,GeneratedTokens"
 GOOD_ROWS = (
     "2023-11-16 18:15:46.6805900,374,44",

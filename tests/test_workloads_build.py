@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from envs.workloads import (
+from servegym.envs.workloads import (
     Workload,
     WorkloadError,
     WorkloadWarning,
@@ -19,7 +19,7 @@ from envs.workloads import (
     split_by_time,
     time_window,
 )
-from envs.workloads.stats import load_from_overrides, main, workload_stats
+from servegym.envs.workloads.stats import load_from_overrides, main, workload_stats
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted(p.stem for p in (ROOT / "conf" / "workload").glob("*.yaml"))
@@ -121,7 +121,8 @@ def test_configs_cover_every_trace_and_generator() -> None:
     assert expected <= set(CONFIGS)
     for name in CONFIGS:
         text = (ROOT / "conf" / "workload" / f"{name}.yaml").read_text()
-        assert "_target_: envs.workloads.build_workload" in text and "seed: ${seed}" in text
+        assert "_target_: servegym.envs.workloads.build_workload" in text
+        assert "seed: ${seed}" in text
         for key in ("rate:", "window:", "split:", "num_requests:", "max_total_tokens:"):
             assert key in text, (name, key)
 
@@ -184,8 +185,9 @@ def test_stats_by_hand() -> None:
 
 
 def test_stats_module_runs_as_a_script() -> None:
-    done = subprocess.run([sys.executable, "-m", "envs.workloads.stats", "workload=azure_code"],
-                          capture_output=True, text=True, cwd=ROOT, check=True)
+    done = subprocess.run([sys.executable, "-m", "servegym.envs.workloads.stats",
+                           "workload=azure_code"], capture_output=True, text=True, cwd=ROOT,
+                          check=True)
     assert "| rows | 8,819 |" in done.stdout and "| CV of inter-arrival times | 13.15 |" in \
         done.stdout
     assert "RuntimeWarning" not in done.stderr

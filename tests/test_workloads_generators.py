@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from envs.workloads import (
+from servegym.envs.workloads import (
     WorkloadError,
     diurnal_arrivals,
     gamma_arrivals,
@@ -14,8 +14,8 @@ from envs.workloads import (
     onoff_arrivals,
     synthetic_workload,
 )
-from envs.workloads.distributions import sample_durations, sample_lengths
-from envs.workloads.sources import SourceContext
+from servegym.envs.workloads.distributions import sample_durations, sample_lengths
+from servegym.envs.workloads.sources import SourceContext
 
 M = 1 << 24
 

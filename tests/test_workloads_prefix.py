@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from envs.workloads import BlockChains, Workload, merge
-from envs.workloads.prefix import mooncake_segment_ends
+from servegym.envs.workloads import BlockChains, Workload, merge
+from servegym.envs.workloads.prefix import mooncake_segment_ends
 
 M = 1 << 24
 

@@ -10,11 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from envs.core.instance import InstanceConfig
-from envs.core.simulator import Simulator
-from envs.costs import RooflineCostModel
-from envs.workloads import Workload
-from envs.workloads.stats import load_from_overrides
+from servegym.envs.core.instance import InstanceConfig
+from servegym.envs.core.simulator import Simulator
+from servegym.envs.costs import RooflineCostModel
+from servegym.envs.workloads import Workload
+from servegym.envs.workloads.stats import load_from_overrides
 
 ROOT = Path(__file__).resolve().parents[1]
 FINISHED, REJECTED = "finished", "rejected"  # ServingReport status strings

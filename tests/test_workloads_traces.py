@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import envs
-from envs.workloads import (
+import servegym.envs
+from servegym.envs.workloads import (
     TraceFileNotFoundError,
     WorkloadError,
     WorkloadWarning,
@@ -22,9 +22,9 @@ from envs.workloads import (
     load_mooncake,
     load_mooncake_with_report,
 )
-from envs.workloads.servegen_stats import servegen_pool_stats
+from servegym.envs.workloads.servegen_stats import servegen_pool_stats
 
-TRACES = Path(envs.__file__).parent / "data" / "traces"
+TRACES = Path(servegym.envs.__file__).parent / "data" / "traces"
 M = 1 << 24
 
 

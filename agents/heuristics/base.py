@@ -1,6 +1,6 @@
 """Shared machinery of the heuristic policies: ranked admission and workload binding.
 
-Admission contract (see `envs.core.decisions`): a policy picks a waiting request whose
+Admission contract (see `servegym.envs.core.decisions`): a policy picks a waiting request whose
 `Decision.mask()` entry is True, or answers `STOP` when `Decision.can_stop()`. Checking the
 mask costs a KV lookup per candidate, so ranked policies rank first and check fit only along
 the ranking.
@@ -13,11 +13,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from envs.predictors import LengthPredictor
-from envs.protocol import STOP, Decision
+from servegym.envs.predictors import LengthPredictor
+from servegym.envs.protocol import STOP, Decision
 
 if TYPE_CHECKING:
-    from envs.core.request import Request
+    from servegym.envs.core.request import Request
 
 
 def decision_simulator(decision: Decision) -> Any:

@@ -16,9 +16,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from agents.heuristics.base import PredictorUser, RankedAdmission
-from envs.core.request import Request
-from envs.protocol import Decision
+from servegym.agents.heuristics.base import PredictorUser, RankedAdmission
+from servegym.envs.core.request import Request
+from servegym.envs.protocol import Decision
 
 
 class ShortestPromptFirst(RankedAdmission):

@@ -1,6 +1,6 @@
 """Load-balancing routers: where an arriving request goes among identical instances.
 
-* `RoundRobinRouting` (in `envs.core.decisions`): instances in turn.
+* `RoundRobinRouting` (in `servegym.envs.core.decisions`): instances in turn.
 * `RandomRouting`: uniformly at random (from the policy's generator).
 * `JoinShortestQueue`: the fewest waiting requests (Winston, 1977), ties by fewest in
   service, then index.
@@ -21,10 +21,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from envs.protocol import Decision
+from servegym.envs.protocol import Decision
 
 if TYPE_CHECKING:
-    from envs.core.instance import Instance
+    from servegym.envs.core.instance import Instance
 
 
 def outstanding(instance: Instance) -> int:

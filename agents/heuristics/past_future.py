@@ -29,12 +29,12 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from envs.core.request import FINISHED
-from envs.protocol import STOP, Decision
+from servegym.envs.core.request import FINISHED
+from servegym.envs.protocol import STOP, Decision
 
 if TYPE_CHECKING:
-    from envs.core.instance import Instance
-    from envs.core.request import Request
+    from servegym.envs.core.instance import Instance
+    from servegym.envs.core.request import Request
 
 
 class PastFutureAdmission:

@@ -2,10 +2,10 @@
 
 Every rule picks the running request (the one short of KV included) with the largest key;
 ties go to the latest arrival, vLLM's own rule. The victim is recomputed later (its blocks
-are freed and it rejoins the front of the waiting queue); `agents.heuristics.swap` decides
+are freed and it rejoins the front of the waiting queue); `servegym.agents.heuristics.swap` decides
 recompute versus swap.
 
-* `LatestArrivalPreemption` (in `envs.core.decisions`): vLLM's default.
+* `LatestArrivalPreemption` (in `servegym.envs.core.decisions`): vLLM's default.
 * `LowestPriorityVictim`: the least urgent class (largest `priority`), then the latest
   arrival: vLLM's priority scheduling.
 * `MostBlocksVictim`: the request holding the most KV blocks, so one preemption frees the
@@ -21,9 +21,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from agents.heuristics.base import PredictorUser, pick_max
-from envs.core.decisions import LatestArrivalPreemption
-from envs.protocol import Decision
+from servegym.agents.heuristics.base import PredictorUser, pick_max
+from servegym.envs.core.decisions import LatestArrivalPreemption
+from servegym.envs.protocol import Decision
 
 
 class LowestPriorityVictim:

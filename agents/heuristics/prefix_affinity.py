@@ -12,8 +12,8 @@ prefix caching (or prefix hashes) this is least-outstanding routing within the c
 
 from __future__ import annotations
 
-from agents.heuristics.load_balance import outstanding
-from envs.protocol import Decision
+from servegym.agents.heuristics.load_balance import outstanding
+from servegym.envs.protocol import Decision
 
 
 class PrefixAffinity:

@@ -3,14 +3,14 @@
 vLLM's ``--scheduling-policy priority``: a lower `priority` value is more urgent; the waiting
 queue is ordered by (priority, arrival) and admission stops at the first request that does
 not fit. Its preemption counterpart (evict the least urgent, latest arrival) is
-`agents.heuristics.preemption.LowestPriorityVictim`.
+`servegym.agents.heuristics.preemption.LowestPriorityVictim`.
 """
 
 from __future__ import annotations
 
-from agents.heuristics.base import RankedAdmission
-from envs.core.request import Request
-from envs.protocol import Decision
+from servegym.agents.heuristics.base import RankedAdmission
+from servegym.envs.core.request import Request
+from servegym.envs.protocol import Decision
 
 
 class StrictPriority(RankedAdmission):

@@ -3,7 +3,7 @@
 Shen et al., "FastSwitch: Optimizing Context Switching Efficiency in Fairness-aware Large
 Language Model Serving", 2024, argue that swapping a victim's KV to host memory beats
 recomputing it whenever the transfer is cheaper than the recomputation. The victim is picked by
-`victim` (a rule of `agents.heuristics.preemption.VICTIM_RULES`, default vLLM's latest
+`victim` (a rule of `servegym.agents.heuristics.preemption.VICTIM_RULES`, default vLLM's latest
 arrival); then it is swapped when
 
     2 * cost.swap_time(victim.num_blocks)            (out now, back in later)
@@ -20,11 +20,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from agents.heuristics.preemption import VICTIM_RULES
-from envs.protocol import Action, Decision
+from servegym.agents.heuristics.preemption import VICTIM_RULES
+from servegym.envs.protocol import Action, Decision
 
 if TYPE_CHECKING:
-    from envs.core.request import Request
+    from servegym.envs.core.request import Request
 
 
 class CostAwareSwap:

@@ -18,11 +18,11 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING
 
-from envs.protocol import Decision
+from servegym.envs.protocol import Decision
 
 if TYPE_CHECKING:
-    from envs.core.instance import Instance
-    from envs.core.request import Request
+    from servegym.envs.core.instance import Instance
+    from servegym.envs.core.request import Request
 
 
 def predicted_ttft(instance: Instance, request: Request) -> float:

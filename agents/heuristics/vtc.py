@@ -28,11 +28,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from envs.core.request import FINISHED
-from envs.protocol import STOP, Decision
+from servegym.envs.core.request import FINISHED
+from servegym.envs.protocol import STOP, Decision
 
 if TYPE_CHECKING:
-    from envs.core.request import Request
+    from servegym.envs.core.request import Request
 
 
 class VirtualTokenCounter:

@@ -1,20 +1,19 @@
 """Weighted-priority admission: rank waiting requests by a linear score over their features.
 
-A learned priority function in its simplest form: each waiting request gets the score
-``w . f(request)`` over the small, normalised feature vector below, and the request with the
-**lowest** score is admitted first (a score is a rank key, as in `RankedAdmission`: smallest
-first, ties in canonical queue order). The weights `w` are the policy's only parameters, so
-an agent can set them once per scheduling interval (`envs.interval_env.IntervalEnv`) instead
-of answering every admission. Scoring jobs with a learned function of their features is
-Decima's idea (Mao et al., "Learning Scheduling Algorithms for Data Processing Clusters",
-SIGCOMM 2019: a learned per-node score, softmax over nodes) and, for LLM serving, that of
-learned ranking (Fu et al., "Efficient LLM Scheduling by Learning to Rank", NeurIPS 2024:
-a learned score orders the queue, shortest-predicted-first). A linear score generalises the
-ranked heuristics it contains as corner cases (`PRESETS`): FCFS (all weights 0), SPF
-(shortest prefill first), SJF / SRPT on output lengths (FastServe, Wu et al. 2023; SSJF,
-Qiu et al. 2024), strict priority (vLLM's priority scheduling), and least-TTFT-slack first
-(an EDF variant, Liu and Layland 1973; with the "late" feature, the "late last" fix of
-Andes, Qiu et al. 2024).
+A learned priority function in its simplest form: each waiting request gets the score ``w .
+f(request)`` over the small, normalised feature vector below, and the request with the **lowest**
+score is admitted first (a score is a rank key, as in `RankedAdmission`: smallest first, ties in
+canonical queue order). The weights `w` are the policy's only parameters, so an agent can set them
+once per scheduling interval (`servegym.envs.interval_env.IntervalEnv`) instead of answering every
+admission. Scoring jobs with a learned function of their features is Decima's idea (Mao et al.,
+"Learning Scheduling Algorithms for Data Processing Clusters", SIGCOMM 2019: a learned per-node
+score, softmax over nodes) and, for LLM serving, that of learned ranking (Fu et al., "Efficient LLM
+Scheduling by Learning to Rank", NeurIPS 2024: a learned score orders the queue, shortest-predicted-
+first). A linear score generalises the ranked heuristics it contains as corner cases (`PRESETS`):
+FCFS (all weights 0), SPF (shortest prefill first), SJF / SRPT on output lengths (FastServe, Wu et
+al. 2023; SSJF, Qiu et al. 2024), strict priority (vLLM's priority scheduling), and least-TTFT-slack
+first (an EDF variant, Liu and Layland 1973; with the "late" feature, the "late last" fix of Andes,
+Qiu et al. 2024).
 
 Features, in order (`FEATURES`; squash(x, s) = x / (x + s), in [0, 1)):
 
@@ -52,11 +51,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from agents.heuristics.base import PredictorUser
-from envs.protocol import STOP, Decision
+from servegym.agents.heuristics.base import PredictorUser
+from servegym.envs.protocol import STOP, Decision
 
 if TYPE_CHECKING:
-    from envs.core.request import Request
+    from servegym.envs.core.request import Request
 
 FEATURES: tuple[str, ...] = ("prefill", "output", "remaining", "waited", "slack", "late",
                              "prefix_hit", "priority", "preempted", "bias")

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from envs.protocol import DecisionKind, Policy
+from servegym.envs.protocol import DecisionKind, Policy
 
 BACKENDS = ("sim", "live")
 
@@ -25,15 +25,15 @@ def build_backend(
     policies: Mapping[DecisionKind, Policy] | None = None,
     **options: Any,
 ) -> Any:
-    """`sim`: `envs.build.build_simulator(cost_model, ...)`; `live`: `LiveBackend` with the
+    """`sim`: `servegym.envs.build.build_simulator(cost_model, ...)`; `live`: `LiveBackend` with the
     same instance settings (`options` go to `LiveBackend`: model, clock, time_scale, ...)."""
     if kind == "sim":
-        from envs.build import build_simulator
+        from servegym.envs.build import build_simulator
 
         return build_simulator(cost_model, num_instances, instance, policies=policies,
                                **options)
     if kind == "live":
-        from envs.backends.live.backend import LiveBackend, live_instance_config
+        from servegym.envs.backends.live.backend import LiveBackend, live_instance_config
 
         if options.pop("pools", None):
             raise ValueError("the live backend runs one pool of identical engines; drop "

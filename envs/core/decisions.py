@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from envs.protocol import (
+from servegym.envs.protocol import (
     STOP,
     Action,
     Decision,

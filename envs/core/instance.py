@@ -26,12 +26,12 @@ from collections.abc import Generator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from envs.core.kv_cache import BlockManager
-from envs.core.request import FINISHED, REJECTED, RUNNING, SWAPPED, WAITING, Request
-from envs.protocol import STOP, Action, Decision, DecisionKind
+from servegym.envs.core.kv_cache import BlockManager
+from servegym.envs.core.request import FINISHED, REJECTED, RUNNING, SWAPPED, WAITING, Request
+from servegym.envs.protocol import STOP, Action, Decision, DecisionKind
 
 if TYPE_CHECKING:
-    from envs.costs.base import CostModel
+    from servegym.envs.costs.base import CostModel
 
 MODES = ("vllm_v1", "vllm_v0")
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
-from envs.core.request import Request
+from servegym.envs.core.request import Request
 
 
 class KVCacheError(RuntimeError):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import bisect
 
-from envs.core.request import Request
+from servegym.envs.core.request import Request
 
 
 class Occupancy:

@@ -1,9 +1,9 @@
 """A request's identity and its mutable serving state inside the simulator.
 
-The workload is columnar (numpy arrays, see `envs.workloads.Workload`); a `Request` object is
-made only when the request arrives, so a 50k-request run never holds 50k idle objects on the
-hot path. Token timestamps are not stored one by one: the instance derives the time between
-tokens from iteration boundaries (see `envs.core.instance`).
+The workload is columnar (numpy arrays, see `servegym.envs.workloads.Workload`); a `Request` object
+is made only when the request arrives, so a 50k-request run never holds 50k idle objects on the hot
+path. Token timestamps are not stored one by one: the instance derives the time between tokens from
+iteration boundaries (see `servegym.envs.core.instance`).
 """
 
 from __future__ import annotations

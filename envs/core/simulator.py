@@ -1,46 +1,45 @@
 """The discrete-event simulator: a cluster of instances behind a router.
 
-All state lives on the `Simulator` object. Events are typed heap entries
-(envs/core/events.py): iteration and decode-run ends (and wake-ups) of instances, ordered
-by (time, priority, counter) so ties resolve the same way every run, each with a
-generation so a pending one can be cancelled (`interrupt` cuts a decode run short);
-arrivals come from the workload's sorted arrays through a cursor and go first at equal
-times. Decisions are asked through one generator: those with a configured policy are
-answered inline, the others are handed to the caller by `next_decision()` and answered by
-`apply()` (how the Gymnasium envs step decision by decision).
+All state lives on the `Simulator` object. The decision loop is the one every backend
+shares (`servegym.envs.core.loop.DecisionLoop`): typed heap entries (envs/core/events.py)
+for the iteration and decode-run ends (and wake-ups) of instances, ordered by (time,
+priority, counter) so ties resolve the same way every run, each with a generation so a
+pending one can be cancelled (`interrupt` cuts a decode run short); arrivals from the
+workload's sorted arrays through a cursor, first at equal times. Decisions are asked
+through one generator: those with a configured policy are answered inline, the others are
+handed to the caller by `next_decision()` and answered by `apply()` (how the Gymnasium envs
+step decision by decision). The simulator supplies the instances (envs/core/instance.py),
+the requests, the invariant checks and the end-of-run check.
 """
 
 from __future__ import annotations
 
-import heapq
-import itertools
 import math
-from collections.abc import Generator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from envs.core.cluster import Pool, check_pools
-from envs.core.decisions import default_policies, reset_policies
-from envs.core.events import INSTANCE_PRIORITY, EventKind
-from envs.core.instance import Instance, InstanceConfig
-from envs.core.metrics import ServingReport, build_report
-from envs.core.occupancy import Occupancy
-from envs.core.request import REJECTED, Request
-from envs.protocol import Action, Decision, DecisionKind, Policy
+from servegym.envs.core.cluster import Pool, check_pools
+from servegym.envs.core.decisions import default_policies, reset_policies
+from servegym.envs.core.instance import Instance, InstanceConfig
+from servegym.envs.core.loop import DecisionLoop
+from servegym.envs.core.metrics import ServingReport, build_report
+from servegym.envs.core.occupancy import Occupancy
+from servegym.envs.core.request import REJECTED, Request
+from servegym.envs.protocol import Decision, DecisionKind, Policy
 
 if TYPE_CHECKING:
-    from envs.costs.base import CostModel
-    from envs.workloads.workload import Workload
+    from servegym.envs.costs.base import CostModel
+    from servegym.envs.workloads.workload import Workload
 
-INSTANCE = EventKind.INSTANCE
 # The latest arrival a workload may have, in seconds (about 31.7 years): far beyond any
 # trace, and small enough that a float clock still resolves microseconds' worth of
 # iterations there, so every time-advancing loop ends (a row at 1e57 s would not).
 MAX_TIME_S = 1e9
 
 
-class Simulator(Occupancy):
+class Simulator(DecisionLoop, Occupancy):
     """Simulates a cluster of instances behind a router; implements the `Backend` and
     `ClusterView` protocols (envs/protocol.py).
 
@@ -127,31 +126,10 @@ class Simulator(Occupancy):
                     self.pool_model_len[number], self, self.record_token_times, pool=number))
         self.requests: list[Request] = []
         self.reset_occupancy(workload.arrival_time.tolist())
-        self._heap: list[tuple[float, int, int, int, int, int]] = []  # envs/core/events.py
-        self._counter = itertools.count()
-        self._generation = [0] * self.num_instances  # per instance: pending entries' validity
-        arrivals = self.arrival_times
-        self.next_arrival_time = arrivals[0] if arrivals else math.inf
         self.admit_is_internal = DecisionKind.ADMIT in self.policies
         admit_policy = self.policies.get(DecisionKind.ADMIT)
         self.admit_head_only = bool(getattr(admit_policy, "head_of_line", False))
-        self._loop = self._main_loop()
-        self._done = False
-        self._decision = self._resume(None)
-
-    def next_decision(self) -> Decision | None:
-        """The decision waiting for an answer; None once the workload has drained."""
-        return self._decision
-
-    def apply(self, action: int | Action, *, validated: bool = False) -> None:
-        """Answer the pending decision. `validated=True` skips the check for callers that
-        already chose from `Decision.mask()` (the envs do, with the same rules)."""
-        decision = self._decision
-        if decision is None:
-            raise RuntimeError("no decision is pending: the simulation has finished or not started")
-        if not validated:
-            action = decision.validate(action)
-        self._decision = self._resume(action)
+        self.start_loop()  # the shared decision loop (envs/core/loop.py)
 
     def run(self, workload: Workload | None = None, seed: int = 0) -> ServingReport:
         """Simulate to completion, answering every decision with the configured policies."""
@@ -170,28 +148,6 @@ class Simulator(Occupancy):
             raise RuntimeError("simulation not finished; answer the pending decisions first")
         return build_report(self)
 
-    # ================================================================ internals
-    def _resume(self, action: Action | None) -> Decision | None:
-        try:
-            return self._loop.send(action)
-        except StopIteration:
-            self._done = True
-            self._check_drained()
-            return None
-
-    def ask(self, decision: Decision) -> Generator[Decision, Action, Action]:
-        policy = self.policies.get(decision.kind)
-        if policy is not None:
-            return decision.validate(policy.decide(decision))
-        action = yield decision  # validated by apply()
-        return action
-
-    def schedule(self, time: float, instance: Instance) -> None:
-        index = instance.index
-        heapq.heappush(self._heap, (time, INSTANCE_PRIORITY, next(self._counter), INSTANCE,
-                                    index, self._generation[index]))
-        instance.event_pending = True
-
     def interrupt(self, instance: Instance) -> float | None:
         """Cut `instance`'s decode run short at its first iteration boundary at or after
         now: its pending event is cancelled and one at that boundary takes its place (see
@@ -200,37 +156,9 @@ class Simulator(Occupancy):
         end = instance.cut_run(self.now)
         if end is None:
             return None
-        self._generation[instance.index] += 1  # the planned end is dropped when popped
+        self.cancel_pending(instance)  # the planned end is dropped when popped
         self.schedule(end, instance)
         return end
-
-    def _main_loop(self) -> Generator[Decision, Action, None]:
-        heap, arrivals, instances = self._heap, self.arrival_times, self.instances
-        generation = self._generation
-        heappop = heapq.heappop
-        num_arrivals = len(arrivals)
-        cursor = 0
-        while True:
-            if heap and heap[0][0] < self.next_arrival_time:
-                time, _, _, _, index, pushed = heappop(heap)
-                if pushed != generation[index]:
-                    continue  # cancelled
-                self.now = time
-                instance = instances[index]
-                if not instance.on_event(time):
-                    yield from instance.build_next(time)
-                if self.debug_checks:
-                    self.check_invariants(time)
-            elif cursor < num_arrivals:
-                self.now = arrivals[cursor]
-                request = self._make_request(cursor)
-                cursor += 1
-                self.next_arrival_time = arrivals[cursor] if cursor < num_arrivals else math.inf
-                yield from self._route(request)
-                if self.debug_checks:
-                    self.check_invariants(self.now)
-            else:
-                return
 
     def _make_request(self, index: int) -> Request:
         w = self.workload
@@ -251,17 +179,6 @@ class Simulator(Occupancy):
         self.record_arrival(request)
         return request
 
-    def _route(self, request: Request) -> Generator[Decision, Action, None]:
-        now = self.now
-        if self.num_instances == 1:
-            self.instances[0].enqueue(request, now)
-            return
-        for instance in self.instances:
-            instance.advance_to(now)  # routers see each instance's state as of now
-        decision = Decision(DecisionKind.ROUTE, now, self.instances, request=request, cluster=self)
-        action = yield from self.ask(decision)
-        self.instances[action.choice].enqueue(request, now)
-
     def check_invariants(self, time: float) -> None:
         """Raise if the clock went back or an instance's KV accounting is broken (every
         live request's blocks, the free and cached pools); `debug_checks` calls it after
@@ -275,7 +192,7 @@ class Simulator(Occupancy):
             if instance.bm.num_used > instance.bm.num_blocks:
                 raise RuntimeError("more KV blocks used than exist")
 
-    def _check_drained(self) -> None:
+    def _on_drained(self) -> None:
         for instance in self.instances:
             if instance.waiting or instance.running or instance.swapped:
                 raise RuntimeError(f"instance {instance.index} still holds requests at the end")
@@ -292,7 +209,7 @@ def _kv_blocks(pool: Pool) -> int:
     config, cost = pool.config, pool.cost
     if config.num_kv_blocks is not None:
         return config.num_kv_blocks
-    from envs.costs.specs import kv_capacity_blocks
+    from servegym.envs.costs.specs import kv_capacity_blocks
 
     return kv_capacity_blocks(cost.model, cost.gpu, cost.tensor_parallel,
                               block_size=config.block_size,

@@ -1,10 +1,10 @@
 """Cost models: how long engine iterations, KV swaps and KV transfers take."""
 
-from envs.costs.base import CostModel
-from envs.costs.catalog import MissingTableError, measured_combinations
-from envs.costs.factory import COST_SOURCES, RooflineFallbackWarning, build_cost_model
-from envs.costs.roofline import RooflineCostModel
-from envs.costs.specs import (
+from servegym.envs.costs.base import CostModel
+from servegym.envs.costs.catalog import MissingTableError, measured_combinations
+from servegym.envs.costs.factory import COST_SOURCES, RooflineFallbackWarning, build_cost_model
+from servegym.envs.costs.roofline import RooflineCostModel
+from servegym.envs.costs.specs import (
     GPUS,
     MODELS,
     GPUSpec,
@@ -14,7 +14,7 @@ from envs.costs.specs import (
     get_model,
     kv_capacity_blocks,
 )
-from envs.costs.table_model import TableCostModel
+from servegym.envs.costs.table_model import TableCostModel
 
 __all__ = [
     "COST_SOURCES",

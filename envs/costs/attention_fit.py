@@ -27,8 +27,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from envs.costs.specs import GPUSpec, ModelSpec, kv_heads_per_gpu
-from envs.costs.tables import OpTable, median_by_key
+from servegym.envs.costs.specs import GPUSpec, ModelSpec, kv_heads_per_gpu
+from servegym.envs.costs.tables import OpTable, median_by_key
 
 
 @dataclass(frozen=True)

@@ -13,8 +13,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from envs.costs.specs import get_gpu, get_model
-from envs.costs.tables import ATTENTION_OPS, OpTable, TableFormatError, read_meta, read_table
+from servegym.envs.costs.specs import get_gpu, get_model
+from servegym.envs.costs.tables import (
+    ATTENTION_OPS,
+    OpTable,
+    TableFormatError,
+    read_meta,
+    read_table,
+)
 
 SHIPPED_DIR = Path(__file__).resolve().parents[1] / "data" / "calibration"
 # Token-level ops a layer cannot do without; ``emb`` and ``attn_kv_cache_save`` are

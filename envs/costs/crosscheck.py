@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from envs.workloads import Workload, load_azure_2023
+from servegym.envs.workloads import Workload, load_azure_2023
 
 
 def vidur_crosscheck_workload(

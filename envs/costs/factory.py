@@ -14,11 +14,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from envs.costs.base import CostModel
-from envs.costs.catalog import available_text, measured_combinations
-from envs.costs.roofline import RooflineCostModel
-from envs.costs.specs import get_gpu, get_model
-from envs.costs.table_model import TableCostModel
+from servegym.envs.costs.base import CostModel
+from servegym.envs.costs.catalog import available_text, measured_combinations
+from servegym.envs.costs.roofline import RooflineCostModel
+from servegym.envs.costs.specs import get_gpu, get_model
+from servegym.envs.costs.table_model import TableCostModel
 
 COST_SOURCES = ("auto", "measured", "roofline")
 

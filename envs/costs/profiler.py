@@ -40,8 +40,8 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.nn.attention.bias import causal_lower_right
 
-from envs.costs.specs import ModelSpec, kv_heads_per_gpu, validate_tensor_parallel
-from envs.costs.tables import ATTENTION_OPS, TOKEN_OPS
+from servegym.envs.costs.specs import ModelSpec, kv_heads_per_gpu, validate_tensor_parallel
+from servegym.envs.costs.tables import ATTENTION_OPS, TOKEN_OPS
 
 _FAST_SDPA = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION,
               SDPBackend.CUDNN_ATTENTION]

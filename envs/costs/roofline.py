@@ -20,8 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from envs.costs.base import CostModel, bad_chunk, check_decodes
-from envs.costs.specs import (
+from servegym.envs.costs.base import CostModel, bad_chunk, check_decodes
+from servegym.envs.costs.specs import (
     GPUSpec,
     ModelSpec,
     get_gpu,

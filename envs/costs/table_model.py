@@ -37,11 +37,11 @@ from typing import Any
 
 import numpy as np
 
-from envs.costs.attention_fit import AttentionFit, AttentionShape, fit_attention
-from envs.costs.base import CostModel, bad_chunk, check_decodes
-from envs.costs.catalog import Calibration, canonical_name, load_calibration
-from envs.costs.roofline import _check_count
-from envs.costs.specs import (
+from servegym.envs.costs.attention_fit import AttentionFit, AttentionShape, fit_attention
+from servegym.envs.costs.base import CostModel, bad_chunk, check_decodes
+from servegym.envs.costs.catalog import Calibration, canonical_name, load_calibration
+from servegym.envs.costs.roofline import _check_count
+from servegym.envs.costs.specs import (
     GPUSpec,
     ModelSpec,
     get_gpu,
@@ -49,7 +49,7 @@ from envs.costs.specs import (
     kv_bytes_per_token_per_gpu,
     validate_tensor_parallel,
 )
-from envs.costs.tables import OpTable
+from servegym.envs.costs.tables import OpTable
 
 LAYER_OPS = (
     "input_layernorm", "attn_pre_proj", "attn_rope", "attn_post_proj",

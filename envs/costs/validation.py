@@ -18,11 +18,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from envs.costs.attention_fit import AttentionShape, attention_points, fit_attention
-from envs.costs.catalog import Calibration
-from envs.costs.specs import GPUSpec, ModelSpec
-from envs.costs.table_model import TableCostModel, interpolate
-from envs.costs.tables import OpTable
+from servegym.envs.costs.attention_fit import AttentionShape, attention_points, fit_attention
+from servegym.envs.costs.catalog import Calibration
+from servegym.envs.costs.specs import GPUSpec, ModelSpec
+from servegym.envs.costs.table_model import TableCostModel, interpolate
+from servegym.envs.costs.tables import OpTable
 
 
 def holdout_mask(n: int, every: int = 4) -> np.ndarray:

@@ -3,7 +3,8 @@
 Run once to (re)create ``envs/data/calibration/vidur/`` from a copy of Vidur's
 ``data/profiling/`` folder; nothing reads Vidur's files at run time::
 
-    python -m envs.costs.vidur_import /path/to/vidur-profiling [--out envs/data/calibration/vidur]
+    python -m servegym.envs.costs.vidur_import /path/to/vidur-profiling \
+        [--out envs/data/calibration/vidur]
 
 Kept: the median, min, max and std of every op (Vidur's ``mean`` is dropped); token-level
 ops from ``mlp.csv``; single-node all-reduce and NVLink send/recv rows from the network
@@ -19,8 +20,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from types import MappingProxyType
 
-from envs.core.metrics import atomic_write
-from envs.costs.tables import format_table, table_writer
+from servegym.envs.core.metrics import atomic_write
+from servegym.envs.costs.tables import format_table, table_writer
 
 VIDUR_REPO = "microsoft/vidur"
 VIDUR_COMMIT = "7d47513363ec447a741ac5e47241580b47724fbf"

@@ -5,7 +5,7 @@ loaders, generators and transforms below are its parts. ``docs/workloads.md`` li
 workload with its licence and citation.
 """
 
-from envs.workloads.arrivals import (
+from servegym.envs.workloads.arrivals import (
     diurnal_arrivals,
     gamma_arrivals,
     onoff_arrivals,
@@ -13,38 +13,38 @@ from envs.workloads.arrivals import (
     scale_to_rate,
     with_poisson_arrivals,
 )
-from envs.workloads.azure import (
+from servegym.envs.workloads.azure import (
     AZURE_2023_KINDS,
     LoadReport,
     TraceFileNotFoundError,
     load_azure_2023,
     load_azure_2023_with_report,
 )
-from envs.workloads.build import BuildReport, build_workload, build_workload_with_report
-from envs.workloads.length_tables import (
+from servegym.envs.workloads.build import BuildReport, build_workload, build_workload_with_report
+from servegym.envs.workloads.length_tables import (
     LENGTH_TABLES,
     LengthTable,
     load_length_table,
     load_length_table_with_report,
 )
-from envs.workloads.mooncake import load_mooncake, load_mooncake_with_report
-from envs.workloads.prefix import BlockChains
-from envs.workloads.servegen import (
+from servegym.envs.workloads.mooncake import load_mooncake, load_mooncake_with_report
+from servegym.envs.workloads.prefix import BlockChains
+from servegym.envs.workloads.servegen import (
     SERVEGEN_POOLS,
     generate_servegen,
     generate_servegen_with_report,
 )
-from envs.workloads.sessions import multi_turn_workload
-from envs.workloads.sources import SOURCE_KINDS, make_source
-from envs.workloads.synthetic import synthetic_workload
-from envs.workloads.transforms import (
+from servegym.envs.workloads.sessions import multi_turn_workload
+from servegym.envs.workloads.sources import SOURCE_KINDS, make_source
+from servegym.envs.workloads.synthetic import synthetic_workload
+from servegym.envs.workloads.transforms import (
     TRAIN_FRACTION,
     clip_to_context,
     merge,
     split_by_time,
     time_window,
 )
-from envs.workloads.workload import Workload, WorkloadError, WorkloadWarning
+from servegym.envs.workloads.workload import Workload, WorkloadError, WorkloadWarning
 
 __all__ = [
     "AZURE_2023_KINDS",

@@ -21,7 +21,7 @@ import math
 
 import numpy as np
 
-from envs.workloads.workload import Workload, WorkloadError
+from servegym.envs.workloads.workload import Workload, WorkloadError
 
 __all__ = [
     "diurnal_arrivals",

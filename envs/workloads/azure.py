@@ -11,17 +11,18 @@ by time.
 
 Bounds (a row past one is a bad row naming the field and the bound):
 
-* a row is at most :data:`~envs.workloads.tracefiles.MAX_CSV_ROW_CHARS` characters (65,536);
+* a row is at most :data:`~servegym.envs.workloads.tracefiles.MAX_CSV_ROW_CHARS`
+  characters (65,536);
 * ``ContextTokens`` and ``GeneratedTokens`` are in ``[1, MAX_TOKENS]``
-  (:data:`~envs.workloads.tracefiles.MAX_TOKENS`, 10,000,000 tokens);
-* the trace spans at most :data:`~envs.workloads.tracefiles.MAX_TRACE_SPAN_S` (365 days):
+  (:data:`~servegym.envs.workloads.tracefiles.MAX_TOKENS`, 10,000,000 tokens);
+* the trace spans at most :data:`~servegym.envs.workloads.tracefiles.MAX_TRACE_SPAN_S` (365 days):
   the kept rows are those in the 365-day window that holds the most rows (of several, the
   earliest), and a row outside it is out of range, e.g. a typo year 9023 in a 2023 trace.
   So one mistyped date is the bad row, whether it is the first row, the last or any other.
 
 Out-of-order rows: of the rows in range, the kept rows are the longest run of rows whose
 timestamps never decrease, the earliest rows winning ties
-(:func:`~envs.workloads.tracefiles.out_of_order`); each other row is a bad row, "earlier
+(:func:`~servegym.envs.workloads.tracefiles.out_of_order`); each other row is a bad row, "earlier
 than the previous kept row" or "later than the next kept row". So a row dated in the
 future (within the span) is the bad row, and the rows after it, in order with the last
 good row, are kept. Range and order are checked after the whole file is read: with
@@ -48,7 +49,7 @@ from typing import Protocol
 
 import numpy as np
 
-from envs.workloads.tracefiles import (
+from servegym.envs.workloads.tracefiles import (
     MAX_CSV_ROW_CHARS,
     MAX_TRACE_SPAN_S,
     READ_ERRORS,
@@ -65,7 +66,7 @@ from envs.workloads.tracefiles import (
     unreadable,
     warn_if_skipped,
 )
-from envs.workloads.workload import Workload, WorkloadError
+from servegym.envs.workloads.workload import Workload, WorkloadError
 
 __all__ = [
     "AZURE_2023_KINDS",

@@ -1,10 +1,10 @@
 """The one workload builder behind every ``conf/workload/*.yaml``.
 
 ``build_workload(source, ...)`` makes the source's workload (a trace loader or a
-generator, :mod:`envs.workloads.sources`) and then applies, in this order:
+generator, :mod:`servegym.envs.workloads.sources`) and then applies, in this order:
 
 1. ``split``: ``"train"`` or ``"test"`` part by time (rule in
-   :mod:`envs.workloads.transforms`: the first 70% of the source's time span is train);
+   :mod:`servegym.envs.workloads.transforms`: the first 70% of the source's time span is train);
 2. ``window``: ``[start, end]`` seconds of what is left, shifted to start at 0;
 3. ``num_requests``: the first N requests;
 4. ``rate``: compress or stretch time to this mean rate (burst shape kept);
@@ -27,12 +27,12 @@ from typing import Any
 
 import numpy as np
 
-from envs.workloads.arrivals import scale_to_rate
-from envs.workloads.sources import SourceContext, make_source
-from envs.workloads.spec import as_plain, number, positive_int
-from envs.workloads.tracefiles import LoadReport
-from envs.workloads.transforms import SPLITS, clip_to_context, split_by_time, time_window
-from envs.workloads.workload import Workload, WorkloadError, WorkloadWarning
+from servegym.envs.workloads.arrivals import scale_to_rate
+from servegym.envs.workloads.sources import SourceContext, make_source
+from servegym.envs.workloads.spec import as_plain, number, positive_int
+from servegym.envs.workloads.tracefiles import LoadReport
+from servegym.envs.workloads.transforms import SPLITS, clip_to_context, split_by_time, time_window
+from servegym.envs.workloads.workload import Workload, WorkloadError, WorkloadWarning
 
 __all__ = ["BuildReport", "build_workload", "build_workload_with_report"]
 
@@ -81,7 +81,7 @@ def build_workload(
 
     Args:
         source: the source mapping (``kind`` and its options; see
-            :mod:`envs.workloads.sources`).
+            :mod:`servegym.envs.workloads.sources`).
         rate: target mean rate in requests/s (None: as the source made it).
         window: ``[start, end]`` in seconds (``end`` None: to the end).
         split: ``"train"``, ``"test"`` or None (everything).

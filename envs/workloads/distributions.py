@@ -10,7 +10,7 @@ Token lengths (:func:`sample_lengths`, integers >= 1), ``{"dist": ..., options}`
   integer and clipped to ``[low, high]`` (``low`` defaults to 1, ``high`` to none).
 * ``empirical``: values of a column (``prompt`` or ``output``) of a named trace, drawn
   uniformly with replacement; the caller supplies the values (see
-  :mod:`envs.workloads.synthetic` for the trace names).
+  :mod:`servegym.envs.workloads.synthetic` for the trace names).
 
 Durations in seconds (:func:`sample_durations`, floats >= 0): ``fixed`` (``value``),
 ``exponential`` (``mean``), ``uniform`` (``low``, ``high``), ``lognormal``
@@ -25,8 +25,8 @@ from typing import Any
 
 import numpy as np
 
-from envs.workloads.spec import number, options, positive_int
-from envs.workloads.workload import WorkloadError
+from servegym.envs.workloads.spec import number, options, positive_int
+from servegym.envs.workloads.workload import WorkloadError
 
 __all__ = ["LENGTH_DISTS", "DURATION_DISTS", "sample_durations", "sample_lengths"]
 

@@ -2,15 +2,15 @@
 
 Both ship verbatim under ``envs/data/traces/`` (see each folder's ``SOURCE.md``): token
 counts only (Llama-2 tokenizer), no text and no arrival times, so they are paired with an
-arrival process (see :mod:`envs.workloads.synthetic`).
+arrival process (see :mod:`servegym.envs.workloads.synthetic`).
 
 File format: CSV, optionally gzip- or xz-compressed, header with at least
 ``num_prefill_tokens`` (prompt tokens) and ``num_decode_tokens`` (output tokens); other
 columns (``num_total_tokens``, ``pd_ratio``) are ignored. Bad rows follow the Azure loader:
 ``on_error="raise"`` names file, line and problem, ``"skip"`` leaves them out and counts
 them in the :class:`LoadReport`. Bounds (a row past one is a bad row): a row is at most
-:data:`~envs.workloads.tracefiles.MAX_CSV_ROW_CHARS` characters (65,536), a token count at
-most :data:`~envs.workloads.tracefiles.MAX_TOKENS` (10,000,000).
+:data:`~servegym.envs.workloads.tracefiles.MAX_CSV_ROW_CHARS` characters (65,536), a token count at
+most :data:`~servegym.envs.workloads.tracefiles.MAX_TOKENS` (10,000,000).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from types import MappingProxyType
 
 import numpy as np
 
-from envs.workloads.tracefiles import (
+from servegym.envs.workloads.tracefiles import (
     MAX_CSV_ROW_CHARS,
     READ_ERRORS,
     BoundedLines,
@@ -37,7 +37,7 @@ from envs.workloads.tracefiles import (
     unreadable,
     warn_if_skipped,
 )
-from envs.workloads.workload import WorkloadError
+from servegym.envs.workloads.workload import WorkloadError
 
 __all__ = [
     "LENGTH_TABLES",

@@ -11,17 +11,17 @@ are ignored; blank lines are skipped. Rows must be sorted by timestamp.
 
 Bounds (a row past one is a bad row naming the field and the bound):
 
-* a line is at most :data:`~envs.workloads.tracefiles.MAX_ROW_CHARS` characters (1 MiB)
+* a line is at most :data:`~servegym.envs.workloads.tracefiles.MAX_ROW_CHARS` characters (1 MiB)
   and its JSON nests at most :data:`MAX_JSON_DEPTH` (32) levels (a record nests 2), checked
   before parsing, so a deeply nested line cannot exhaust the recursion limit;
 * ``timestamp`` is a finite number in ``[0, MOONCAKE_MAX_TIMESTAMP_MS]``: at most
-  :data:`~envs.workloads.tracefiles.MAX_TRACE_SPAN_S` (365 days) after the trace start;
+  :data:`~servegym.envs.workloads.tracefiles.MAX_TRACE_SPAN_S` (365 days) after the trace start;
 * ``input_length`` and ``output_length`` are whole numbers in ``[1, MAX_TOKENS]``
-  (:data:`~envs.workloads.tracefiles.MAX_TOKENS`, 10,000,000 tokens);
+  (:data:`~servegym.envs.workloads.tracefiles.MAX_TOKENS`, 10,000,000 tokens);
 * integers are written with at most 4,300 digits (Python's limit; such a row is bad).
 
 Out-of-order rows: the kept rows are the longest run of rows whose timestamps never
-decrease, the earliest rows winning ties (:func:`~envs.workloads.tracefiles.out_of_order`);
+decrease, the earliest rows winning ties (:func:`~servegym.envs.workloads.tracefiles.out_of_order`);
 each other row is a bad row, "earlier than the previous kept row" or "later than the next
 kept row". So one row dated far in the future is the bad row, not every row after it. The
 order is checked after the whole file is read: with ``on_error="raise"`` a bad value
@@ -36,10 +36,10 @@ is kept: the same seed gives the same times.
 
 Prefix hashes: each 512-token id becomes the hashes of the simulator's KV blocks
 (``block_size`` tokens) inside it. Block ``j`` takes the id of the 512-token block that
-holds its last token (:func:`envs.workloads.prefix.mooncake_segment_ends`); with a block
+holds its last token (:func:`servegym.envs.workloads.prefix.mooncake_segment_ends`); with a block
 size dividing 512 each id expands into ``512 / block_size`` chained hashes. Only the
 prompt's full blocks get hashes. They are stored compactly
-(:class:`~envs.workloads.prefix.BlockChains`).
+(:class:`~servegym.envs.workloads.prefix.BlockChains`).
 
 Bad rows follow the Azure loader: ``on_error="raise"`` names file, line and problem;
 ``"skip"`` leaves the row out and lists it in the :class:`LoadReport`.
@@ -56,8 +56,8 @@ from typing import Any
 
 import numpy as np
 
-from envs.workloads.prefix import BlockChains, mooncake_segment_ends
-from envs.workloads.tracefiles import (
+from servegym.envs.workloads.prefix import BlockChains, mooncake_segment_ends
+from servegym.envs.workloads.tracefiles import (
     MAX_ROW_CHARS,
     MAX_TRACE_SPAN_S,
     READ_ERRORS,
@@ -74,7 +74,7 @@ from envs.workloads.tracefiles import (
     unreadable,
     warn_if_skipped,
 )
-from envs.workloads.workload import Workload, WorkloadError
+from servegym.envs.workloads.workload import Workload, WorkloadError
 
 __all__ = [
     "MAX_JSON_DEPTH",

@@ -17,7 +17,7 @@ the previous answer and the new user message: ``P_k = P_{k-1} + O_{k-1} + U_k`` 
 ``P_1 = system_prompt_len + first_prompt``. Every prompt is therefore a prefix of the next
 one, which the prefix hashes express: block ``j`` of any turn of session ``s`` has the
 same hash (session key ``s``), and blocks wholly inside the system prompt share one key
-across sessions. Hashes are stored compactly (:class:`~envs.workloads.prefix.BlockChains`).
+across sessions. Hashes are stored compactly (:class:`~servegym.envs.workloads.prefix.BlockChains`).
 """
 
 from __future__ import annotations
@@ -27,11 +27,11 @@ from typing import Any
 
 import numpy as np
 
-from envs.workloads.distributions import sample_durations, sample_lengths
-from envs.workloads.prefix import BLOCK_INDEX_BITS, BlockChains
-from envs.workloads.spec import options, positive_int
-from envs.workloads.synthetic import TraceData, arrival_times, sized_arrivals
-from envs.workloads.workload import Workload, WorkloadError
+from servegym.envs.workloads.distributions import sample_durations, sample_lengths
+from servegym.envs.workloads.prefix import BLOCK_INDEX_BITS, BlockChains
+from servegym.envs.workloads.spec import options, positive_int
+from servegym.envs.workloads.synthetic import TraceData, arrival_times, sized_arrivals
+from servegym.envs.workloads.workload import Workload, WorkloadError
 
 __all__ = ["multi_turn_workload"]
 

@@ -10,7 +10,7 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from envs.workloads.workload import WorkloadError
+from servegym.envs.workloads.workload import WorkloadError
 
 __all__ = ["as_plain", "number", "options", "positive_int", "text"]
 

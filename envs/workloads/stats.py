@@ -1,8 +1,8 @@
 """Workload statistics, and a command line that prints them for any workload config.
 
-    python -m envs.workloads.stats workload=azure_conv
-    python -m envs.workloads.stats workload=mooncake_conv workload.source.arrivals=batch
-    python -m envs.workloads.stats workload=sharegpt workload.split=test --json
+    python -m servegym.envs.workloads.stats workload=azure_conv
+    python -m servegym.envs.workloads.stats workload=mooncake_conv workload.source.arrivals=batch
+    python -m servegym.envs.workloads.stats workload=sharegpt workload.split=test --json
 
 The arguments are Hydra overrides of ``conf/simulate.yaml`` (so ``seed`` and the cluster's
 block size resolve as in a simulation). Definitions, as in the traces' README: span = last
@@ -23,8 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from envs.workloads.prefix import BlockChains
-from envs.workloads.workload import Workload
+from servegym.envs.workloads.prefix import BlockChains
+from servegym.envs.workloads.workload import Workload
 
 __all__ = ["format_stats", "main", "workload_stats"]
 
@@ -115,7 +115,7 @@ def load_from_overrides(overrides: list[str], config_dir: Path = _CONF_DIR) -> t
     from hydra.utils import get_method, instantiate
     from omegaconf import OmegaConf
 
-    from envs.tasks import register_resolver
+    from servegym.envs.tasks import register_resolver
 
     register_resolver()  # the task presets read their settings through it
     with initialize_config_dir(config_dir=str(config_dir.resolve()), version_base="1.3"):
@@ -133,7 +133,7 @@ def load_from_overrides(overrides: list[str], config_dir: Path = _CONF_DIR) -> t
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m envs.workloads.stats",
+        prog="python -m servegym.envs.workloads.stats",
         description="Print a workload's statistics (rows, span, rates, CV, lengths).",
     )
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. workload=azure_conv")

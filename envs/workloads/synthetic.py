@@ -13,7 +13,7 @@ Arrival processes (``arrivals.process``; every one takes ``rate``, the mean req/
 ``poisson``; ``gamma`` (``cv``); ``onoff`` (``on_s``, ``off_s``); ``diurnal``
 (``amplitude``, ``period_s``, ``phase``); ``trace`` (``trace``: the arrival times of a named
 trace, rescaled to ``rate`` if given, repeated end to end when more are needed).
-Length distributions: :mod:`envs.workloads.distributions`.
+Length distributions: :mod:`servegym.envs.workloads.distributions`.
 
 Named traces (``trace:``): ``azure_conv``, ``azure_code``, ``mooncake_conv`` (batch
 arrivals), ``sharegpt``, ``arxiv`` (lengths only: no ``trace`` arrivals). Joint
@@ -34,18 +34,18 @@ from typing import Any
 
 import numpy as np
 
-from envs.workloads.arrivals import (
+from servegym.envs.workloads.arrivals import (
     diurnal_arrivals,
     gamma_arrivals,
     onoff_arrivals,
     poisson_arrivals,
 )
-from envs.workloads.azure import load_azure_2023
-from envs.workloads.distributions import sample_lengths
-from envs.workloads.length_tables import LENGTH_TABLES, load_length_table
-from envs.workloads.mooncake import load_mooncake
-from envs.workloads.spec import number, options, positive_int, text
-from envs.workloads.workload import Workload, WorkloadError
+from servegym.envs.workloads.azure import load_azure_2023
+from servegym.envs.workloads.distributions import sample_lengths
+from servegym.envs.workloads.length_tables import LENGTH_TABLES, load_length_table
+from servegym.envs.workloads.mooncake import load_mooncake
+from servegym.envs.workloads.spec import number, options, positive_int, text
+from servegym.envs.workloads.workload import Workload, WorkloadError
 
 __all__ = [
     "ARRIVAL_PROCESSES",

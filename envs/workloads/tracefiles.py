@@ -49,7 +49,7 @@ from importlib import resources
 from pathlib import Path
 from typing import TextIO
 
-from envs.workloads.workload import WorkloadError, WorkloadWarning
+from servegym.envs.workloads.workload import WorkloadError, WorkloadWarning
 
 __all__ = [
     "MAX_CSV_ROW_CHARS",
@@ -189,7 +189,7 @@ def trace_file(path: str | Path | None, shipped: str, hint: str) -> Iterator[Pat
     if path is not None:
         yield _existing(Path(path), hint)
         return
-    resource = resources.files("envs.data").joinpath(*shipped.split("/"))
+    resource = resources.files("servegym.envs.data").joinpath(*shipped.split("/"))
     # as_file gives a real path even when the package is installed as a zip.
     with resources.as_file(resource) as real_path:
         yield _existing(Path(real_path), None)

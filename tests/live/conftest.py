@@ -27,7 +27,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 @pytest.fixture(scope="session")
 def live_backend():
     """Two small in-process engines (started once: ~10 s each)."""
-    from envs.backends.live.backend import LiveBackend, live_instance_config
+    from servegym.envs.backends.live.backend import LiveBackend, live_instance_config
 
     backend = LiveBackend(live_instance_config({"num_kv_blocks": 64}), num_instances=2)
     backend.build_engines()

@@ -7,8 +7,13 @@ import hashlib
 import numpy as np
 import pytest
 
-from envs.core.decisions import STOP, DecisionKind, LatestArrivalPreemption, default_policies
-from envs.workloads.workload import Workload
+from servegym.envs.core.decisions import (
+    STOP,
+    DecisionKind,
+    LatestArrivalPreemption,
+    default_policies,
+)
+from servegym.envs.workloads.workload import Workload
 
 
 class ToFirst:
@@ -41,7 +46,7 @@ def small_workload(n=24, seed=0, gap=0.01, prompt=(20, 300), output=(5, 60)):
 
 
 def test_tiny_model_is_written_deterministically(tmp_path):
-    from envs.backends.live.model import TinyLlamaSpec, ensure_tiny_llama
+    from servegym.envs.backends.live.model import TinyLlamaSpec, ensure_tiny_llama
 
     spec = TinyLlamaSpec(hidden_size=64, num_layers=1, num_heads=2, num_kv_heads=1,
                          intermediate_size=128, vocab_size=256, seed=3)
@@ -69,7 +74,7 @@ def test_fcfs_run_finishes_every_request(live_backend):
 
 
 def test_the_live_backend_implements_the_protocols(live_backend):
-    from envs.protocol import Backend, ClusterView, InstanceView, KVView
+    from servegym.envs.protocol import Backend, ClusterView, InstanceView, KVView
 
     live_backend.policies = policies()
     live_backend.run(small_workload(), seed=0)
@@ -114,7 +119,7 @@ def test_stepped_admission_follows_the_agent(live_backend):
 
 
 def test_routing_across_two_engines(live_backend):
-    from envs.core.decisions import RoundRobinRouting
+    from servegym.envs.core.decisions import RoundRobinRouting
 
     live_backend.policies = {**default_policies(), DecisionKind.ROUTE: RoundRobinRouting()}
     report = live_backend.run(small_workload(n=16), seed=0)
@@ -140,7 +145,7 @@ def test_vanilla_vllm_matches_the_hook_with_default_policies(live_backend):
 
 
 def test_calibration_table_round_trip_and_fit(live_backend, tmp_path):
-    from envs.backends.live.calibrate import (
+    from servegym.envs.backends.live.calibrate import (
         StepCostModel,
         error_summary,
         fit_steps,
@@ -150,7 +155,7 @@ def test_calibration_table_round_trip_and_fit(live_backend, tmp_path):
         rows_to_table,
         write_table,
     )
-    from envs.costs.tables import read_table
+    from servegym.envs.costs.tables import read_table
 
     rows = profile_engine(live_backend.instances[1], decodes=(0, 2, 8), contexts=(64, 256),
                           prefills=(0, 32, 256), repeats=2)
@@ -168,8 +173,8 @@ def test_calibration_table_round_trip_and_fit(live_backend, tmp_path):
 
 
 def test_build_backend_gives_a_live_backend_with_cpu_settings():
-    from envs.backends import build_backend
-    from envs.backends.live.backend import LiveBackend
+    from servegym.envs.backends import build_backend
+    from servegym.envs.backends.live.backend import LiveBackend
 
     backend = build_backend("live", instance={"num_kv_blocks": 96, "block_size": 16},
                             debug_checks=True)

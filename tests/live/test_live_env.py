@@ -6,8 +6,8 @@ from __future__ import annotations
 import gymnasium as gym
 import numpy as np
 
-import envs  # noqa: F401  (registers the env ids)
-from envs.workloads.workload import Workload
+import servegym  # noqa: F401  (registers the env ids)
+from servegym.envs.workloads.workload import Workload
 
 
 def test_admission_env_runs_an_episode_on_live_engines(live_backend):

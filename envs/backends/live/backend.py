@@ -1,11 +1,11 @@
 """`LiveBackend`: the simulator's decision protocol on real vLLM v1 engines.
 
-Same protocol as `envs.core.simulator.Simulator`:
+Same protocol as `servegym.envs.core.simulator.Simulator`:
 
     backend.reset(workload, seed)   # runs to the first decision nobody answers
     backend.next_decision()         # Decision | None
     backend.apply(action)
-    backend.report()                # ServingReport (envs.core.metrics.build_report)
+    backend.report()                # ServingReport (servegym.envs.core.metrics.build_report)
     backend.run(workload, seed)
 
 Time is virtual. Each engine is driven step by step (`LLMEngine.step()`, in-process); a step
@@ -18,14 +18,12 @@ Decisions: before each step the instance mirrors vLLM v1's running loop (token b
 chunked prefill, KV blocks) to find where KV runs short and asks PREEMPT there, then asks
 ADMIT for waiting requests while one fits; the answers go to `PolicyScheduler` (see
 `scheduler.py`), which makes vLLM carry them out. ROUTE is asked at arrival across instances.
-Candidates are `envs.core.request.Request` mirrors, so every heuristic works unchanged.
+Candidates are `servegym.envs.core.request.Request` mirrors, so every heuristic works unchanged.
 Swap preemption is not offered (vLLM v1 preempts by recompute only).
 """
 
 from __future__ import annotations
 
-import heapq
-import itertools
 import math
 import time
 from array import array
@@ -35,15 +33,16 @@ from typing import Any
 
 import numpy as np
 
-from envs.backends.live import configure_environment
-from envs.backends.live.model import TinyLlamaSpec, ensure_tiny_llama
-from envs.core.cluster import Pool
-from envs.core.decisions import default_policies, reset_policies
-from envs.core.instance import InstanceConfig, TokenGaps
-from envs.core.metrics import ServingReport, build_report
-from envs.core.occupancy import Occupancy
-from envs.core.request import FINISHED, REJECTED, RUNNING, WAITING, Request
-from envs.protocol import STOP, Action, Decision, DecisionKind, Policy
+from servegym.envs.backends.live import configure_environment
+from servegym.envs.backends.live.model import TinyLlamaSpec, ensure_tiny_llama
+from servegym.envs.core.cluster import Pool
+from servegym.envs.core.decisions import default_policies, reset_policies
+from servegym.envs.core.instance import InstanceConfig, TokenGaps
+from servegym.envs.core.loop import DecisionLoop
+from servegym.envs.core.metrics import ServingReport, build_report
+from servegym.envs.core.occupancy import Occupancy
+from servegym.envs.core.request import FINISHED, REJECTED, RUNNING, WAITING, Request
+from servegym.envs.protocol import STOP, Action, Decision, DecisionKind, Policy
 
 CLOCKS = ("thread_time", "perf_counter")
 FIRST_TOKEN_ID = 3
@@ -383,8 +382,33 @@ class LiveInstance:
     def has_work(self) -> bool:
         return bool(self.waiting or self.running)
 
+    # ------------------------------------------------------------ the shared loop's hooks
+    def on_event(self, now: float) -> bool:
+        """The step in flight (if any) ends at `now`; True when there is nothing to plan."""
+        if self.pending is not None:
+            self.complete(now)
+        self.free_at = math.inf
+        self.event_pending = False
+        return not self.has_work()
 
-class LiveBackend(Occupancy):
+    def build_next(self, now: float) -> Generator[Decision, Action, None]:
+        """Plan (through the hook's decisions) and launch the next engine step."""
+        plan = None
+        if self.sim.hook:
+            plan = yield from self.plan(now)
+        if self.launch(now, plan):
+            self.sim.wake(self)
+        elif self.sim.next_arrival_time == math.inf:
+            raise RuntimeError(
+                f"live instance {self.index} cannot make progress at t={now}: "
+                f"{len(self.waiting)} waiting, {len(self.running)} running")
+        # else: idle until the next arrival wakes it (`LiveBackend.after_arrival`)
+
+    def advance_to(self, now: float) -> None:
+        """Nothing to catch up: a live engine's state is always as of its last step."""
+
+
+class LiveBackend(DecisionLoop, Occupancy):
     """`num_instances` in-process vLLM engines behind a router; the simulator's protocol.
 
     Args:
@@ -463,7 +487,7 @@ class LiveBackend(Occupancy):
         from vllm import EngineArgs
         from vllm.v1.engine.llm_engine import LLMEngine
 
-        from envs.backends.live.scheduler import PolicyScheduler
+        from servegym.envs.backends.live.scheduler import PolicyScheduler
 
         torch.set_num_threads(1)
         cfg = self.config
@@ -509,11 +533,7 @@ class LiveBackend(Occupancy):
         self.next_arrival_time = arrivals[0] if arrivals else math.inf
         self.admit_is_internal = DecisionKind.ADMIT in self.policies
         self.admit_head_only = False
-        self._heap: list[tuple[float, int, int]] = []
-        self._counter = itertools.count()
-        self._loop = self._main_loop()
-        self._done = False
-        self._decision = self._resume(None)
+        self.start_loop()  # the decision loop the simulator runs too (envs/core/loop.py)
 
     def _drain_engines(self) -> None:
         for instance in self.instances:
@@ -523,17 +543,6 @@ class LiveBackend(Occupancy):
                 engine.abort_request(ids, internal=True)
             while engine.has_unfinished_requests():
                 engine.step()
-
-    def next_decision(self) -> Decision | None:
-        return self._decision
-
-    def apply(self, action: int | Action, *, validated: bool = False) -> None:
-        decision = self._decision
-        if decision is None:
-            raise RuntimeError("no decision is pending: the run has finished or not started")
-        if not validated:
-            action = decision.validate(action)
-        self._decision = self._resume(action)
 
     def run(self, workload: Any = None, seed: int = 0) -> ServingReport:
         if workload is not None:
@@ -557,63 +566,19 @@ class LiveBackend(Occupancy):
         return [entry for instance in self.instances for entry in instance.step_log]
 
     # ------------------------------------------------------------ internals
-    def _resume(self, action: Action | None) -> Decision | None:
-        try:
-            return self._loop.send(action)
-        except StopIteration:
-            self._done = True
-            return None
-
-    def ask(self, decision: Decision) -> Generator[Decision, Action, Action]:
-        policy = self.policies.get(decision.kind)
-        if policy is not None:
-            return decision.validate(policy.decide(decision))
-        action = yield decision
-        return action
-
     def wake(self, instance: LiveInstance) -> None:
-        heapq.heappush(self._heap, (instance.free_at, next(self._counter), instance.index))
+        self.schedule(instance.free_at, instance)
+
+    def after_arrival(self) -> None:
+        for instance in self.instances:  # stalled instances retry on arrivals
+            if instance.pending is None and instance.free_at == math.inf \
+                    and instance.has_work():
+                instance.free_at = self.now
+                self.wake(instance)
 
     def prompt_tokens(self, request: Request) -> list[int]:
         return self._token_rng.integers(FIRST_TOKEN_ID, self._vocab,
                                         request.prompt_len).tolist()
-
-    def _main_loop(self) -> Generator[Decision, Action, None]:
-        arrivals, heap = self.arrival_times, self._heap
-        cursor, count = 0, len(arrivals)
-        while True:
-            if heap and heap[0][0] < self.next_arrival_time:
-                time_, _, index = heapq.heappop(heap)
-                self.now = time_
-                instance = self.instances[index]
-                if instance.pending is not None:
-                    instance.complete(time_)
-                instance.free_at = math.inf
-                if not instance.has_work():
-                    continue
-                plan = None
-                if self.hook:
-                    plan = yield from instance.plan(time_)
-                if instance.launch(time_, plan):
-                    self.wake(instance)
-                elif cursor >= count:
-                    raise RuntimeError(
-                        f"live instance {index} cannot make progress at t={time_}: "
-                        f"{len(instance.waiting)} waiting, {len(instance.running)} running")
-                # else: idle until the next arrival wakes it
-            elif cursor < count:
-                self.now = arrivals[cursor]
-                request = self._make_request(cursor)
-                cursor += 1
-                self.next_arrival_time = arrivals[cursor] if cursor < count else math.inf
-                yield from self._route(request)
-                for instance in self.instances:  # stalled instances retry on arrivals
-                    if instance.pending is None and instance.free_at == math.inf \
-                            and instance.has_work():
-                        instance.free_at = self.now
-                        self.wake(instance)
-            else:
-                return
 
     def _make_request(self, index: int) -> Request:
         w = self.workload
@@ -625,16 +590,6 @@ class LiveBackend(Occupancy):
         self.requests.append(request)
         self.record_arrival(request)
         return request
-
-    def _route(self, request: Request) -> Generator[Decision, Action, None]:
-        if self.num_instances == 1:
-            self.instances[0].enqueue(request, self.now)
-            return
-        decision = Decision(DecisionKind.ROUTE, self.now, self.instances, request=request,
-                            cluster=self)
-        action = yield from self.ask(decision)
-        self.instances[action.choice].enqueue(request, self.now)
-
 
 LIVE_DEFAULTS = {
     "block_size": 32, "num_kv_blocks": 64, "max_num_batched_tokens": 512, "max_num_seqs": 32,

@@ -30,8 +30,8 @@ from typing import Any
 
 import numpy as np
 
-from envs.costs.base import CostModel
-from envs.costs.tables import OpTable, format_table, read_table, table_writer
+from servegym.envs.costs.base import CostModel
+from servegym.envs.costs.tables import OpTable, format_table, read_table, table_writer
 
 OP = "engine_step"
 FEATURES = ("const", "decodes", "decode_context", "prefill_tokens", "prefill_attention",
@@ -155,7 +155,7 @@ def table_to_features(table: OpTable) -> tuple[np.ndarray, np.ndarray]:
 
 
 def write_table(text: str, path: Path) -> Path:
-    from envs.core.metrics import atomic_write
+    from servegym.envs.core.metrics import atomic_write
 
     return atomic_write(Path(path), table_writer(text, Path(path)), overwrite=True)
 
