@@ -18,6 +18,7 @@ metric: the agent's mean `eval.metric` over the evaluation windows. docs/trainin
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,7 @@ from servegym.agents.agent_files import has_training_state
 from servegym.agents.callbacks import Checkpoints, EpisodeServing, ProgressBar, ServingEvaluation
 from servegym.agents.config import TrainConfig, register_configs
 from servegym.agents.evaluation import compare, comparison_table
+from servegym.agents.hydra_support import check_plugins
 from servegym.agents.run_logger import (
     NullLogger,
     build_logger,
@@ -160,4 +162,5 @@ def main(cfg: DictConfig) -> float:
 
 
 if __name__ == "__main__":
+    check_plugins(sys.argv[1:])  # a missing sweeper/launcher plugin: the install command
     main()

@@ -6,9 +6,10 @@
 
 Reads every job folder under the given folders (a folder with `metrics.json`; one with
 `failed.json` or neither is listed as failed), and writes a new folder: by default
-`outputs/aggregate/<name>_<UTC time>/` (`<name>` from the runs' `name` setting; outside the
-tracked `results/`, and a new folder per run), or `--out` (which must not exist: an
-aggregate is never overwritten, and the command says so without a traceback):
+`<first sweep folder>/aggregate/` beside the jobs (outside the tracked `results/`; when it
+exists, a re-run writes `aggregate_<UTC time>/` next to it, so re-runs succeed and never
+overwrite), or `--out` (which must not exist: an aggregate is never overwritten, and the
+command says so without a traceback):
 
 * `summary.md`: the setting, the commands, and per policy the mean and 95% CI over seeds
   of goodput rate, SLO attainment, TTFT p99, TBT p99, E2E mean and throughput; failed
@@ -212,8 +213,9 @@ def aggregate(folders: Sequence[Path], out: Path | None = None, name: str | None
         raise RuntimeError(f"every job failed: {[str(f) for f in failed]}")
     name = name or str(jobs[0]["name"])
     if out is None:
-        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
-        out = ROOT / "outputs" / "aggregate" / f"{name}_{stamp}"
+        out = Path(folders[0]) / "aggregate"
+        if out.exists():  # a re-run: a new folder beside the first, never an overwrite
+            out = out.with_name(f"aggregate_{datetime.now(UTC).strftime('%Y%m%dT%H%M%S%fZ')}")
     out = Path(out)
     if out.exists():
         raise FileExistsError(f"{out} exists; aggregates are never overwritten: pass --out or "
@@ -250,7 +252,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("folders", nargs="+", type=Path, help="multirun folder(s) of train.py")
     parser.add_argument("--name", help="results name (default: the runs' `name` setting)")
     parser.add_argument("--out", type=Path, help="output folder, which must not exist "
-                        "(default outputs/aggregate/NAME_<UTC time>)")
+                        "(default <first sweep folder>/aggregate/)")
     args = parser.parse_args(argv)
     for folder in args.folders:
         if not folder.is_dir():

@@ -397,3 +397,16 @@ def test_a_resumed_run_keeps_its_name_wandb_run_and_group(tmp_path: Path,
     assert again["id"] == recorded["id"]
     assert (again["group"], again["name"]) == ("agent=ppo", "my_sweep-ppo")
     assert again["resumed_from"] == str(first)
+
+
+def test_a_missing_hydra_plugin_gives_the_install_command(monkeypatch: pytest.MonkeyPatch
+                                                          ) -> None:
+    from servegym.agents import hydra_support
+
+    assert ("sweeper", "optuna_tpe") in hydra_support.requested_plugins(
+        ["experiment=optuna_maskable_ppo"])  # read from the experiment file
+    monkeypatch.setattr(hydra_support, "_installed", lambda module: "joblib" not in module)
+    with pytest.raises(SystemExit, match=r"pip install -e '\.\[joblib\]'"):
+        hydra_support.check_plugins(["-m", "hydra/launcher=joblib_local", "seed=0,1"])
+    hydra_support.check_plugins(["-m", "hydra/sweeper=optuna_tpe"])  # "installed" here
+    assert hydra_support.missing_plugin_message(["agent=ppo", "seed=1"]) is None

@@ -36,11 +36,18 @@ def jobs(sweep: Path) -> list[Path]:
 
 def test_multirun_and_aggregation(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     sweep = tmp_path / "sweep"
-    train(["-m", "agent=maskable_ppo,ppo", "seed=0,1", "agent.total_timesteps=64",
+    result = train(["-m", "agent=maskable_ppo,ppo", "seed=0,1", "agent.total_timesteps=64",
            "agent.n_steps=64", "agent.batch_size=64", "agent.n_epochs=1", *TINY,
            f"hydra.sweep.dir={sweep}"], tmp_path)
     found = jobs(sweep)
     assert len(found) == 4
+    assert f"sweep folder: {sweep}" in result.stdout
+    assert f"aggregate it: python experiments/aggregate.py {sweep}" in result.stdout
+    first = aggregate.aggregate([sweep])  # default: beside the jobs; a re-run, a new folder
+    assert first == sweep / "aggregate" and (first / "summary.md").is_file()
+    again = aggregate.aggregate([sweep])
+    assert again.parent == sweep and again.name.startswith("aggregate_")
+    assert len(jobs(sweep)) == 4  # the aggregates are not jobs
     for job in found:
         assert (job / "metrics.json").is_file() and (job / "eval.csv").is_file()
     seeds = {json.loads((job / "metrics.json").read_text())["seed"] for job in found}
