@@ -127,6 +127,9 @@ class DecisionLoop:
         heappop = heapq.heappop
         num_arrivals = len(arrivals)
         cursor = 0
+        # The hook only where a backend has one (the simulator has none: no call per arrival).
+        after_arrival = None if type(self).after_arrival is DecisionLoop.after_arrival \
+            else self.after_arrival
         while True:
             if heap and heap[0][0] < self.next_arrival_time:
                 time, _, _, _, index, pushed = heappop(heap)
@@ -144,7 +147,8 @@ class DecisionLoop:
                 cursor += 1
                 self.next_arrival_time = arrivals[cursor] if cursor < num_arrivals else math.inf
                 yield from self._route(request)
-                self.after_arrival()
+                if after_arrival is not None:
+                    after_arrival()
                 if self.debug_checks:
                     self.check_invariants(self.now)
             else:
