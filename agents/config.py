@@ -485,6 +485,7 @@ def validate(cfg: TrainConfig) -> None:
         raise ValueError(f"eval.metric={cfg.eval.metric!r}: name a serving/ metric, "
                          "e.g. serving/goodput_rps")
     _validate_env(cfg.env)
+    _validate_specs(cfg)
     _validate_agent(cfg.agent)
     _validate_cluster(cfg.cluster)
     _validate_interval(cfg)
@@ -581,6 +582,35 @@ def _validate_cluster(cluster: ClusterConfig) -> None:
         instance_config(dataclasses.asdict(cluster.instance))
     except ValueError as error:
         raise ValueError(f"cluster.instance: {error}") from None
+
+
+def _validate_specs(cfg: TrainConfig) -> None:
+    """The reward and every policy spec the run names (eval.baselines, eval.extra_baselines,
+    env.policies, agent.policy, agent.warm_start.teacher) built once at composition, so a
+    misspelt name or option fails before any training, with the registry's message."""
+    from servegym.agents import build_scheduler
+    from servegym.envs.rewards import RewardConfig
+
+    try:
+        RewardConfig(kind=cfg.env.reward, **dict(cfg.env.reward_options))
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"env.reward={cfg.env.reward!r} with env.reward_options="
+                         f"{dict(cfg.env.reward_options)}: {error}") from None
+    named = [(f"eval.baselines[{i}]", spec) for i, spec in enumerate(cfg.eval.baselines or [])]
+    named += [(f"eval.extra_baselines[{i}]", spec)
+              for i, spec in enumerate(cfg.eval.extra_baselines)]
+    named += [(f"env.policies.{kind}", spec) for kind, spec in cfg.env.policies.items()]
+    if cfg.agent.algo == "heuristic":
+        named.append(("agent.policy", getattr(cfg.agent, "policy", "")))
+    if cfg.agent.warm_start.teacher not in (None, "auto"):
+        named.append(("agent.warm_start.teacher", cfg.agent.warm_start.teacher))
+    for key, spec in named:
+        if str(spec).strip().startswith(("agent:", "agent+pickle:")):
+            continue  # a saved agent: checked when it is loaded
+        try:
+            build_scheduler(str(spec))
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"{key}={spec!r}: {error}") from None
 
 
 def _interval_id(env_id: str) -> bool:

@@ -141,6 +141,14 @@ def test_bad_overrides_fail_with_a_clear_message(override: str, message: str) ->
     (["cluster.instance.max_model_len=-5"], "max_model_len must be >= 1"),
     (["cluster.instance.gpu_memory_utilization=1.5"], "gpu_memory_utilization"),
     (["cluster.num_instances=0"], "cluster.num_instances must be >= 1"),
+    (["env.reward=goodptu"], "env.reward='goodptu'.*unknown reward"),
+    (["+env.reward_options.ttft_credti=0.5"], "ttft_credti"),
+    (["eval.baselines=[spf,sfp]"], r"eval.baselines\[1\]='sfp': unknown policy 'sfp'"),
+    (["eval.extra_baselines=['spf(sigma=2)']"],
+     r"eval.extra_baselines\[0\]='spf\(sigma=2\)': policy 'spf' does not accept"),
+    (["+env.policies.preempt=preempt-nope"], "env.policies.preempt='preempt-nope'"),
+    (["agent=heuristic", "agent.policy=spff"], "agent.policy='spff'"),
+    (["agent.warm_start.teacher=fcsf"], "agent.warm_start.teacher='fcsf'"),
 ])
 def test_invalid_values_are_refused_before_any_work(overrides: list[str], message: str) -> None:
     with pytest.raises(ValueError, match=message):
