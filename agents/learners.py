@@ -163,15 +163,25 @@ def uncontrolled_policies(specs: Mapping[str, str]) -> dict[str, Any]:
 
 
 def make_env(env_id: str, kwargs: Mapping[str, Any], policy_specs: Mapping[str, str],
-             max_episode_steps: int | None = None, monitor: bool = True
-             ) -> Callable[[], gym.Env]:
-    """A thunk building one env (with its own heuristics), wrapped in SB3's `Monitor`."""
+             max_episode_steps: int | None = None, monitor: bool = True,
+             quiet_cost_notice: bool = False) -> Callable[[], gym.Env]:
+    """A thunk building one env (with its own heuristics), wrapped in SB3's `Monitor`.
+    `quiet_cost_notice`: no `RooflineFallbackWarning` (for the envs a run builds after its
+    probe env has said it, and its header names the cost source: the notice once per run;
+    Python's "once" filter alone is not enough, as any `catch_warnings` resets it)."""
 
     def thunk() -> gym.Env:
+        import warnings
+
         import servegym  # noqa: F401  (registers the ids, also in subprocesses)
+        from servegym.envs.costs.factory import RooflineFallbackWarning
 
         extra = {} if max_episode_steps is None else {"max_episode_steps": max_episode_steps}
-        env = gym.make(env_id, policies=uncontrolled_policies(policy_specs), **kwargs, **extra)
+        with warnings.catch_warnings():
+            if quiet_cost_notice:
+                warnings.simplefilter("ignore", RooflineFallbackWarning)
+            env = gym.make(env_id, policies=uncontrolled_policies(policy_specs), **kwargs,
+                           **extra)
         if monitor:
             from stable_baselines3.common.monitor import Monitor
 
@@ -188,7 +198,8 @@ def build_vec_env(cfg: TrainConfig, kwargs: Mapping[str, Any],
     from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecNormalize
 
     agent = cfg.agent
-    thunks = [make_env(cfg.env.id, kwargs, cfg.env.policies, cfg.env.max_episode_steps)
+    thunks = [make_env(cfg.env.id, kwargs, cfg.env.policies, cfg.env.max_episode_steps,
+                       quiet_cost_notice=True)
               for _ in range(agent.n_envs)]
     venv = SubprocVecEnv(thunks) if agent.vec_env == "subproc" else DummyVecEnv(thunks)
     if not agent.vec_normalize:

@@ -309,7 +309,8 @@ def warm_start(config: TrainConfig, setting: Setting, model: Any) -> dict[str, A
         return {}
     from servegym.agents.imitation import warm_start as clone_teacher
 
-    env = make_env(config.env.id, setting.kwargs, config.env.policies, monitor=False)()
+    env = make_env(config.env.id, setting.kwargs, config.env.policies, monitor=False,
+                   quiet_cost_notice=True)()
     try:
         teacher = heuristic_factory(spec, setting.controlled, config.env.policies)
         facts = clone_teacher(model, env, teacher, config.agent.warm_start, config.seed)

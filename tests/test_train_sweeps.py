@@ -144,7 +144,8 @@ def test_a_finished_run_resumes_from_its_final_model(tmp_path: Path) -> None:
     args = ["agent.total_timesteps=512", "agent.n_envs=1", "agent.n_steps=64",
             "agent.batch_size=64", "agent.n_epochs=1", "checkpoint.freq=200",
             *[o for o in TINY if "checkpoint" not in o], f"hydra.run.dir={first}"]
-    train(args, tmp_path)
+    result = train(args, tmp_path)
+    assert result.stderr.count("RooflineFallbackWarning") == 1  # the cost notice, once a run
     steps = [json.loads((p / "agent.json").read_text())["timesteps"]
              for p in sorted(first.glob("checkpoints/step_*"))]
     assert steps and all(s % 64 == 0 for s in steps)  # taken between rollouts
