@@ -418,3 +418,41 @@ def test_a_missing_hydra_plugin_gives_the_install_command(monkeypatch: pytest.Mo
         hydra_support.check_plugins(["-m", "hydra/launcher=joblib_local", "seed=0,1"])
     hydra_support.check_plugins(["-m", "hydra/sweeper=optuna_tpe"])  # "installed" here
     assert hydra_support.missing_plugin_message(["agent=ppo", "seed=1"]) is None
+
+
+def test_every_config_key_is_read_by_some_code() -> None:
+    """A key no code reads would be silently ignored: each schema field is either passed
+    to the SB3 constructor (an algorithm hyperparameter, by `sb3_kwargs`) or read by name
+    somewhere outside the schema module."""
+    import dataclasses
+    import inspect
+    import re
+    import typing
+
+    from servegym.agents import config as schemas
+    from servegym.agents.learners import algorithm_class
+
+    sources = [p for top in ("agents", "envs", "experiments") for p in (ROOT / top).rglob("*.py")
+               if p != ROOT / "agents" / "config.py"] + [ROOT / "train.py"]
+    text = "\n".join(p.read_text() for p in sources)
+    unread: list[str] = []
+
+    def walk(schema: type, prefix: str, passed: set[str]) -> None:
+        hints = typing.get_type_hints(schema)
+        for item in dataclasses.fields(schema):
+            if item.name in passed:
+                continue
+            if not re.search(r"[.\"']" + re.escape(item.name) + r"\b", text):
+                unread.append(prefix + item.name)
+            if dataclasses.is_dataclass(hints.get(item.name)):
+                walk(hints[item.name], f"{prefix}{item.name}.", set())
+
+    walk(schemas.TrainConfig, "", set())
+    for algo, schema in (("maskable_ppo", schemas.PPOConfig), ("a2c", schemas.A2CConfig),
+                         ("dqn", schemas.DQNConfig), ("heuristic", schemas.HeuristicConfig)):
+        passed = set(schema(algo=algo).sb3_kwargs()) if algo != "heuristic" else set()
+        if passed:
+            accepted = set(inspect.signature(algorithm_class(algo).__init__).parameters)
+            assert passed <= accepted, (algo, passed - accepted)
+        walk(schema, "agent.", passed)
+    assert unread == []
