@@ -27,6 +27,8 @@ PLUGINS: dict[tuple[str, str], tuple[str, str]] = {
     ("sweeper", "optuna"): ("hydra_plugins.hydra_optuna_sweeper", "optuna"),
     ("launcher", "joblib"): ("hydra_plugins.hydra_joblib_launcher", "joblib"),
     ("launcher", "ray"): ("hydra_plugins.hydra_ray_launcher", "ray"),
+    ("launcher", "submitit"): ("hydra_plugins.hydra_submitit_launcher", "slurm"),
+    ("launcher", "slurm"): ("hydra_plugins.hydra_submitit_launcher", "slurm"),
 }
 _ARG = re.compile(r"^hydra/(sweeper|launcher)=(\S+)$")
 _OVERRIDE = re.compile(r"^\s*-\s*override\s+/hydra/(sweeper|launcher)\s*:\s*(\S+)", re.M)

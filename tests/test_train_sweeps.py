@@ -157,6 +157,24 @@ def test_a_finished_run_resumes_from_its_final_model(tmp_path: Path) -> None:
     assert metrics["train"]["timesteps"] == 512
 
 
+def test_submitit_local_launcher_runs_a_sweep(tmp_path: Path) -> None:
+    """The SLURM launcher's path, run by submitit's local executor (what
+    hydra/launcher=slurm runs on a cluster, job by job)."""
+    sweep = tmp_path / "sweep"
+    result = train(["-m", "hydra/launcher=slurm_local", "agent=heuristic",
+                    "agent.policy=fcfs,spf", *TINY, f"hydra.sweep.dir={sweep}"], tmp_path)
+    found = jobs(sweep)
+    assert len(found) == 2
+    policies = {json.loads((job / "metrics.json").read_text())["config"]["agent"]["policy"]
+                for job in found}
+    assert policies == {"fcfs", "spf"}
+    assert list((sweep / ".submitit").glob("*/*_submitted.pkl"))  # went through submitit
+    assert f"sweep folder: {sweep}" in result.stdout
+    slurm = train(["hydra/launcher=slurm", "hydra.launcher.partition=cpu", "--cfg", "hydra"],
+                  tmp_path)  # composes the SLURM launcher (nothing is submitted)
+    assert "SlurmLauncher" in slurm.stdout and "partition: cpu" in slurm.stdout
+
+
 def test_optuna_sweeper_returns_the_sweep_metric(tmp_path: Path) -> None:
     pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
     sweep = tmp_path / "optuna"
