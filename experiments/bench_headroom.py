@@ -38,7 +38,7 @@ import numpy as np
 import torch  # (SB3's; one thread, as train.py sets it)
 from omegaconf import OmegaConf
 
-from servegym.envs.core.metrics import atomic_write
+from servegym.envs.core.metrics import atomic_write, result_paths
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -212,8 +212,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     torch.set_num_threads(1)
 
     out = Path(args.out)
-    paths = [out / f"{args.name}.md", out / f"{args.name}.json"]
-    taken = [str(p) for p in paths if p.exists()]
+    paths, taken = result_paths(out, args.name)
     if taken:  # before minutes of work, not after
         parser.error(f"{', '.join(taken)} exist; results are never overwritten, "
                      "choose another --name")

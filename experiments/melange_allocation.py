@@ -62,7 +62,7 @@ from servegym.agents.heuristics.melange import (
     bucket_profile,
     solve_allocation,
 )
-from servegym.envs.core.metrics import atomic_write
+from servegym.envs.core.metrics import atomic_write, result_paths
 
 ROOT = Path(__file__).resolve().parents[1]
 TASK = "servegym/Heterogeneous-v0"
@@ -383,8 +383,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from servegym.envs.costs.specs import UnknownSpecError, get_gpu
 
     out = Path(args.out)
-    paths = [out / f"{args.name}.md", out / f"{args.name}.json"]
-    taken = [str(p) for p in paths if p.exists()]
+    paths, taken = result_paths(out, args.name)
     if taken:  # before minutes of work, not after
         parser.error(f"{', '.join(taken)} exist; results are never overwritten, "
                      "choose another --name")

@@ -96,6 +96,13 @@ class ServingReport:
         return format_summary(self.summary, self.cost_source, self.pools)
 
 
+def result_paths(out: Path | str, name: str) -> tuple[list[Path], list[str]]:
+    """A benchmark's results `<out>/<name>.md` and `.json`, and those that already exist
+    (it refuses to start when any does: results are never overwritten)."""
+    paths = [Path(out) / f"{name}.md", Path(out) / f"{name}.json"]
+    return paths, [str(p) for p in paths if p.exists()]
+
+
 def atomic_write(path: Path, write: Any, *, overwrite: bool = False) -> Path:
     """Write through a temporary file in the same folder, then rename into place."""
     path.parent.mkdir(parents=True, exist_ok=True)
