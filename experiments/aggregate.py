@@ -206,7 +206,7 @@ def write_csv(path: Path, header: Sequence[str], rows: Sequence[Sequence[Any]]) 
 def aggregate(folders: Sequence[Path], out: Path | None = None, name: str | None = None
               ) -> Path:
     """Write the aggregate of the sweeps in `folders` to `out` (see the module docstring)."""
-    from servegym.agents.plots import plot_summary
+    from servegym.agents.plots import config_caption, plot_summary
 
     jobs, failed = find_jobs(folders)
     if not jobs:
@@ -236,7 +236,10 @@ def aggregate(folders: Sequence[Path], out: Path | None = None, name: str | None
               [[label, seed, *[values[m] for m in metric_names]]
                for label, seeds in table.items() for seed, values in sorted(seeds.items())])
     plot_summary(out / "summary.png", stats, [(m, t, s) for m, t, s, _ in METRICS],
-                 title=f"{name}: mean and 95% CI over seeds")
+                 title=f"{name}: mean and 95% CI over seeds",
+                 caption=config_caption(jobs[0].get("config") or {},
+                                        seeds=[j["seed"] for j in jobs]),
+                 seeds=[j["seed"] for j in jobs])
     for job in jobs:
         folder = Path(job["_job"])
         tag = folder.name if len(folders) == 1 else "_".join(folder.parts[-2:])

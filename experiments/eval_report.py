@@ -139,6 +139,9 @@ def write_all(out_dir: Path, result: Any, setting: Mapping[str, Any]) -> list[Pa
              "goodput": result.goodput}, h, indent=2, default=str)),
     ]
     policies = result.settings.policies
+    seeds = result.settings.seeds
+    caption = (f"{setting.get('title', '?')} · rates {min(result.rates):g}-"
+               f"{max(result.rates):g} req/s · seeds {', '.join(map(str, seeds))}")
     for metric, name, label, scale in (
         ("serving/slo_attainment", "slo_attainment.png", "SLO attainment", 1.0),
         ("serving/ttft_p99", "ttft_p99.png", "TTFT p99 (s)", 1.0),
@@ -146,7 +149,8 @@ def write_all(out_dir: Path, result: Any, setting: Mapping[str, Any]) -> list[Pa
     ):
         written.append(plot_vs_rate(out_dir / name, seed_means(result.rows, metric), policies,
                                     label, scale, result.settings.goodput_target
-                                    if metric == "serving/slo_attainment" else None))
+                                    if metric == "serving/slo_attainment" else None,
+                                    caption=caption, seeds=len(seeds)))
     written.append(plot_latency_cdfs(out_dir / "latency_cdf.png", result.latencies, policies,
-                                     result.cdf_rate))
+                                     result.cdf_rate, caption=caption, seed=seeds[0]))
     return written
