@@ -41,16 +41,30 @@ def test_experiment_runs_in_one_command(tmp_path: Path) -> None:
                f"hydra.run.dir={tmp_path / 'run'}"]
     done = subprocess.run(command, capture_output=True, text=True, check=True)
     out = done.stdout
-    assert "300 requests on 1 x Llama-2-70B on A100-80GB (tp=2, vllm_v0" in out
+    assert ("300 requests on 1 x Llama-2-70B on A100-80GB (tp=2, vllm_v0, 3328 KV blocks"
+            in out)  # Vidur's memory planner (the profile), not servegym's 2,487
     for metric in ("TTFT p50 / p90 / p99", "TBT p50 / p90 / p99", "E2E p50 / p90 / p99"):
         assert metric in out
     payload = json.loads((tmp_path / "run" / "summary.json").read_text())
     cost = payload["cost_model"]
     assert cost["source"] == "measured" and cost["vidur_compatible"] is True
     assert cost["network"] == "pairwise_nvlink" and cost["iteration_overhead_s"] == 0.0
+    assert cost["allreduce_launch_overhead_s"] == 2e-5 and cost["gqa_attention_overhead"] == 0.1
     assert "this shape measured" in cost["parts"]["attention"]
     config = payload["config"]
     assert config["cluster"]["instance"]["max_num_seqs"] == 128
     assert config["cluster"]["instance"]["watermark"] == 0.01
     assert config["workload"]["rate"] == 1.0
     assert payload["summary"]["serving/finished"] == 300
+
+
+def test_reverse_experiment_forces_servegyms_capacity(tmp_path: Path) -> None:
+    command = [sys.executable, str(ROOT / "experiments" / "simulate.py"),
+               "experiment=vidur_crosscheck_reverse", "workload.num_requests=200",
+               f"hydra.run.dir={tmp_path / 'run'}"]
+    done = subprocess.run(command, capture_output=True, text=True, check=True)
+    assert "200 requests on 1 x Llama-2-70B on A100-80GB (tp=2, vllm_v0, 2487 KV blocks" in (
+        done.stdout)
+    payload = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert payload["config"]["workload"]["sampling"] == "vidur"
+    assert payload["cost_model"]["gqa_attention_overhead"] == 0.1

@@ -63,8 +63,10 @@ def build_cost_model(
     table_dirs: extra folders of op tables (e.g. fresh profiler output), searched before
     the shipped ``envs/data/calibration/``.
     options: constructor options of the chosen model (``iteration_overhead_s``,
-    ``max_num_tokens``; tables: ``network``, ``vidur_compatible``; roofline:
-    ``compute_efficiency``, ``memory_efficiency``). Options of the other kind are ignored.
+    ``max_num_tokens``; tables: ``network``, ``vidur_compatible``,
+    ``allreduce_launch_overhead_s``, ``gqa_attention_overhead`` (Vidur's terms, off by
+    default: ``TableCostModel``); roofline: ``compute_efficiency``, ``memory_efficiency``).
+    Options of the other kind are ignored.
     """
     if source not in COST_SOURCES:
         raise ValueError(f"unknown cost source {source!r}; choose one of {COST_SOURCES}")

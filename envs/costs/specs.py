@@ -300,3 +300,69 @@ def kv_capacity_blocks(
             f"tensor_parallel, a larger GPU or a higher gpu_memory_utilization"
         )
     return blocks
+
+
+def vidur_layer_params_per_gpu(model: ModelSpec | str, tensor_parallel: int) -> int:
+    """Weights of one transformer layer on one GPU, as Vidur's ``ParamCounter`` counts them.
+
+    Vidur (Agrawal et al., MLSys 2024; ``vidur/utils/param_counter.py`` at microsoft/vidur
+    @7d47513) counts the QKV and output projections (query heads split over the group, KV
+    heads rounded up per GPU) and the MLP (three matrices if gated, else two), and nothing
+    else: no norm weights here, and no embedding, LM head or final norm outside the layers.
+    """
+    model = get_model(model) if isinstance(model, str) else model
+    validate_tensor_parallel(model, tensor_parallel)
+    h, head = model.hidden_size, model.head_dim
+    q_heads = model.num_heads // tensor_parallel
+    kv_heads = math.ceil(model.num_kv_heads / tensor_parallel)
+    attention = h * head * (q_heads + 2 * kv_heads) + h * head * q_heads
+    mlp = (3 if model.gated_mlp else 2) * h * model.ffn_size // tensor_parallel
+    return attention + mlp
+
+
+def vidur_kv_capacity_blocks(
+    model: ModelSpec | str,
+    gpu: GPUSpec | str,
+    tensor_parallel: int,
+    block_size: int = 16,
+    max_request_tokens: int = 4096,
+    memory_margin_fraction: float = 0.1,
+) -> int:
+    """KV blocks as Vidur's memory planner plans them (one pipeline stage).
+
+    Vidur's ``MemoryPlanner`` (``vidur/scheduler/utils/memory_planner.py``) and
+    ``BaseReplicaScheduler`` (``base_replica_scheduler.py``), microsoft/vidur @7d47513:
+
+    * usable = GPU memory x (1 - ``memory_margin_fraction``), no activation reserve;
+    * minus the layer weights only (:func:`vidur_layer_params_per_gpu`, 2 bytes each);
+    * divided by the KV of one whole ``max_request_tokens``-token request, floored: that
+      many requests fit;
+    * times ``max_request_tokens // block_size`` blocks per request.
+
+    Llama-2-70B on A100-80GB at TP2, block 16, 4096 tokens: 13 requests x 256 = 3,328
+    blocks. :func:`kv_capacity_blocks` (servegym's default) counts every weight and keeps an
+    activation reserve: 2,487 blocks there.
+    """
+    model = get_model(model) if isinstance(model, str) else model
+    gpu = get_gpu(gpu) if isinstance(gpu, str) else gpu
+    validate_tensor_parallel(model, tensor_parallel)
+    for label, value in (("block_size", block_size), ("max_request_tokens", max_request_tokens)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{label} must be an int >= 1, got {value!r}")
+    if max_request_tokens < block_size:
+        raise ValueError(f"max_request_tokens ({max_request_tokens}) is below one block "
+                         f"({block_size} tokens): Vidur would plan 0 blocks per request")
+    if not 0 <= memory_margin_fraction < 1:
+        raise ValueError(f"memory_margin_fraction must be in [0, 1), got "
+                         f"{memory_margin_fraction!r}")
+    available = gpu.memory_bytes * (1 - memory_margin_fraction)
+    weights = 2 * vidur_layer_params_per_gpu(model, tensor_parallel) * model.num_layers
+    per_request = (2 * 2 * model.head_dim * math.ceil(model.num_kv_heads / tensor_parallel)
+                   * max_request_tokens * model.num_layers)
+    requests = int((available - weights) // per_request)
+    if requests < 1:
+        raise ValueError(
+            f"Vidur's memory planner fits no whole {max_request_tokens}-token request of "
+            f"{model.name} on {gpu.name} at tp={tensor_parallel} ({weights / GiB:.1f} GiB "
+            f"of layer weights per GPU); use a larger tensor_parallel or shorter requests")
+    return requests * (max_request_tokens // block_size)

@@ -25,6 +25,17 @@ shape's, transferred by FLOPs and bytes); KV-cache save ``measured`` if tabulate
 bandwidth); all-reduce ``measured`` (``roofline`` if no network table); CPU overhead a
 constant (``assumed``). ``vidur_compatible=True`` counts what Vidur counts: the layers only
 (no embedding, final norm, LM head) with one residual add per layer.
+
+Two more terms of Vidur (Agrawal et al., MLSys 2024; microsoft/vidur @7d47513,
+``sklearn_execution_time_predictor.py``) are options, off by default:
+
+* ``allreduce_launch_overhead_s``: added to each of the two all-reduces per layer when
+  TP > 1 (Vidur's ``nccl_cpu_launch_overhead_ms`` = 0.02 ms; Llama-2-70B's 80 layers: 3.2 ms
+  per iteration). Vidur's ``skip_cpu_overhead_modeling`` does not remove it.
+* ``gqa_attention_overhead``: for grouped-query models (more query than KV heads), decode
+  attention is multiplied by ``1 + overhead`` when more than one request decodes, and prefill
+  attention when more than one prefill chunk is in the batch (Vidur's
+  ``attention_{decode,prefill}_batching_overhead_fraction`` = 0.1).
 """
 
 from __future__ import annotations
@@ -87,6 +98,8 @@ class TableCostModel(CostModel):
         max_num_tokens: int = 16384,
         network: str = "dgx",
         vidur_compatible: bool = False,
+        allreduce_launch_overhead_s: float = 0.0,
+        gqa_attention_overhead: float = 0.0,
         table_dirs: Sequence[str | Path] = (),
         calibration: Calibration | None = None,
     ) -> None:
@@ -103,6 +116,17 @@ class TableCostModel(CostModel):
         self.iteration_overhead_s = float(iteration_overhead_s)
         self.network = network
         self.vidur_compatible = bool(vidur_compatible)
+        for label, value in (("allreduce_launch_overhead_s", allreduce_launch_overhead_s),
+                             ("gqa_attention_overhead", gqa_attention_overhead)):
+            if not (isinstance(value, int | float) and not isinstance(value, bool)
+                    and 0 <= value < math.inf):
+                raise ValueError(f"{label} must be a finite number >= 0, got {value!r} "
+                                 "(0 turns the term off)")
+        self.allreduce_launch_overhead_s = float(allreduce_launch_overhead_s)
+        grouped = self.model.num_heads > self.model.num_kv_heads
+        self.gqa_attention_overhead = float(gqa_attention_overhead)
+        # Only grouped-query models pay it, as in Vidur; 1.0 = off.
+        self._gqa_factor = 1.0 + (self.gqa_attention_overhead if grouped else 0.0)
         if calibration is None:
             calibration = load_calibration(self.model.name, self.gpu.name, tensor_parallel,
                                            table_dirs, network)
@@ -146,6 +170,14 @@ class TableCostModel(CostModel):
         self._kv_bytes_per_token_gpu = kv_bytes_per_token_per_gpu(m, tp)
         self._send_recv = self._send_recv_fn()
         self.parts["cpu_overhead"] = f"assumed constant {self.iteration_overhead_s:g} s"
+        if self.allreduce_launch_overhead_s and tp > 1:
+            self.parts["allreduce_launch"] = (
+                f"assumed {self.allreduce_launch_overhead_s:g} s per all-reduce, 2 per layer "
+                "(Vidur's NCCL CPU launch overhead)")
+        if self._gqa_factor != 1.0:
+            self.parts["gqa_attention"] = (
+                f"assumed x{self._gqa_factor:g} on attention of batches with more than one "
+                "decode (or prefill chunk) (Vidur's GQA batching overhead)")
 
     def _fit_attention(self) -> AttentionFit:
         cal, tp = self.calibration, self.tensor_parallel
@@ -218,11 +250,12 @@ class TableCostModel(CostModel):
         row_bytes = m.hidden_size * m.dtype_bytes
         allreduce = self._allreduce
         outside_layers = not self.vidur_compatible
+        launch = self.allreduce_launch_overhead_s if self.tensor_parallel > 1 else 0.0
 
         def token_time(tokens: np.ndarray) -> np.ndarray:
             t = np.asarray(tokens, dtype=np.float64)
             layer = sum(op(t) for op in ops) + adds * add(t) + kv_save(t)
-            layer = layer + 2 * allreduce(t * row_bytes)
+            layer = layer + 2 * (allreduce(t * row_bytes) + launch)
             total = m.num_layers * layer
             if outside_layers:
                 # Embedding lookup (vocab-parallel, hence an all-reduce) and final norm.
@@ -284,6 +317,8 @@ class TableCostModel(CostModel):
             attention += p0 + p2 * cached + new * (p1 + p3 * cached + p4 * (new + 1) * 0.5)
         if not tokens:
             return 0.0
+        if len(prefill_chunks) > 1:
+            attention *= self._gqa_factor
         try:
             linear = self._tokens_s(tokens) + self._lm_head_s(len(prefill_chunks) + decode_count)
         except TypeError:
@@ -293,7 +328,8 @@ class TableCostModel(CostModel):
             ) from None
         if decode_count:
             d0, d1, d2 = self._decode
-            attention += d0 + d1 * decode_count + d2 * decode_context_sum
+            decode = d0 + d1 * decode_count + d2 * decode_context_sum
+            attention += decode * self._gqa_factor if decode_count > 1 else decode
         return self.iteration_overhead_s + linear + attention
 
     def decode_coeffs(self, batch_size: int) -> tuple[float, float]:
@@ -301,9 +337,10 @@ class TableCostModel(CostModel):
         if n == 0:
             return 0.0, 0.0
         d0, d1, d2 = self._decode
+        factor = self._gqa_factor if n > 1 else 1.0
         base = self.iteration_overhead_s + (self._tokens_s(n) + self._lm_head_s(n)) + (
-            d0 + d1 * n)
-        return base, d2
+            (d0 + d1 * n) * factor)
+        return base, d2 * factor
 
     def swap_time(self, num_blocks: int) -> float:
         num_blocks = _check_count("num_blocks", num_blocks, 0)
@@ -331,6 +368,8 @@ class TableCostModel(CostModel):
             "iteration_overhead_s": self.iteration_overhead_s,
             "network": self.network,
             "vidur_compatible": self.vidur_compatible,
+            "allreduce_launch_overhead_s": self.allreduce_launch_overhead_s,
+            "gqa_attention_overhead": self.gqa_attention_overhead,
             "max_num_tokens": self.max_num_tokens,
             "tables": [t.path for t in self.calibration.ops],
             "model_spec": asdict(self.model),
