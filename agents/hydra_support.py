@@ -6,6 +6,11 @@ the command line (``hydra/sweeper=...``, ``hydra/launcher=...``) or by an experi
 installed stops the run with the exact command that installs it, instead of Hydra's
 generic "Could not load 'hydra/sweeper/optuna'".
 
+`config_groups()` is the group list of ``train.py --help`` (conf/hydra/help/servegym.yaml
+reads it through the resolver ``${servegym.config_groups:}``, registered on import): every
+config group a user can choose, with its options, but not the agent schemas (ConfigStore
+group ``schema/agent``) nor Hydra's own groups, which Hydra's ``$APP_CONFIG_GROUPS`` lists.
+
 `SweepSummary` is a Hydra callback (conf/config.yaml `hydra.callbacks`): at the end of a
 multirun it prints the sweep folder, the command that aggregates it and, for W&B offline
 runs, the command that uploads them.
@@ -72,6 +77,43 @@ def check_plugins(argv: Sequence[str]) -> None:
         raise SystemExit(f"error: {message}")
 
 
+HIDDEN_GROUPS = ("hydra", "schema")  # top-level groups --help does not offer as choices
+GROUPS_RESOLVER = "servegym.config_groups"
+
+
+def config_groups(hidden: Sequence[str] = HIDDEN_GROUPS) -> str:
+    """`group: option, option` lines of the config groups Hydra knows now (train.py's
+    search path and ConfigStore), minus those under `hidden`; during ``--help`` that is
+    the composed app, else ``conf/`` read from disk."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    def shown(group: str) -> bool:
+        return group.split("/", 1)[0] not in hidden
+
+    if GlobalHydra.instance().is_initialized():
+        hydra = GlobalHydra.instance().hydra
+        assert hydra is not None
+        return hydra.format_config_groups(shown)
+    folders = sorted(p.parent for p in (ROOT / "conf").glob("*/**/*.yaml"))
+    lines = {}
+    for folder in folders:
+        group = folder.relative_to(ROOT / "conf").as_posix()
+        if shown(group):
+            lines[group] = ", ".join(sorted(p.stem for p in folder.glob("*.yaml")))
+    return "".join(f"{group}: {options}\n" for group, options in lines.items())
+
+
+def register_help_resolver() -> None:
+    """Register ``${servegym.config_groups:}`` (idempotent)."""
+    from omegaconf import OmegaConf
+
+    if not OmegaConf.has_resolver(GROUPS_RESOLVER):
+        OmegaConf.register_new_resolver(GROUPS_RESOLVER, lambda: config_groups())
+
+
+register_help_resolver()
+
+
 class SweepSummary(Callback):
     """Prints where a multirun's jobs are and how to aggregate and upload them."""
 
@@ -84,5 +126,5 @@ class SweepSummary(Callback):
         print("\n".join(lines), flush=True)
 
 
-__all__ = ["PLUGINS", "SweepSummary", "check_plugins", "missing_plugin_message",
-           "requested_plugins"]
+__all__ = ["HIDDEN_GROUPS", "PLUGINS", "SweepSummary", "check_plugins", "config_groups",
+           "missing_plugin_message", "register_help_resolver", "requested_plugins"]
