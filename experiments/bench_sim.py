@@ -3,15 +3,25 @@
 Settings:
   a) Vidur's setting: Llama-2-70B on A100, tensor parallel 2, vllm_v0, batch cap 128,
      4096 tokens per batch, watermark 1%, Azure 2023 conversation lengths (clipped to the
-     4096-token context as Vidur does, cycled past the trace's 19,366 rows), Poisson
-     arrivals at 1 req/s; 10k and 50k requests.
+     4096-token context), Poisson arrivals at 1 req/s; 10k and 50k requests. Past the
+     trace's 19,366 rows the lengths are cycled: that is this benchmark's choice, not
+     Vidur's (Vidur's trace length generator stops at the last row and crashes when asked
+     for 20,000; its 50k reference below ran on the trace concatenated with itself).
   b) Llama-3-8B on H100, vllm_v1 with chunked prefill (8192-token budget), Azure conv
      lengths, Poisson arrivals at 90% of the measured saturation throughput.
   c) Four instances of (b) behind a round-robin router, at four times (b)'s rate.
 
-Each case runs in its own subprocess on one core, so peak RSS is per case. The reference
-figures for Vidur are those stated for this machine in the project's issue #2 (Vidur itself
-is not installed here); the ratio column divides our figure by them.
+Each case runs in its own subprocess on one core, so peak RSS is per case.
+
+The Vidur reference (:data:`VIDUR_REFERENCE`) is a side-by-side measurement recorded in the
+project's issue 16, not re-run here (Vidur is not installed in this project): Vidur
+(Agrawal et al., MLSys 2024) at microsoft/vidur@7d47513 and servegym in case (a), on the
+same machine kind, one core each, alternating runs: Vidur's loop 576-685 req/s at 10,000
+requests and 562-618 at 50,000, servegym 20.1-22.1k, so 30-37x; Vidur's peak RSS 430 MB at
+10k, 618 MB at 50k, 807 MB with its random-forest predictor. Iterations/s were not measured
+for Vidur, so no iterations ratio is printed. The "x Vidur" column divides this run's rate
+by Vidur's measured range (slowest to fastest Vidur run); it is a like-for-like ratio only
+when this run is on that machine kind, one core, as the side-by-side one was.
 
     python experiments/bench_sim.py            # all cases, writes results/bench_sim.{json,md}
     python experiments/bench_sim.py --quick    # smaller cases, for a smoke run
@@ -40,13 +50,22 @@ from servegym.envs.workloads.workload import Workload
 
 ROOT = Path(__file__).resolve().parents[1]
 
-VIDUR_REFERENCE = {"requests_per_s": 920.0, "iterations_per_s": 8300.0, "peak_rss_mb": 1800.0}
+# Issue 16's side-by-side measurement (see the module docstring), per number of requests.
+VIDUR_REFERENCE = {
+    "commit": "microsoft/vidur@7d47513",
+    "conditions": ("case (a), same machine kind, one core each, alternating runs with "
+                   "servegym; 50k: the trace concatenated"),
+    "requests_per_s": {10_000: (576.0, 685.0), 50_000: (562.0, 618.0)},
+    "peak_rss_mb": {10_000: 430.0, 50_000: 618.0, "random_forest": 807.0},
+    "servegym_requests_per_s": (20_100.0, 22_100.0),
+    "measured_ratio": (30.0, 37.0),
+}
 SEED = 0
 
 
 def azure_conv_lengths(num_requests: int, max_total_tokens: int) -> tuple[np.ndarray, np.ndarray]:
     trace, _ = load_azure_2023("conv").clip_total_tokens(max_total_tokens)
-    index = np.arange(num_requests) % len(trace)  # cycle, as Vidur's trace generator does
+    index = np.arange(num_requests) % len(trace)  # cycled (Vidur stops at the trace's end)
     return trace.prompt_len[index], trace.output_len[index]
 
 
@@ -120,20 +139,40 @@ QUICK = (("a", 2_000), ("b", 2_000), ("c", 4_000))
 
 def format_table(rows: list[dict]) -> str:
     header = ("| case | requests | inst | rate (req/s) | sim req/s | sim iter/s | peak RSS (MB) "
-              "| x Vidur req/s | x Vidur iter/s | decode runs | iterations | simulated s |")
-    lines = [header, "|" + "---|" * 12]
+              "| Vidur req/s (measured) | x Vidur req/s | Vidur RSS (MB) | decode runs "
+              "| iterations | simulated s |")
+    lines = [header, "|" + "---|" * 13]
     for r in rows:
-        if r["case"] == "a":
-            ratios = (f"{r['requests_per_s'] / VIDUR_REFERENCE['requests_per_s']:.1f}",
-                      f"{r['iterations_per_s'] / VIDUR_REFERENCE['iterations_per_s']:.1f}")
+        ref = VIDUR_REFERENCE["requests_per_s"].get(r["requests"]) if r["case"] == "a" else None
+        if ref is not None:
+            slow, fast = ref
+            vidur = (f"{slow:.0f}-{fast:.0f}",
+                     f"{r['requests_per_s'] / fast:.0f}-{r['requests_per_s'] / slow:.0f}",
+                     f"{VIDUR_REFERENCE['peak_rss_mb'][r['requests']]:.0f}")
         else:
-            ratios = ("n/a", "n/a")
+            vidur = ("n/a", "n/a", "n/a")  # Vidur was not measured at this size / setting
         cells = (r["case"], r["requests"], r["instances"], f"{r['rate_rps']:.2f}",
                  f"{r['requests_per_s']:,.0f}", f"{r['iterations_per_s']:,.0f}",
-                 f"{r['peak_rss_mb']:.0f}", *ratios, f"{r['decode_runs']:,.0f}",
+                 f"{r['peak_rss_mb']:.0f}", *vidur, f"{r['decode_runs']:,.0f}",
                  f"{r['iterations']:,.0f}", f"{r['simulated_s']:,.0f}")
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     return "\n".join(lines)
+
+
+def reference_text() -> str:
+    """The Vidur reference with its conditions, as measured (printed and written)."""
+    ref = VIDUR_REFERENCE
+    (s10, f10), (s50, f50) = ref["requests_per_s"][10_000], ref["requests_per_s"][50_000]
+    low, high = ref["measured_ratio"]
+    ours_low, ours_high = ref["servegym_requests_per_s"]
+    rss = ref["peak_rss_mb"]
+    return (f"Vidur reference (issue 16, {ref['commit']}, {ref['conditions']}): Vidur "
+            f"{s10:.0f}-{f10:.0f} req/s at 10k requests and {s50:.0f}-{f50:.0f} at 50k; "
+            f"servegym {ours_low / 1000:.1f}-{ours_high / 1000:.1f}k req/s in the same runs: "
+            f"{low:.0f}-{high:.0f}x measured side by side. Vidur peak RSS {rss[10_000]:.0f} MB "
+            f"at 10k, {rss[50_000]:.0f} MB at 50k, {rss['random_forest']:.0f} MB with its "
+            "random-forest predictor. The 'x Vidur' column divides this run by Vidur's range; "
+            "it compares like with like only on that machine kind, one core.")
 
 
 def main() -> None:
@@ -157,6 +196,7 @@ def main() -> None:
         rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
         print(f"case {case} {requests}: {rows[-1]['requests_per_s']:,.0f} req/s", flush=True)
     table = format_table(rows)
+    print(reference_text())
     print(table)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     payload = {"created": stamp, "vidur_reference": VIDUR_REFERENCE, "quick": args.quick,
@@ -168,10 +208,7 @@ def main() -> None:
                  lambda h: json.dump(payload, h, indent=2))
     atomic_write(out / f"{name}.json", lambda h: json.dump(payload, h, indent=2), overwrite=True)
     atomic_write(out / f"{name}.md", lambda h: h.write(
-        f"# Simulator speed ({stamp})\n\nVidur reference on this machine (issue #2): "
-        f"{VIDUR_REFERENCE['requests_per_s']:.0f} req/s, "
-        f"{VIDUR_REFERENCE['iterations_per_s']:.0f} iter/s, "
-        f"{VIDUR_REFERENCE['peak_rss_mb']:.0f} MB at 50k requests.\n"
+        f"# Simulator speed ({stamp})\n\n{reference_text()}\n"
         "Rates are per CPU second of the simulating process (one core).\n\n" + table + "\n"),
         overwrite=True)
 

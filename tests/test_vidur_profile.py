@@ -219,3 +219,19 @@ def test_poisson_cap_option() -> None:
     assert capped_gaps.max() <= 3.0 + 1e-9 < gaps.max()
     with pytest.raises(WorkloadError, match="max_gap_s"):
         poisson_arrivals(10, 1.0, np.random.default_rng(5), max_gap_s=0.0)
+
+
+# ---- bench_sim's Vidur reference -----------------------------------------------------------
+
+def test_bench_sim_prints_the_measured_reference_and_its_conditions() -> None:
+    import bench_sim
+
+    text = bench_sim.reference_text()
+    assert "30-37x measured side by side" in text and "7d47513" in text
+    assert "576-685 req/s at 10k" in text and "one core each" in text and "920" not in text
+    row = {"case": "a", "requests": 10_000, "instances": 1, "rate_rps": 1.0,
+           "requests_per_s": 20_736.0, "iterations_per_s": 1.0, "peak_rss_mb": 1.0,
+           "decode_runs": 1, "iterations": 1, "simulated_s": 1.0}
+    table = bench_sim.format_table([row, {**row, "requests": 2_000}])
+    assert "| 576-685 | 30-36 | 430 |" in table  # 20,736 / 685 and / 576
+    assert table.splitlines()[-1].count("n/a") == 3  # no Vidur figure at 2,000 requests
