@@ -311,6 +311,12 @@ def test_swap_is_cheaper_follows_the_link_speed() -> None:
         action = make_policy("swap-cost-aware").decide(decision)
         assert isinstance(action, Action) and action.swap is swaps
         assert make_policy("swap-always").decide(decision).swap is True
+        least = make_policy("swap-cost-aware-least-progress").decide(decision)
+        assert least.swap is swaps
+        assert least.choice == make_policy("preempt-least-progress").decide(decision)
+        most = make_policy("swap-always-most-blocks").decide(decision)
+        assert most.swap is True
+        assert most.choice == make_policy("preempt-most-blocks").decide(decision)
 
 
 # ====================================================================== routing

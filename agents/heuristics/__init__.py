@@ -104,6 +104,12 @@ def _entries() -> list[PolicyInfo]:
                    "latest arrival; swap when transfer out+in beats recompute"),
         PolicyInfo("swap-always", PREEMPT, CostAwareSwap,
                    "latest arrival; swap whenever swap space has room", {"always": True}),
+        PolicyInfo("swap-cost-aware-least-progress", PREEMPT, CostAwareSwap,
+                   "fewest computed tokens; swap when transfer out+in beats recompute",
+                   {"victim": "least-progress"}),
+        PolicyInfo("swap-always-most-blocks", PREEMPT, CostAwareSwap,
+                   "most KV blocks held; swap whenever swap space has room",
+                   {"victim": "most-blocks", "always": True}),
         # ----------------------------------------------------------------- routing
         PolicyInfo("rr", ROUTE, RoundRobinRouting, "round-robin"),
         PolicyInfo("random", ROUTE, RandomRouting, "uniformly random instance"),
