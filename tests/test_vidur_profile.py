@@ -235,3 +235,19 @@ def test_bench_sim_prints_the_measured_reference_and_its_conditions() -> None:
     table = bench_sim.format_table([row, {**row, "requests": 2_000}])
     assert "| 576-685 | 30-36 | 430 |" in table  # 20,736 / 685 and / 576
     assert table.splitlines()[-1].count("n/a") == 3  # no Vidur figure at 2,000 requests
+
+
+def test_crosscheck_script_reads_vidurs_request_metrics(tmp_path: Path) -> None:
+    import vidur_crosscheck
+
+    rows = ["Request Id,prefill_e2e_time,request_e2e_time,request_num_prefill_tokens,"
+            "request_num_decode_tokens,request_num_restarts"]
+    rows += [f"{i},{0.1 * (i + 1)},{1.0 * (i + 1)},{100 + i},{10 + i},{i % 2}"
+             for i in reversed(range(10))]
+    (tmp_path / "request_metrics.csv").write_text("\n".join(rows) + "\n")
+    metrics, lengths = vidur_crosscheck.vidur_run(tmp_path)
+    assert metrics["ttft_p50"] == pytest.approx(0.55) and metrics["e2e_p90"] == pytest.approx(9.1)
+    assert metrics["preemptions"] == 5
+    assert lengths[:2] == [(100, 10), (101, 11)]  # sorted by request id
+    with pytest.raises(FileNotFoundError, match="request_metrics.csv"):
+        vidur_crosscheck.vidur_run(tmp_path / "missing")
