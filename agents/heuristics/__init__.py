@@ -40,6 +40,7 @@ from servegym.agents.heuristics.preemption import (
 from servegym.agents.heuristics.prefix_affinity import PrefixAffinity
 from servegym.agents.heuristics.priority import StrictPriority
 from servegym.agents.heuristics.swap import CostAwareSwap
+from servegym.agents.heuristics.token_budget import TPOTBudgetAdmission
 from servegym.agents.heuristics.ttft_routing import MinPredictedTTFT
 from servegym.agents.heuristics.vtc import VirtualTokenCounter
 from servegym.envs.core.decisions import FCFSAdmission, LatestArrivalPreemption, RoundRobinRouting
@@ -88,6 +89,9 @@ def _entries() -> list[PolicyInfo]:
                    "Virtual Token Counter: tenant with the least weighted service first"),
         PolicyInfo("past-future", ADMIT, PastFutureAdmission,
                    "FCFS while the predicted peak KV use (from past outputs) fits"),
+        PolicyInfo("spf-tpot-budget", ADMIT, TPOTBudgetAdmission,
+                   "Sarathi-Serve: shortest prefill first while the iteration stays within "
+                   "half the decoding requests' tightest TPOT target"),
         # ----------------------------------------------------------------- preemption
         PolicyInfo("preempt-latest", PREEMPT, LatestArrivalPreemption,
                    "vLLM: latest arrival, recompute"),
