@@ -5,6 +5,8 @@
     python experiments/leaderboard.py aggregate multirun/train/<day>/<time>_leaderboard
     python experiments/leaderboard.py run --experiments 'lb_heterogeneous_*' --jobs 2
     python experiments/leaderboard.py aggregate <earlier folder> <new folder>  # one table
+    python experiments/leaderboard.py baselines --task preemption \
+        --policies swap-always-most-blocks,preempt-least-progress   # heuristics added later
 
 `run` launches one Hydra multirun of train.py over the leaderboard jobs and the seeds:
 
@@ -74,15 +76,18 @@ def headline_labels(jobs: Sequence[Mapping[str, Any]]) -> dict[str, set[str]]:
     out: dict[str, set[str]] = {}
     for job in jobs:
         algo = job["config"]["agent"]["algo"]
-        out.setdefault(job["config"]["env"]["id"], set()).add(
-            f"{algo} ({agent_mode(job, 'agent')})")
+        labels = out.setdefault(job["config"]["env"]["id"], set())
+        if algo != "heuristic":
+            labels.add(f"{algo} ({agent_mode(job, 'agent')})")
     return out
 
 
 def collect(jobs: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, dict[int, dict]]]:
     """task -> row label -> seed -> {metric: value}; agents are labelled by algorithm and
-    mode, heuristics by name (their values are the same in every job of a task and seed,
-    so the first job's are kept)."""
+    mode, heuristics by name. A heuristic's values must be the same in every job of a task
+    and seed (the same held-out windows and simulator seeds): a mismatch raises, so rows
+    from jobs run apart (`baselines`) merge only when they are comparable. Jobs of
+    `agent=heuristic` add their baseline rows only (their "agent" row is one of them)."""
     table: dict[str, dict[str, dict[int, dict]]] = {}
     for job in jobs:
         task = job["config"]["env"]["id"]
@@ -90,10 +95,22 @@ def collect(jobs: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, dict[int, 
         seed = int(job["seed"])
         rows = table.setdefault(task, {})
         for label, means in job["eval"]["policies"].items():
+            if label in AGENT_ROWS and algo == "heuristic":
+                continue
             name = f"{algo} ({agent_mode(job, label)})" if label in AGENT_ROWS else label
-            rows.setdefault(name, {}).setdefault(seed, {k: means.get(k, math.nan)
-                                                          for k in (HEADLINE, ATTAINMENT)})
+            values = {k: means.get(k, math.nan) for k in (HEADLINE, ATTAINMENT)}
+            seen = rows.setdefault(name, {}).setdefault(seed, values)
+            if label not in AGENT_ROWS and not same_values(seen, values):
+                raise ValueError(
+                    f"{task} seed {seed}: heuristic {name} scored {seen} in one job and "
+                    f"{values} in {job.get('_job', '?')}: the jobs evaluated different "
+                    f"windows or code; aggregate only jobs of one evaluation setting")
     return table
+
+
+def same_values(a: Mapping[str, float], b: Mapping[str, float]) -> bool:
+    return all(math.isclose(a[k], b[k], rel_tol=1e-9, abs_tol=1e-12)
+               or (math.isnan(a[k]) and math.isnan(b[k])) for k in a)
 
 
 def is_agent(label: str) -> bool:
@@ -275,6 +292,26 @@ def run(seeds: str, jobs: int, extra: Sequence[str], experiments: str = "lb_*") 
     return folder
 
 
+def baselines(task: str, policies: Sequence[str], seeds: str, extra: Sequence[str]) -> Path:
+    """Heuristic-only jobs for `task` (a conf/env option): `policies` evaluated on the
+    leaderboard's held-out windows for `seeds`, no training, so heuristics added after a
+    leaderboard run join its table. Include a heuristic the earlier jobs have: `collect`
+    then checks that both evaluated the same windows (identical values) before merging."""
+    if not (ROOT / "conf" / "env" / f"{task}.yaml").is_file():
+        raise SystemExit(f"--task {task!r} is not a conf/env option")
+    if not policies:
+        raise SystemExit("--policies needs at least one heuristic spec")
+    stamp = datetime.now(UTC).strftime("%Y-%m-%d/%H-%M-%S")
+    folder = ROOT / "multirun" / "leaderboard" / f"{stamp}_baselines_{task}"
+    command = [sys.executable, str(ROOT / "train.py"), "-m", "experiment=leaderboard_common",
+               f"env={task}", "agent=heuristic", f"agent.policy={policies[0]}",
+               f"eval.baselines=[{','.join(policies)}]", f"seed={seeds}",
+               f"hydra.sweep.dir={folder}", *extra]
+    print("running:", shlex.join(command), flush=True)
+    subprocess.run(command, check=True, cwd=ROOT)
+    return folder
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -288,9 +325,21 @@ def main(argv: Sequence[str] | None = None) -> None:
     run_p.add_argument("overrides", nargs="*", help="extra train.py overrides for every job")
     agg_p = sub.add_parser("aggregate", help="the table from finished multirun folders")
     agg_p.add_argument("folders", nargs="+", type=Path)
+    base_p = sub.add_parser("baselines", help="heuristic-only jobs for one task (no "
+                            "training), to aggregate beside an earlier run")
+    base_p.add_argument("--task", required=True, help="a conf/env option, e.g. preemption")
+    base_p.add_argument("--policies", required=True,
+                        help="comma-separated heuristic specs (include one the earlier "
+                        "jobs have: the aggregation checks the values agree)")
+    base_p.add_argument("--seeds", default="0,1,2")
+    base_p.add_argument("overrides", nargs="*", help="extra train.py overrides")
     for p in (run_p, agg_p):
         p.add_argument("--out", type=Path, default=ROOT / "results")
     args = parser.parse_args(argv)
+    if args.command == "baselines":
+        print(baselines(args.task, [x for x in args.policies.split(",") if x], args.seeds,
+                        args.overrides))
+        return
     command = "python experiments/leaderboard.py " + shlex.join(
         sys.argv[1:] if argv is None else list(argv))
     folders = [run(args.seeds, args.jobs, args.overrides, args.experiments)] \

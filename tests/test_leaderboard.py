@@ -44,3 +44,23 @@ def test_verdicts_use_the_headline_row_and_the_best_heuristic(tmp_path: Path) ->
     assert "| T-lose | ppo (best, greedy) | 8.00 [8.00, 8.00] |" in text and "loses" in text
     assert (tmp_path / "out" / "leaderboard.png").is_file()
     assert len(list((tmp_path / "out" / "history").glob("leaderboard_*.md"))) == 1
+
+
+def test_heuristic_only_jobs_add_rows_and_must_agree(tmp_path: Path) -> None:
+    sweep, extra = tmp_path / "sweep", tmp_path / "extra"
+    for seed in (0, 1):
+        job(sweep / f"a{seed}", "T", "ppo", seed, 10.5, 9.0, {"fcfs": 5.0, "spf": 10.0})
+        # a later heuristic-only job: its "agent" rows are the heuristic itself, not an agent
+        job(extra / f"h{seed}", "T", "heuristic", seed, 11.0, 11.0,
+            {"spf": 10.0, "new-rule": 11.0})
+    payload = leaderboard.aggregate([sweep, extra], tmp_path / "out", "test")
+    task = payload["tasks"]["T"]
+    assert task["best_heuristic"] == "new-rule"
+    assert task["headline_agents"] == ["ppo (best, greedy)"]
+    assert not any(label.startswith("heuristic (") for label in task["rows"])
+    assert task["rows"]["ppo (best, greedy)"]["vs_best_heuristic"] == pytest.approx(
+        10.5 / 11.0 - 1)
+    # spf scored differently in the two runs: different windows, so no merged table
+    job(tmp_path / "bad" / "h0", "T", "heuristic", 0, 11.0, 11.0, {"spf": 9.0})
+    with pytest.raises(ValueError, match="different windows or code"):
+        leaderboard.aggregate([sweep, tmp_path / "bad"], tmp_path / "out2", "test")
