@@ -12,6 +12,11 @@ Definitions (all times in seconds):
   last finish). The highest *rate* sustaining 90% attainment is the evaluation harness's job.
 * KV utilisation: used / total blocks, time-weighted between samples taken at every batch or
   decode-run start, averaged over instances.
+* KV-bound concurrency (`serving/kv_bound_seqs_max_len`, `_mean_len`): how many requests of
+  the longest allowed length (`max_model_len`) or of this run's mean prompt + output length
+  the KV cache holds at once, `num_kv_blocks // ceil(tokens / block_size)`, the smallest
+  over instances; beside `serving/max_num_seqs`, the scheduler's cap. Whichever is lower
+  bounds the running batch (envs/costs/specs.py `kv_bound_sequences`).
 * Jain's fairness index over tenants of their SLO attainment (the share of each tenant's
   requests meeting that tenant's targets): (sum a)^2 / (n sum a^2), 1.0 = every tenant as
   well served relative to its own SLOs, 1/n = one tenant gets all the goodput; NaN when no
@@ -44,6 +49,7 @@ import numpy as np
 
 from servegym.envs.core.request import FINISHED, REJECTED, STATUS_NAMES
 from servegym.envs.costs.prices import format_pool_rows, pool_rows
+from servegym.envs.costs.specs import kv_bound_sequences
 
 if TYPE_CHECKING:
     from servegym.envs.core.simulator import Simulator
@@ -160,6 +166,7 @@ def build_report(sim: Simulator) -> ServingReport:
         "prefix_cache_hit_rate": (
             sum(b.prefix_hits for b in bm) / max(1, sum(b.prefix_queries for b in bm))
         ),
+        **_kv_bound(instances, records),
     }
     report = ServingReport(
         records=records,
@@ -180,6 +187,22 @@ def build_report(sim: Simulator) -> ServingReport:
     )
     report.summary = summarize(report)
     return report
+
+
+def _kv_bound(instances: list[Any], records: dict[str, np.ndarray]) -> dict[str, float]:
+    """KV-bound concurrency counters (module docstring), the smallest over instances."""
+    if not instances:
+        return {}
+    lengths = records["prompt_tokens"] + records["output_tokens"]
+    mean_len = max(1, round(float(lengths.mean()))) if lengths.size else 1
+    max_len, mean, seqs = [], [], []
+    for instance in instances:
+        blocks, size = instance.bm.num_blocks, instance.config.block_size
+        max_len.append(kv_bound_sequences(blocks, int(instance.max_model_len), size))
+        mean.append(kv_bound_sequences(blocks, mean_len, size))
+        seqs.append(instance.config.max_num_seqs)
+    return {"kv_bound_seqs_max_len": float(min(max_len)),
+            "kv_bound_seqs_mean_len": float(min(mean)), "max_num_seqs": float(min(seqs))}
 
 
 def _pool_gaps(all_gaps: list[Any]) -> tuple[np.ndarray, np.ndarray]:
@@ -290,6 +313,8 @@ def summarize(
     out["serving/kv_utilisation_peak"] = report.kv_utilisation_peak
     out["serving/prefix_cache_hit_rate"] = report.counters["prefix_cache_hit_rate"]
     out["serving/iterations"] = report.counters["iterations"]
+    for key in ("kv_bound_seqs_max_len", "kv_bound_seqs_mean_len", "max_num_seqs"):
+        out[f"serving/{key}"] = report.counters.get(key, math.nan)
     out["serving/fairness_jain"] = _jain(r["tenant"], met)
     cost = (float(sum(row["count"] * row["price_per_hour"] for row in report.pools))
             if report.pools else math.nan)
@@ -331,6 +356,13 @@ def format_summary(summary: dict[str, float], source: str | None = None,
          f"{summary['serving/kv_utilisation_mean']:.3f} / "
          f"{summary['serving/kv_utilisation_peak']:.3f}"),
         ("Jain fairness (tenants)", f"{summary['serving/fairness_jain']:.3f}"),
+    ]
+    if math.isfinite(summary.get("serving/kv_bound_seqs_max_len", math.nan)):
+        rows.append(("KV-bound seqs max-len / mean-len",
+                     f"{summary['serving/kv_bound_seqs_max_len']:.0f} / "
+                     f"{summary['serving/kv_bound_seqs_mean_len']:.0f} "
+                     f"(max_num_seqs {summary['serving/max_num_seqs']:.0f})"))
+    rows += [
         ("iterations", f"{summary['serving/iterations']:.0f}"),
     ]
     if source:

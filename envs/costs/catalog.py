@@ -5,6 +5,12 @@ Tables are found by scanning folders for ``*.csv`` / ``*.csv.gz`` files in the f
 folder is ``envs/data/calibration/``; callers may add folders (e.g. fresh profiler output).
 When several tables give the same op at the same TP, our own profiler's table wins over
 Vidur's, and an earlier folder wins over a later one.
+
+A registered model whose ``ModelSpec.tables_from`` names another (Llama-3.1-8B ->
+Llama-3-8B) is served by that model's tables when it has none of its own
+(:func:`tables_model`); the two must have the same cost shape. The tables were measured only
+over some range of batched tokens and attention context (:func:`measured_range`); the cost
+model says so in ``describe()`` and warns once when a run goes beyond it.
 """
 
 from __future__ import annotations
@@ -12,6 +18,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
 
 from servegym.envs.costs.specs import get_gpu, get_model
 from servegym.envs.costs.tables import (
@@ -78,6 +86,48 @@ def canonical_name(kind: str, name: str) -> str:
         return name
 
 
+def tables_model(model: str, table_dirs: Sequence[str | Path] = (),
+                 entries: Sequence[TableEntry] | None = None) -> str:
+    """Registry name of the model whose tables serve ``model``: its own name if any table
+    has token ops for it, else its ``tables_from`` (checked to have the same cost shape),
+    else its own name (and the lookup then finds nothing)."""
+    spec = get_model(model)
+    entries = scan(table_dirs) if entries is None else entries
+    if any(e.kind == "ops" and e.has_token_ops and e.model == spec.name for e in entries):
+        return spec.name
+    if not spec.tables_from:
+        return spec.name
+    source = get_model(spec.tables_from)
+    if source.cost_shape != spec.cost_shape:
+        raise ValueError(
+            f"{spec.name}.tables_from={spec.tables_from!r}, but the two differ in shape "
+            f"({spec.cost_shape} vs {source.cost_shape}); tables of one cannot time the other")
+    return source.name
+
+
+def measured_range(calibration: Calibration, tensor_parallel: int) -> dict[str, int]:
+    """How far the tables of one predictor were measured: the most batched tokens of the
+    token-level ops at this TP, and the longest attention context (prefill chunk plus its
+    cached context; decode context) in the attention table."""
+    tokens = 0
+    for table in calibration.ops:
+        rows = table.columns
+        mask = (rows["tensor_parallel"] == tensor_parallel) & ~np.isin(rows["op"], ATTENTION_OPS)
+        if mask.any():
+            tokens = max(tokens, int(rows["num_tokens"][mask].max()))
+    prefill = decode = 0
+    if calibration.attention is not None:
+        rows = calibration.attention.columns
+        mask = rows["op"] == "attn_prefill"
+        if mask.any():
+            prefill = int((rows["num_tokens"][mask] + rows["context_tokens"][mask]).max())
+        mask = rows["op"] == "attn_decode"
+        if mask.any():
+            decode = int(rows["context_tokens"][mask].max())
+    return {"batched_tokens": tokens, "prefill_context_tokens": prefill,
+            "decode_context_tokens": decode}
+
+
 def _entry(path: Path) -> TableEntry:
     meta = read_meta(path)
     tps = tuple(int(v) for v in meta.get("tensor_parallel", "").split(",") if v.strip())
@@ -125,16 +175,20 @@ def load_calibration(
     table_dirs: Sequence[str | Path] = (),
     network: str = "dgx",
 ) -> Calibration:
-    """Read the tables for (model, GPU, TP); ``MissingTableError`` lists what exists."""
+    """Read the tables for (model, GPU, TP) (those of ``tables_model(model)``);
+    ``MissingTableError`` lists what exists."""
     if network not in NETWORKS:
         raise ValueError(f"unknown network {network!r}; choose one of {NETWORKS}")
-    model, gpu = get_model(model).name, get_gpu(gpu).name
     entries = scan(table_dirs)
+    requested = get_model(model).name
+    model, gpu = tables_model(requested, entries=entries), get_gpu(gpu).name
     ops = [e for e in entries if e.kind == "ops" and e.model == model and e.gpu == gpu
            and e.has_token_ops and tensor_parallel in e.tensor_parallel]
     if not ops:
         raise MissingTableError(
-            f"no measured op table for {model} on {gpu} at TP{tensor_parallel}. Available: "
+            f"no measured op table for {requested}"
+            + (f" (served by {model}'s tables)" if model != requested else "")
+            + f" on {gpu} at TP{tensor_parallel}. Available: "
             f"{available_text(table_dirs)}. Measure one with experiments/profile_ops.py on "
             f"that GPU (see docs/costs.md), or use source='roofline' / source='auto'"
         )

@@ -3,7 +3,10 @@
 Fallback rule: ``source="auto"`` uses measured tables (``TableCostModel``) where a table of
 token-level ops exists for the (model, GPU, TP) combination, and otherwise the roofline,
 warning once per process that it did so (`RooflineFallbackWarning`); the model's
-``source`` label ("measured" / "roofline") goes into every report either way.
+``source`` label ("measured" / "roofline") goes into every report either way. A model with
+``ModelSpec.tables_from`` (Llama-3.1 -> Llama-3) counts as measured where the model it names
+is; its ``describe()["tables_model"]`` and ``["measured_up_to"]`` say which tables it scales
+from and how far they were measured.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from servegym.envs.costs.base import CostModel
-from servegym.envs.costs.catalog import available_text, measured_combinations
+from servegym.envs.costs.catalog import available_text, measured_combinations, tables_model
 from servegym.envs.costs.roofline import RooflineCostModel
 from servegym.envs.costs.specs import get_gpu, get_model
 from servegym.envs.costs.table_model import TableCostModel
@@ -74,7 +77,8 @@ def build_cost_model(
     model, gpu = get_model(model).name, get_gpu(gpu).name
     table_dirs = tuple(table_dirs or ())
     if source != "roofline":
-        available = (model, gpu, tensor_parallel) in measured_combinations(table_dirs)
+        available = ((tables_model(model, table_dirs), gpu, tensor_parallel)
+                     in measured_combinations(table_dirs))
         if available or source == "measured":
             # source="measured" without a table: MissingTableError lists what exists.
             return TableCostModel(model, gpu, tensor_parallel, block_size=block_size,

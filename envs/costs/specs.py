@@ -42,6 +42,11 @@ class ModelSpec:
     max_context: int
     dtype_bytes: int = 2
     gated_mlp: bool = True
+    # Registry name of a model with the same cost shape (every field above but the name and
+    # the context length) whose measured tables serve this one; "" = its own tables only.
+    # Llama-3.1 differs from Llama-3 only in context length and rope scaling, neither of
+    # which changes a layer's work at a given number of tokens.
+    tables_from: str = ""
 
     def __post_init__(self) -> None:
         owner = f"ModelSpec {self.name!r}"
@@ -66,6 +71,12 @@ class ModelSpec:
                 f"{owner}: num_heads {self.num_heads} is not a multiple of num_kv_heads "
                 f"{self.num_kv_heads}; grouped-query attention needs equal-sized groups"
             )
+
+    @property
+    def cost_shape(self) -> tuple[int, ...]:
+        """Everything that sets the work of a forward pass at a given token count."""
+        return (self.num_layers, self.hidden_size, self.num_heads, self.num_kv_heads,
+                self.ffn_size, self.vocab_size, self.dtype_bytes, int(self.gated_mlp))
 
     @property
     def head_dim(self) -> int:
@@ -152,6 +163,16 @@ MODELS: MappingProxyType[str, ModelSpec] = _registry(
     ModelSpec("Qwen2.5-7B", 28, 3584, 28, 4, 18944, 152064, 32768),
     # Qwen/Qwen2.5-72B config.json
     ModelSpec("Qwen2.5-72B", 80, 8192, 64, 8, 29568, 152064, 32768),
+    # meta-llama/Llama-3.1-8B config.json (max_position_embeddings 131072; rope_scaling
+    # "llama3" changes the rotary frequencies, not the work): Llama-3-8B's shape.
+    ModelSpec("Llama-3.1-8B", 32, 4096, 32, 8, 14336, 128256, 131072, tables_from="Llama-3-8B"),
+    # meta-llama/Llama-3.1-70B config.json: Llama-3-70B's shape at 131072 tokens.
+    ModelSpec("Llama-3.1-70B", 80, 8192, 64, 8, 28672, 128256, 131072,
+              tables_from="Llama-3-70B"),
+    # 01-ai/Yi-34B-200K config.json (LlamaForCausalLM layout; max_position_embeddings
+    # 200000): the 34B model of Fu, "Challenges in Deploying Long-Context Transformers: A
+    # Theoretical Peak Performance Analysis" (arXiv 2405.08944, 2024).
+    ModelSpec("Yi-34B-200K", 60, 7168, 56, 8, 20480, 64000, 200000),
 )
 
 GPUS: MappingProxyType[str, GPUSpec] = _registry(
@@ -300,6 +321,38 @@ def kv_capacity_blocks(
             f"tensor_parallel, a larger GPU or a higher gpu_memory_utilization"
         )
     return blocks
+
+
+def kv_bound_sequences(num_kv_blocks: int, tokens_per_sequence: int, block_size: int = 16) -> int:
+    """How many sequences of ``tokens_per_sequence`` tokens (prompt + output) a KV cache of
+    ``num_kv_blocks`` blocks holds at once: ``num_kv_blocks // ceil(tokens / block_size)``
+    (paged blocks are not shared between sequences; prefix sharing is left out). 0 when not
+    even one fits. This bounds the running batch beside the scheduler's ``max_num_seqs``."""
+    for label, value in (("num_kv_blocks", num_kv_blocks),
+                         ("tokens_per_sequence", tokens_per_sequence),
+                         ("block_size", block_size)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{label} must be an int >= 1, got {value!r}")
+    return num_kv_blocks // -(-tokens_per_sequence // block_size)
+
+
+def kv_concurrency(
+    model: ModelSpec | str,
+    gpu: GPUSpec | str,
+    tensor_parallel: int,
+    tokens_per_sequence: int | None = None,
+    block_size: int = 16,
+    gpu_memory_utilization: float = 0.9,
+    activation_reserve_bytes: int | None = None,
+) -> int:
+    """Sequences of ``tokens_per_sequence`` tokens (default: the model's ``max_context``)
+    whose KV fits on the tensor-parallel group beside the weights: :func:`kv_capacity_blocks`
+    then :func:`kv_bound_sequences`. Yi-34B-200K on 4 x A100-80GB at 50,000 tokens: 19."""
+    model = get_model(model) if isinstance(model, str) else model
+    tokens = model.max_context if tokens_per_sequence is None else tokens_per_sequence
+    blocks = kv_capacity_blocks(model, gpu, tensor_parallel, block_size,
+                                gpu_memory_utilization, activation_reserve_bytes)
+    return kv_bound_sequences(blocks, tokens, block_size)
 
 
 def vidur_layer_params_per_gpu(model: ModelSpec | str, tensor_parallel: int) -> int:

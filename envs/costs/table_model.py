@@ -26,6 +26,19 @@ bandwidth); all-reduce ``measured`` (``roofline`` if no network table); CPU over
 constant (``assumed``). ``vidur_compatible=True`` counts what Vidur counts: the layers only
 (no embedding, final norm, LM head) with one residual add per layer.
 
+Measured range: the tables were measured only so far (``describe()["measured_up_to"]``: the
+most batched tokens of the token ops at this TP, the longest prefill and decode attention
+context of the attention rows; the shipped Vidur tables: 4,096 batched tokens for Llama-2,
+32,768 for Llama-3, attention context 4,096). Beyond, token ops extend linearly and
+attention is the fitted formula evaluated outside its rows. ``describe()["tables_model"]``
+names the model whose tables are used (``ModelSpec.tables_from``: Llama-3.1-8B is timed by
+Llama-3-8B's tables). The first iteration whose context goes beyond the measured attention
+context (a prefill chunk reaching past the longest measured one, or a decode batch whose mean
+context does) raises one
+:class:`BeyondMeasuredRangeWarning` per cost model (and, by the ``once`` filter, one per
+message and process). Decode-only runs advanced in closed form (``decode_coeffs``) are not
+checked: their requests were prefilled through ``iteration_time`` first.
+
 Two more terms of Vidur (Agrawal et al., MLSys 2024; microsoft/vidur @7d47513,
 ``sklearn_execution_time_predictor.py``) are options, off by default:
 
@@ -41,6 +54,7 @@ Two more terms of Vidur (Agrawal et al., MLSys 2024; microsoft/vidur @7d47513,
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -50,7 +64,13 @@ import numpy as np
 
 from servegym.envs.costs.attention_fit import AttentionFit, AttentionShape, fit_attention
 from servegym.envs.costs.base import CostModel, bad_chunk, check_decodes
-from servegym.envs.costs.catalog import Calibration, canonical_name, load_calibration
+from servegym.envs.costs.catalog import (
+    Calibration,
+    canonical_name,
+    load_calibration,
+    measured_range,
+    tables_model,
+)
 from servegym.envs.costs.roofline import _check_count
 from servegym.envs.costs.specs import (
     GPUSpec,
@@ -68,6 +88,14 @@ LAYER_OPS = (
 )
 _MS = 1e-3
 _HOST_COPY_LATENCY_S = 1e-5
+
+
+class BeyondMeasuredRangeWarning(UserWarning):
+    """A run went beyond the token counts or attention context the tables were measured at."""
+
+
+# Once per message and process (see RooflineFallbackWarning in factory.py).
+warnings.filterwarnings("once", category=BeyondMeasuredRangeWarning)
 
 
 def interpolate(grid: np.ndarray, values: np.ndarray, x: np.ndarray) -> np.ndarray:
@@ -130,7 +158,15 @@ class TableCostModel(CostModel):
         if calibration is None:
             calibration = load_calibration(self.model.name, self.gpu.name, tensor_parallel,
                                            table_dirs, network)
+            self.tables_model = tables_model(self.model.name, table_dirs)
+        else:
+            named = {canonical_name("model", t.model) for t in calibration.ops}
+            self.tables_model = next(iter(named)) if len(named) == 1 else self.model.name
         self.calibration = calibration
+        self.measured_up_to = measured_range(calibration, tensor_parallel)
+        # Checked in iteration_time; set to inf once the notice has been given.
+        self._context_limit = float(max(self.measured_up_to["prefill_context_tokens"],
+                                        self.measured_up_to["decode_context_tokens"]) or math.inf)
         self.parts: dict[str, str] = {}
         self._build()
 
@@ -187,7 +223,7 @@ class TableCostModel(CostModel):
             raise KeyError("no attention table: the tables must hold attn_prefill/attn_decode "
                            "rows for some shape (the shipped Vidur A100 table does)")
         own = (cal.attention_tp == tp
-               and canonical_name("model", table.model) == self.model.name
+               and canonical_name("model", table.model) == self.tables_model
                and canonical_name("gpu", table.gpu) == self.gpu.name)
         self.attention_shape_measured = bool(own)
         if own:
@@ -286,6 +322,21 @@ class TableCostModel(CostModel):
 
         return lm_head
 
+    def _beyond_measured(self) -> None:
+        if self._context_limit == math.inf:
+            return
+        self._context_limit = math.inf
+        r, table = self.measured_up_to, self.calibration.attention
+        warnings.warn(
+            f"{self.model.name} on {self.gpu.name} at TP{self.tensor_parallel}: a request's "
+            f"context goes beyond the measured range of the attention table ({table.model} "
+            f"on {table.gpu} at TP{self.calibration.attention_tp}: prefill to "
+            f"{r['prefill_context_tokens']} tokens, decode to {r['decode_context_tokens']}; "
+            f"token ops from {self.tables_model}'s table to {r['batched_tokens']} batched "
+            f"tokens). Beyond it attention is the fitted formula extrapolated: treat "
+            f"long-context times as estimates (describe()['measured_up_to'])",
+            BeyondMeasuredRangeWarning, stacklevel=3)
+
     # ---- lookups --------------------------------------------------------------------
 
     def _tokens_s(self, tokens: int) -> float:
@@ -310,13 +361,18 @@ class TableCostModel(CostModel):
         tokens = decode_count
         attention = 0.0
         p0, p1, p2, p3, p4 = self._prefill
+        limit = self._context_limit
         for new, cached in prefill_chunks:
             if new < 1 or cached < 0:
                 raise bad_chunk(new, cached)
             tokens += new
             attention += p0 + p2 * cached + new * (p1 + p3 * cached + p4 * (new + 1) * 0.5)
+            if cached + new > limit:
+                self._beyond_measured()
         if not tokens:
             return 0.0
+        if decode_context_sum > self._context_limit * decode_count:
+            self._beyond_measured()
         if len(prefill_chunks) > 1:
             attention *= self._gqa_factor
         try:
@@ -372,6 +428,14 @@ class TableCostModel(CostModel):
             "gqa_attention_overhead": self.gqa_attention_overhead,
             "max_num_tokens": self.max_num_tokens,
             "tables": [t.path for t in self.calibration.ops],
+            "tables_model": self.tables_model,
+            "scaled_from": (None if self.tables_model == self.model.name else
+                            f"{self.tables_model} (same shape; ModelSpec.tables_from)"),
+            "measured_up_to": dict(self.measured_up_to),
+            "model_context": self.model.max_context,
+            "beyond_measured": ("token ops: last measured value + the upper half's "
+                                "least-squares slope; attention: the fitted formula "
+                                "evaluated past its rows"),
             "model_spec": asdict(self.model),
             "gpu_spec": asdict(self.gpu),
         }
