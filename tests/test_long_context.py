@@ -172,3 +172,25 @@ def test_report_shows_the_kv_bound_beside_max_num_seqs() -> None:
     running = [int(((start <= t) & (finish > t)).sum()) for t in start]
     assert max(running) == 5 and s["serving/preemptions"] == 0
     assert "KV-bound seqs max-len / mean-len  5 / 5 (max_num_seqs 64)" in format_summary(s)
+
+
+def test_the_reproduction_writes_once_and_reproduces_the_papers_points(tmp_path) -> None:
+    import long_context
+
+    result = long_context.main(["--out", str(tmp_path), "--name", "t", "--requests", "25"])
+    paper = {row["context"]: row for row in result["paper_setting"]}
+    assert paper[50_000]["peak"]["concurrency"] == 1  # the paper's one user at 50K
+    for context, seconds in ((4096, 8.5), (50_000, 9.8)):  # decoding 250 tokens alone
+        assert paper[context]["peak"]["decode_250_s"] == pytest.approx(seconds, rel=0.02)
+    assert paper[4096]["peak"]["prefill_s"] == pytest.approx(0.89, rel=0.1)
+    tp4 = [row["max_seqs_by_kv"] for row in result["tp4"]]
+    assert tp4 == sorted(tp4, reverse=True) and tp4[-1] >= 1
+    prefill = [row["prefill_s"] for row in result["tp4"]]
+    assert prefill == sorted(prefill)
+    sim = result["simulated"]
+    assert sim["peak_running"] == sim["kv_bound_prompt"] < sim["max_num_seqs"]
+    assert sim["preemptions"] == 0
+    assert result["llama"]["tables_model"] == "Llama-3-70B" and result["llama"]["notice"]
+    assert "## Where servegym agrees" in (tmp_path / "t.md").read_text()
+    with pytest.raises(SystemExit):
+        long_context.main(["--out", str(tmp_path), "--name", "t"])  # never overwrites
