@@ -88,6 +88,7 @@ LAYER_OPS = (
 )
 _MS = 1e-3
 _HOST_COPY_LATENCY_S = 1e-5
+_NO_LIMIT = 1 << 40  # tokens of context: "no limit" as an int (no float compare per chunk)
 
 
 class BeyondMeasuredRangeWarning(UserWarning):
@@ -164,9 +165,9 @@ class TableCostModel(CostModel):
             self.tables_model = next(iter(named)) if len(named) == 1 else self.model.name
         self.calibration = calibration
         self.measured_up_to = measured_range(calibration, tensor_parallel)
-        # Checked in iteration_time; set to inf once the notice has been given.
-        self._context_limit = float(max(self.measured_up_to["prefill_context_tokens"],
-                                        self.measured_up_to["decode_context_tokens"]) or math.inf)
+        # Checked in iteration_time (ints: cheaper to compare); _NO_LIMIT once it has warned.
+        self._context_limit = max(self.measured_up_to["prefill_context_tokens"],
+                                  self.measured_up_to["decode_context_tokens"]) or _NO_LIMIT
         self.parts: dict[str, str] = {}
         self._build()
 
@@ -323,9 +324,9 @@ class TableCostModel(CostModel):
         return lm_head
 
     def _beyond_measured(self) -> None:
-        if self._context_limit == math.inf:
+        if self._context_limit == _NO_LIMIT:
             return
-        self._context_limit = math.inf
+        self._context_limit = _NO_LIMIT
         r, table = self.measured_up_to, self.calibration.attention
         warnings.warn(
             f"{self.model.name} on {self.gpu.name} at TP{self.tensor_parallel}: a request's "
@@ -371,8 +372,6 @@ class TableCostModel(CostModel):
                 self._beyond_measured()
         if not tokens:
             return 0.0
-        if decode_context_sum > self._context_limit * decode_count:
-            self._beyond_measured()
         if len(prefill_chunks) > 1:
             attention *= self._gqa_factor
         try:
@@ -383,6 +382,8 @@ class TableCostModel(CostModel):
                 f"decode_count={decode_count!r}"
             ) from None
         if decode_count:
+            if decode_context_sum > limit * decode_count:
+                self._beyond_measured()
             d0, d1, d2 = self._decode
             decode = d0 + d1 * decode_count + d2 * decode_context_sum
             attention += decode * self._gqa_factor if decode_count > 1 else decode
