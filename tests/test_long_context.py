@@ -120,7 +120,10 @@ def test_llama31_on_a_gpu_without_llama3_tables_names_both() -> None:
     with pytest.raises(MissingTableError, match=r"Llama-3\.1-8B \(served by Llama-3-8B's"):
         build_cost_model("Llama-3.1-8B", "H100", 1, source="measured")
     with pytest.warns(RooflineFallbackWarning):
-        assert build_cost_model("Yi-34B-200K", "A100-80GB", 4).source == "roofline"
+        yi = build_cost_model("Yi-34B-200K", "A100-80GB", 4)
+    d = yi.describe()
+    assert (d["source"], d["tables_model"], d["measured_up_to"], d["model_context"]) == (
+        "roofline", None, None, 200000)
 
 
 def test_beyond_the_measured_context_is_said_once_per_cost_model() -> None:

@@ -258,6 +258,10 @@ class RooflineCostModel(CostModel):
             "memory_efficiency": self.memory_efficiency,
             "iteration_overhead_s": self.iteration_overhead_s,
             "max_num_tokens": self.max_num_tokens,
+            # As TableCostModel.describe: no table is read, so nothing was measured.
+            "tables_model": None,
+            "measured_up_to": None,
+            "model_context": self.model.max_context,
             "model_spec": asdict(self.model),
             "gpu_spec": asdict(self.gpu),
         }
