@@ -4,10 +4,17 @@ Blocks that hold a request's private tokens are anonymous: only their count matt
 allocating and freeing them is integer arithmetic. Blocks of the prefix cache are named by
 their chained hash, carry a reference count, and, once no request references them, stay
 cached in LRU order until a new allocation needs the space. Every `can_x` has its `x`;
-`x` asserts what `can_x` promised.
+`x` asserts what `can_x` promised (nano-vllm's block manager pairs them the same way).
+
+The block manager is the only writer of KV state: its pools and, on each request,
+`num_blocks`, `cached_hashes` and `swapped_blocks` (tests/test_instance_split.py checks that
+no other module of the core assigns them). The instance's fast paths grow requests through
+it in bulk: `allocate_blocks` (a count the caller computed), `reserve` / `claim_reserved`
+(blocks taken when a group of decodes is scheduled, handed to the requests that needed
+them when the iteration ends) and `catch_up` (after a decode run advanced many tokens).
 
 Invariant (checked by `check`): uncached free blocks + evictable cached blocks + referenced
-cached blocks + private blocks of live requests == capacity.
+cached blocks + private blocks of live requests + reserved blocks == capacity.
 """
 
 from __future__ import annotations
@@ -44,6 +51,7 @@ class BlockManager:
         self.evictable: OrderedDict[int, None] = OrderedDict()  # refcount 0, LRU first
         self.swap_capacity = swap_blocks
         self.swap_used = 0
+        self.reserved = 0  # taken by `reserve`, not yet handed to requests
         self.prefix_queries = 0  # blocks looked up in the prefix cache
         self.prefix_hits = 0  # of which found
 
@@ -136,8 +144,51 @@ class BlockManager:
         self.allocate(request, num_new_tokens)
 
     def take_blocks(self, count: int) -> None:
-        """Allocate `count` anonymous blocks in bulk (decode runs, after a capacity check)."""
+        """Take `count` anonymous blocks from the pool, owned by no request (tests that
+        stage an occupancy by hand; the simulator grows requests through the methods
+        that name them)."""
         self._take(count)
+
+    def allocate_blocks(self, request: Request, count: int) -> None:
+        """`allocate` for a caller that computed the `count` blocks needed itself and
+        checked `count <= num_free` (the batch builder's hot loop)."""
+        self._take(count)
+        request.num_blocks += count
+
+    # ----------------------------------------------------------------- bulk growth
+    def can_reserve(self, count: int) -> bool:
+        return count <= self.num_free
+
+    def reserve(self, count: int) -> None:
+        """Take `count` blocks for requests that will each need one by the end of the
+        iteration being scheduled; `claim_reserved` hands them over."""
+        if count > self.num_free:
+            raise KVCacheError(f"cannot reserve {count} blocks, {self.num_free} free; "
+                               "check can_reserve first")
+        self._take(count)
+        self.reserved += count
+
+    def claim_reserved(self, requests: list[Request]) -> None:
+        """Give one reserved block to each of `requests`: every reserved block is settled."""
+        if len(requests) != self.reserved:
+            raise KVCacheError(f"{len(requests)} requests claim {self.reserved} reserved blocks")
+        for request in requests:
+            request.num_blocks += 1
+        self.reserved = 0
+
+    def catch_up(self, requests: list[Request], ahead: int = 0) -> None:
+        """Give each request the blocks that its `num_computed + ahead` tokens fill (never
+        fewer than it holds), taken from the pool together: a decode run's growth, applied
+        in one go before the requests that finish at its end free theirs."""
+        block_size = self.block_size
+        total = 0
+        for request in requests:
+            need = -(-(request.num_computed + ahead) // block_size) - request.num_blocks
+            if need > 0:
+                request.num_blocks += need
+                total += need
+        if total:
+            self._take(total)
 
     def commit_full_blocks(self, request: Request) -> None:
         """Publish the request's newly computed full prompt blocks to the prefix cache."""
@@ -199,14 +250,11 @@ class BlockManager:
         return moved
 
     # ----------------------------------------------------------------- checks
-    def check(self, live: list[Request], pending: int = 0) -> None:
-        """Raise if any block is leaked, double-counted, negative or over capacity.
-
-        `pending`: blocks allocated in bulk for an iteration in flight and handed to their
-        requests when it ends.
-        """
+    def check(self, live: list[Request]) -> None:
+        """Raise if any block is leaked, double-counted, negative or over capacity
+        (`reserved` blocks count as used: they belong to an iteration in flight)."""
         referenced = sum(1 for refs in self.refcount.values() if refs > 0)
-        private = pending
+        private = self.reserved
         refs_seen: dict[int, int] = {}
         for request in live:
             cached = request.cached_hashes or []
@@ -214,8 +262,9 @@ class BlockManager:
             for block_hash in cached:
                 refs_seen[block_hash] = refs_seen.get(block_hash, 0) + 1
         problems = []
-        if self.free_uncached < 0 or self.swap_used < 0:
-            problems.append(f"negative count: free={self.free_uncached} swap={self.swap_used}")
+        if self.free_uncached < 0 or self.swap_used < 0 or self.reserved < 0:
+            problems.append(f"negative count: free={self.free_uncached} swap={self.swap_used} "
+                            f"reserved={self.reserved}")
         if self.swap_used > self.swap_capacity:
             problems.append(f"swap {self.swap_used} above capacity {self.swap_capacity}")
         total = self.free_uncached + len(self.evictable) + referenced + private

@@ -188,7 +188,7 @@ class Simulator(DecisionLoop, Occupancy):
         self._last_checked_time = time
         for instance in self.instances:
             live = instance.waiting + instance.running + instance.swapped
-            instance.bm.check(live, pending=instance.bulk_blocks)
+            instance.bm.check(live)
             if instance.bm.num_used > instance.bm.num_blocks:
                 raise RuntimeError("more KV blocks used than exist")
 
