@@ -41,9 +41,27 @@ ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_BEFORE = "c26b387"
 
 CHILD = r"""
-import importlib, json, resource, sys, time
+import importlib, importlib.abc, importlib.machinery, importlib.util, json, pathlib, resource
+import sys, time, tomllib
+kind, pkg, tree = sys.argv[1], sys.argv[2], pathlib.Path(sys.argv[3])
+# pkg: the tree's module prefix (servegym.envs or envs). Since 0.2 the installed (editable)
+# servegym maps its packages to the checkout it was installed from, whatever PYTHONPATH
+# says; this finder, first on the meta path, maps them to `tree` from its pyproject.toml.
+dirs = tomllib.loads((tree / "pyproject.toml").read_text()).get("tool", {}).get(
+    "setuptools", {}).get("package-dir", {})
+roots = {name: tree / path for name, path in dirs.items() if name}
+class TreeFinder(importlib.abc.MetaPathFinder):
+    def find_spec(self, fullname, path=None, target=None):
+        if fullname in roots:
+            return importlib.util.spec_from_file_location(
+                fullname, roots[fullname] / "__init__.py",
+                submodule_search_locations=[str(roots[fullname])])
+        if path is not None and any(fullname.startswith(name + ".") for name in roots):
+            return importlib.machinery.PathFinder.find_spec(fullname, path)
+        return None
+if pkg.startswith("servegym"):
+    sys.meta_path.insert(0, TreeFinder())
 import numpy as np
-kind, pkg = sys.argv[1], sys.argv[2]  # pkg: the tree's module prefix (servegym.envs or envs)
 def load(module, name):
     return getattr(importlib.import_module(f"{pkg}.{module}"), name)
 if kind == "sim":
@@ -80,6 +98,9 @@ else:
             _, info = env.reset()
     value = steps / (time.process_time() - started)
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+source = importlib.import_module(f"{pkg}.core.simulator").__file__
+if not pathlib.Path(source).resolve().is_relative_to(tree.resolve()):
+    raise SystemExit(f"measured {source}, not the tree {tree}")
 print(json.dumps({"value": value, "peak_rss_mb": peak}))
 """
 
@@ -97,7 +118,8 @@ def module_prefix(tree: Path) -> str:
 def measure(tree: Path, kind: str) -> dict[str, float]:
     env = dict(os.environ, PYTHONPATH=str(tree), OMP_NUM_THREADS="1", PYTHONHASHSEED="0")
     taskset = ["taskset", "-c", "0"] if shutil.which("taskset") else []
-    done = subprocess.run([*taskset, sys.executable, "-c", CHILD, kind, module_prefix(tree)],
+    done = subprocess.run([*taskset, sys.executable, "-c", CHILD, kind, module_prefix(tree),
+                           str(tree)],
                           cwd=tree, env=env,
                           capture_output=True, text=True, check=True, timeout=600)
     return json.loads(done.stdout.strip().splitlines()[-1])
