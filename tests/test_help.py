@@ -11,7 +11,8 @@ from pathlib import Path
 from servegym.agents.hydra_support import config_groups
 
 ROOT = Path(__file__).resolve().parents[1]
-GROUPS = sorted(p.name for p in (ROOT / "conf").iterdir() if p.is_dir() and p.name != "hydra")
+GROUPS = sorted(p.name for p in (ROOT / "conf").iterdir()  # Hydra groups: folders of .yaml
+                 if p.is_dir() and p.name != "hydra" and list(p.glob("*.yaml")))
 
 
 def _groups_section(text: str) -> dict[str, list[str]]:
