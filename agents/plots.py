@@ -265,12 +265,11 @@ def comparison_figure(rows: Sequence[Mapping[str, Any]], title: str = "",
               np.array([np.nanmin(v) for v in values]), np.array([np.nanmax(v) for v in values]),
               name, show_labels=index == 0)
     windows = max((sum(r["policy"] == label for r in rows) for label in labels), default=0)
-    seeds = sorted({int(r["seed"]) for r in rows if "seed" in r})
     figure.suptitle(title, fontsize=10)
     add_caption(figure, caption or "setting: see comparison.md",
-                f"Bars: mean over {windows} evaluation window(s) ({_seeds_text(seeds)}), the "
-                "same windows for every policy; whiskers: minimum to maximum over the windows. "
-                "Red: the trained agent; blue: baselines.")
+                f"Bars: mean over {windows} evaluation window(s), the same windows for every "
+                "policy; whiskers: minimum to maximum over the windows. Red: the trained "
+                "agent; blue: baselines.")
     return figure
 
 
