@@ -55,12 +55,20 @@ def train_agent(config: TrainConfig, setting: training.Setting, run_dir: Path,
     # A pickle-free checkpoint restores VecNormalize's statistics from its own files.
     legacy = checkpoint is not None and not has_training_state(checkpoint)
     vecnorm = checkpoint / learners.VECNORM_FILE if legacy else None
+    teacher = (training.choose_teacher(config, setting)
+               if checkpoint is None or config.agent.reward_baseline == "teacher" else None)
+    baseline, policies = training.reward_baseline(config, setting,
+                                                  teacher[0] if teacher else None)
     venv = learners.build_vec_env(config, setting.kwargs,
-                                  vecnorm if vecnorm and vecnorm.exists() else None)
+                                  vecnorm if vecnorm and vecnorm.exists() else None,
+                                  reward_baseline=policies)
+    if baseline:
+        log.info("reward baseline: %s on the same windows (agents/reward_baseline.py)",
+                 baseline)
     warm: dict[str, Any] = {}
     if checkpoint is None:
         model = learners.build_model(config.agent, venv, config.seed)
-        warm = training.warm_start(config, setting, model)
+        warm = training.warm_start(config, setting, model, teacher)
     else:
         model = learners.load_model(config.agent, checkpoint, venv, config.seed)
         log.info("resumed from %s at %d timesteps", checkpoint, model.num_timesteps)
@@ -89,6 +97,7 @@ def train_agent(config: TrainConfig, setting: training.Setting, run_dir: Path,
             "resumed_from": str(checkpoint) if checkpoint else None,
             "progress_csv": str(run_dir / "sb3" / "progress.csv"),
             "periodic_eval": evaluator.history, "warm_start": warm or None,
+            "reward_baseline": baseline,
             "best": {"timesteps": evaluator.best_timesteps, "metric": config.eval.metric,
                      "train_value": evaluator.best_value if best else None,
                      "folder": str(best or run_dir / "model")}}

@@ -192,6 +192,9 @@ class AgentConfig:
     `scorer_hidden` / `scorer_embed` its layer sizes, or "auto": the scorer for PPO and
     MaskablePPO on per-decision envs, the MLP otherwise (interval envs, A2C, DQN).
     warm_start: imitation of a heuristic before RL (`WarmStartConfig`).
+    reward_baseline: the input-dependent reward baseline (agents/reward_baseline.py): a
+    heuristic spec for the controlled decisions whose return on the same window is
+    subtracted from the agent's, "teacher" (the warm start's teacher), or None (off).
     """
 
     algo: str = MISSING
@@ -208,6 +211,7 @@ class AgentConfig:
     scorer_embed: int = 32
     device: str = "cpu"
     warm_start: WarmStartConfig = field(default_factory=WarmStartConfig)
+    reward_baseline: str | None = None
 
     def sb3_kwargs(self) -> dict[str, Any]:
         """The algorithm's constructor arguments: the fields a subclass adds."""
@@ -490,6 +494,7 @@ def validate(cfg: TrainConfig) -> None:
     _validate_cluster(cfg.cluster)
     _validate_interval(cfg)
     _validate_warm_start(cfg)
+    _validate_reward_baseline(cfg)
     _validate_pools(cfg.cluster)
 
 
@@ -604,6 +609,9 @@ def _validate_specs(cfg: TrainConfig) -> None:
         named.append(("agent.policy", getattr(cfg.agent, "policy", "")))
     if cfg.agent.warm_start.teacher not in (None, "auto"):
         named.append(("agent.warm_start.teacher", cfg.agent.warm_start.teacher))
+    baseline = getattr(cfg.agent, "reward_baseline", None)
+    if baseline not in (None, "teacher"):
+        named.append(("agent.reward_baseline", baseline))
     for key, spec in named:
         if str(spec).strip().startswith(("agent:", "agent+pickle:")):
             continue  # a saved agent: checked when it is loaded
@@ -648,6 +656,21 @@ def _validate_pools(cluster: ClusterConfig) -> None:
     if cluster.num_instances not in (1, total):
         raise ValueError(f"cluster.num_instances={cluster.num_instances} but cluster.pools "
                          f"hold {total} instances; set num_instances: {total} or drop it")
+
+
+def _validate_reward_baseline(cfg: TrainConfig) -> None:
+    """A reward baseline plays per-decision episodes: not on interval envs; "teacher"
+    needs a warm-start teacher."""
+    baseline = getattr(cfg.agent, "reward_baseline", None)
+    if baseline is None:
+        return
+    where = f"agent.reward_baseline={baseline!r}"
+    if _interval_id(cfg.env.id):
+        raise ValueError(f"{where}: {cfg.env.id} has no per-decision episode for a heuristic "
+                         "to play; set agent.reward_baseline=null")
+    if baseline == "teacher" and cfg.agent.warm_start.teacher is None:
+        raise ValueError(f"{where} needs agent.warm_start.teacher (a spec or auto); or name "
+                         "the heuristic itself, e.g. agent.reward_baseline=spf")
 
 
 def _validate_warm_start(cfg: TrainConfig) -> None:

@@ -164,13 +164,18 @@ def uncontrolled_policies(specs: Mapping[str, str]) -> dict[str, Any]:
 
 def make_env(env_id: str, kwargs: Mapping[str, Any], policy_specs: Mapping[str, str],
              max_episode_steps: int | None = None, monitor: bool = True,
-             quiet_cost_notice: bool = False) -> Callable[[], gym.Env]:
+             quiet_cost_notice: bool = False,
+             reward_baseline: Callable[[], Mapping[Any, Any]] | None = None
+             ) -> Callable[[], gym.Env]:
     """A thunk building one env (with its own heuristics), wrapped in SB3's `Monitor`.
     `quiet_cost_notice`: no `RooflineFallbackWarning` (for the envs a run builds after its
     probe env has said it, and its header names the cost source: the notice once per run;
-    Python's "once" filter alone is not enough, as any `catch_warnings` resets it)."""
+    Python's "once" filter alone is not enough, as any `catch_warnings` resets it).
+    `reward_baseline`: policies (a factory) whose return on the same window is subtracted
+    from the agent's (`servegym.agents.reward_baseline.InputDependentBaseline`, inside
+    `Monitor`, so the logged episode return is the agent's margin over them)."""
 
-    def thunk() -> gym.Env:
+    def build() -> gym.Env:
         import warnings
 
         import servegym  # noqa: F401  (registers the ids, also in subprocesses)
@@ -180,8 +185,15 @@ def make_env(env_id: str, kwargs: Mapping[str, Any], policy_specs: Mapping[str, 
         with warnings.catch_warnings():
             if quiet_cost_notice:
                 warnings.simplefilter("ignore", RooflineFallbackWarning)
-            env = gym.make(env_id, policies=uncontrolled_policies(policy_specs), **kwargs,
-                           **extra)
+            return gym.make(env_id, policies=uncontrolled_policies(policy_specs), **kwargs,
+                            **extra)
+
+    def thunk() -> gym.Env:
+        env = build()
+        if reward_baseline is not None:
+            from servegym.agents.reward_baseline import InputDependentBaseline
+
+            env = InputDependentBaseline(env, build(), reward_baseline)
         if monitor:
             from stable_baselines3.common.monitor import Monitor
 
@@ -192,14 +204,16 @@ def make_env(env_id: str, kwargs: Mapping[str, Any], policy_specs: Mapping[str, 
 
 
 def build_vec_env(cfg: TrainConfig, kwargs: Mapping[str, Any],
-                  vecnormalize_path: Path | None = None) -> Any:
+                  vecnormalize_path: Path | None = None,
+                  reward_baseline: Callable[[], Mapping[Any, Any]] | None = None) -> Any:
     """`agent.n_envs` envs in a DummyVecEnv (or SubprocVecEnv), optionally VecNormalize'd
-    (statistics loaded from `vecnormalize_path` when resuming)."""
+    (statistics loaded from `vecnormalize_path` when resuming); `reward_baseline`: see
+    `make_env`."""
     from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecNormalize
 
     agent = cfg.agent
     thunks = [make_env(cfg.env.id, kwargs, cfg.env.policies, cfg.env.max_episode_steps,
-                       quiet_cost_notice=True)
+                       quiet_cost_notice=True, reward_baseline=reward_baseline)
               for _ in range(agent.n_envs)]
     venv = SubprocVecEnv(thunks) if agent.vec_env == "subproc" else DummyVecEnv(thunks)
     if not agent.vec_normalize:

@@ -300,11 +300,28 @@ def choose_teacher(config: TrainConfig, setting: Setting
     return max(specs, key=lambda s: scores[s]), scores  # ties: the earlier in registry order
 
 
-def warm_start(config: TrainConfig, setting: Setting, model: Any) -> dict[str, Any]:
-    """Clone the teacher (`agent.warm_start`, agents/imitation.py; `choose_teacher`) into a
-    fresh model, in place; what `metrics.json` records as `train.warm_start` ({} without a
-    teacher). train.py and experiments/bench_train.py both start training here."""
-    spec, scores = choose_teacher(config, setting)
+def reward_baseline(config: TrainConfig, setting: Setting,
+                    teacher: str | None) -> tuple[str | None, Callable[[], Any] | None]:
+    """`agent.reward_baseline`'s spec ("teacher": the chosen warm-start `teacher`) and a
+    factory of its policies for `learners.build_vec_env`; (None, None) when off."""
+    spec = config.agent.reward_baseline
+    if spec == "teacher":
+        spec = teacher
+        if spec is None:
+            raise ValueError("agent.reward_baseline=teacher, but no warm-start teacher was "
+                             "chosen (agent.warm_start.teacher)")
+    if spec is None:
+        return None, None
+    return spec, heuristic_factory(spec, setting.controlled, config.env.policies)
+
+
+def warm_start(config: TrainConfig, setting: Setting, model: Any,
+               choice: tuple[str | None, dict[str, float]] | None = None) -> dict[str, Any]:
+    """Clone the teacher (`agent.warm_start`, agents/imitation.py; `choose_teacher`, or its
+    `choice` when already made) into a fresh model, in place; what `metrics.json` records
+    as `train.warm_start` ({} without a teacher). train.py and experiments/bench_train.py
+    both start training here."""
+    spec, scores = choose_teacher(config, setting) if choice is None else choice
     if spec is None:
         return {}
     from servegym.agents.imitation import warm_start as clone_teacher

@@ -302,13 +302,8 @@ class ServingEnv(gym.Env):
             action = int(np.flatnonzero(mask)[0])  # the lowest valid action, penalised
             penalty = self.invalid_action_penalty
         self.sim.apply(self.encoder.to_action(action, decision), validated=True)
-        self._decision = decision = self.sim.next_decision()
-        reward = self.rewards.step(self.sim.now) - penalty
-        if decision is not None and self.episode_end == "horizon" and \
-                self._past_horizon(decision.time):
-            reward += self.rewards.finalize()
-            self._drain()
-            self._decision = decision = None
+        reward = self._advance() - penalty
+        decision = self._decision
         if decision is None:
             self.encoder.mask[:] = False
             info = {"action_mask": self.encoder.mask.copy(), "decision": None,
@@ -317,6 +312,32 @@ class ServingEnv(gym.Env):
         observation = self.encoder.encode(decision, self.sim)
         info = {"action_mask": self.encoder.mask.copy(), "decision": KIND_NAMES[decision.kind]}
         return observation, reward, False, False, info
+
+    def _advance(self) -> float:
+        """After an answer: the next decision (None at the episode's end: drained, or past
+        the horizon) and the reward earned meanwhile (`step` and `play` share it)."""
+        self._decision = decision = self.sim.next_decision()
+        reward = self.rewards.step(self.sim.now)
+        if decision is not None and self.episode_end == "horizon" and \
+                self._past_horizon(decision.time):
+            reward += self.rewards.finalize()
+            self._drain()
+            self._decision = None
+        return reward
+
+    def play(self, policies: Mapping[DecisionKind, Policy]) -> tuple[np.ndarray, np.ndarray]:
+        """Play the rest of the episode with `policies` answering the controlled decisions
+        (the others: the simulator's own), exactly as `step` would play their answers but
+        without observations. Returns the simulated time after each decision and the
+        reward earned up to then (the last entry: the episode's end). The input-dependent
+        baseline (`servegym.agents.reward_baseline`) runs a twin env's episode this way."""
+        times, totals, total = [], [], 0.0
+        while (decision := self._decision) is not None:
+            self.sim.apply(policies[decision.kind].decide(decision))
+            total += self._advance()
+            times.append(self.sim.now)
+            totals.append(total)
+        return np.asarray(times, dtype=float), np.asarray(totals, dtype=float)
 
     def _as_action_index(self, action: Any) -> int:
         """The integer of an action in `Discrete(n)`, or a clear error for anything else."""

@@ -149,6 +149,11 @@ def test_bad_overrides_fail_with_a_clear_message(override: str, message: str) ->
     (["+env.policies.preempt=preempt-nope"], "env.policies.preempt='preempt-nope'"),
     (["agent=heuristic", "agent.policy=spff"], "agent.policy='spff'"),
     (["agent.warm_start.teacher=fcsf"], "agent.warm_start.teacher='fcsf'"),
+    (["agent.reward_baseline=sfp"], "agent.reward_baseline='sfp': unknown policy"),
+    (["agent.reward_baseline=teacher", "agent.warm_start.teacher=null"],
+     "agent.reward_baseline='teacher' needs agent.warm_start.teacher"),
+    (["env=admission_interval", "agent=ppo_interval", "agent.reward_baseline=spf"],
+     "no per-decision episode"),
 ])
 def test_invalid_values_are_refused_before_any_work(overrides: list[str], message: str) -> None:
     with pytest.raises(ValueError, match=message):
