@@ -113,7 +113,7 @@ def test_complete_tokens_is_the_vllm_rule() -> None:
     assert end.tally(running=0) == DecodeTally(0, 0, math.inf, 0)
 
 
-def test_block_manager_reserves_claims_and_catches_up() -> None:
+def test_block_manager_grows_requests_in_bulk() -> None:
     bm = BlockManager(10, 4)
     a, b = Request(0, 0.0, 8, 10), Request(1, 0.0, 8, 10)
     for request in (a, b):
@@ -132,6 +132,8 @@ def test_block_manager_reserves_claims_and_catches_up() -> None:
     assert (a.num_blocks, b.num_blocks, bm.num_free) == (5, 3, 2)
     with pytest.raises(KVCacheError):
         bm.reserve(3)
+    bm.allocate_each([(a, 1), (b, 1)])
+    assert (a.num_blocks, b.num_blocks, bm.num_free) == (6, 4, 0)
     bm.check([a, b])
 
 

@@ -19,7 +19,7 @@ The run's state is a `DecodeRun` (a slotted dataclass). `_apply_run` applies `do
 iterations: the closed form of the reference token rule (`complete_tokens`,
 envs/core/tokens.py) applied k times to every running request, with the gaps as one
 linear run per request group; the KV blocks the iterations filled are taken
-(`BlockManager.catch_up`) before the requests that finish at the end free theirs, so
+(`BlockManager.allocate_each`) before the requests that finish at the end free theirs, so
 cache evictions happen as iterating one by one would. Routing reads instance state
 mid-run through `advance_to(t)`, which applies the iterations that ended before `t` and
 gives the iteration in flight the blocks it was scheduled with, without moving the run's
@@ -228,6 +228,7 @@ class DecodeRuns:
         stalled = remaining = remaining_context = next_blocks = 0
         min_left = math.inf
         finished: list[Request] = []
+        growth: list[tuple[Request, int]] = []  # (request, blocks its tokens filled)
         gaps = self.gaps
         singles = gaps.singles
         running = self.running
@@ -245,6 +246,11 @@ class DecodeRuns:
             generated = request.num_generated + done
             request.num_generated = generated
             request.last_token_time = end
+            blocks = request.num_blocks
+            if computed > blocks * block_size:
+                need = -(-computed // block_size) - blocks
+                growth.append((request, need))
+                blocks += need  # what it holds once `allocate_each` below has run
             left = request.output_len - generated
             if left == 0:
                 finished.append(request)
@@ -253,10 +259,6 @@ class DecodeRuns:
                 remaining_context += computed + 1
                 if left < min_left:
                     min_left = left
-                # The blocks it holds once `catch_up` below has given it those it filled.
-                blocks = request.num_blocks
-                if computed > blocks * block_size:
-                    blocks = -(-computed // block_size)
                 if computed + 1 > blocks * block_size:
                     next_blocks += 1
         self.run_aggregates = DecodeTally(remaining, remaining_context, min_left, next_blocks)
@@ -267,7 +269,8 @@ class DecodeRuns:
             gaps.add_run(first + slope * n, last, done - 1, stalled)
         # Blocks were needed during the run, before anything finished at its end: take them
         # first, so a cached block is evicted exactly when iterating one by one would.
-        self.bm.catch_up(running)
+        if growth:
+            self.bm.allocate_each(growth)
         for request in finished:
             self._finish(request, end)
         self.num_iterations += done

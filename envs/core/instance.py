@@ -178,7 +178,10 @@ class Instance(Lifecycle, BatchBuilding, TokenBookkeeping, DecodeRuns):
         else:
             plan = self.plan
             if plan.entries or plan.bulk or plan.extra_time:
-                self._finish_iteration(now)
+                if self.sim.decode_runs:
+                    self._finish_iteration_fast(now)
+                else:
+                    self._finish_iteration_reference(now)
         self.event_pending = False
         if not (self.running or self.waiting or self.swapped):
             return True

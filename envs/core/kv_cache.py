@@ -11,7 +11,8 @@ The block manager is the only writer of KV state: its pools and, on each request
 no other module of the core assigns them). The instance's fast paths grow requests through
 it in bulk: `allocate_blocks` (a count the caller computed), `reserve` / `claim_reserved`
 (blocks taken when a group of decodes is scheduled, handed to the requests that needed
-them when the iteration ends) and `catch_up` (after a decode run advanced many tokens).
+them when the iteration ends), `allocate_each` (a decode run's growth) and `catch_up`
+(the blocks of the iteration in flight, when a decode run is advanced mid-iteration).
 
 Invariant (checked by `check`): uncached free blocks + evictable cached blocks + referenced
 cached blocks + private blocks of live requests + reserved blocks == capacity.
@@ -176,16 +177,28 @@ class BlockManager:
             request.num_blocks += 1
         self.reserved = 0
 
+    def allocate_each(self, growth: list[tuple[Request, int]]) -> None:
+        """`allocate_blocks` for many requests, `(request, count)` each, the total taken
+        from the pool in one go (a decode run's growth, applied before the requests that
+        finish at its end free theirs; the caller checked the total fits)."""
+        total = 0
+        for request, count in growth:
+            request.num_blocks += count
+            total += count
+        self._take(total)
+
     def catch_up(self, requests: list[Request], ahead: int = 0) -> None:
         """Give each request the blocks that its `num_computed + ahead` tokens fill (never
-        fewer than it holds), taken from the pool together: a decode run's growth, applied
-        in one go before the requests that finish at its end free theirs."""
+        fewer than it holds), taken from the pool together (a decode run advanced to a
+        moment mid-iteration: the iteration in flight holds its blocks)."""
         block_size = self.block_size
         total = 0
         for request in requests:
-            need = -(-(request.num_computed + ahead) // block_size) - request.num_blocks
-            if need > 0:
-                request.num_blocks += need
+            tokens = request.num_computed + ahead
+            held = request.num_blocks
+            if tokens > held * block_size:
+                need = -(-tokens // block_size) - held
+                request.num_blocks = held + need
                 total += need
         if total:
             self._take(total)

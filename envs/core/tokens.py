@@ -69,13 +69,14 @@ class TokenGaps:
         self.run_weight.append(weight)
 
 
-@dataclass(slots=True, frozen=True)
+@dataclass(slots=True)
 class DecodeTally:
     """Left by an iteration or decode run after which every running request decodes:
     their number, their context sum for the next iteration (each reads its computed
     tokens + 1), the least output any has left, and how many need a new KV block for
     their next token. Lets the next plan (a decode run, a group of decodes) skip a pass
-    over the requests; valid only until anything else changes them."""
+    over the requests; valid only until anything else changes them. Read-only by
+    convention (not frozen: a frozen dataclass is slower to build, once per iteration)."""
 
     count: int
     context: int
@@ -164,12 +165,6 @@ class TokenBookkeeping:
     num_iterations: int
     busy_time: float
 
-    def _finish_iteration(self, now: float) -> None:
-        if self.sim.decode_runs:
-            self._finish_iteration_fast(now)
-        else:
-            self._finish_iteration_reference(now)
-
     def _finish_iteration_reference(self, now: float) -> None:
         """The reference: `complete_tokens` for every batch entry (no groups: the reference
         path schedules none)."""
@@ -195,7 +190,8 @@ class TokenBookkeeping:
 
     def _finish_iteration_fast(self, now: float) -> None:
         # The hot loop of the simulator: `complete_tokens` inlined (the reference; keep the
-        # two in step), once specialised to the group of decodes, once for batch entries.
+        # two in step), once specialised to the group of decodes, once for batch entries;
+        # then `_close_iteration`, inlined.
         plan = self.plan
         start = plan.start
         self.num_iterations += 1
@@ -204,7 +200,6 @@ class TokenBookkeeping:
         prefix_caching = bm.enable_prefix_caching
         record_times = self.record_token_times
         singles = self.gaps.singles
-        end = IterationEnd(start, now, self.block_size, record_times, singles)
         continuing = decoding = context = new_blocks = 0
         min_left = math.inf
         all_decoding = True
@@ -285,11 +280,21 @@ class TokenBookkeeping:
                     min_left = left
                 if computed + 1 > request.num_blocks * block_size:
                     new_blocks += 1
-        end.continuing, end.decoding, end.context = continuing, decoding, context
-        end.min_left, end.new_blocks, end.all_decoding = min_left, new_blocks, all_decoding
-        self._close_iteration(end, finished)
+        # `_close_iteration`, inlined.
+        if continuing:
+            duration = now - start
+            self.gaps.add_run(duration, duration, 1, continuing)
+        if finished:
+            self.running = [r for r in self.running if r.status == RUNNING]
+        self.aggregates = DecodeTally(decoding, context, min_left, new_blocks) \
+            if all_decoding and decoding == len(self.running) else None
+        plan.entries = []
+        plan.bulk = 0
+        plan.extra_time = 0.0
 
     def _close_iteration(self, end: IterationEnd, finished: bool) -> None:
+        """The iteration's gaps of requests that kept pace, finished requests out of
+        `running`, the `DecodeTally` for the next plan, the plan cleared."""
         if end.continuing:
             duration = end.now - end.start
             self.gaps.add_run(duration, duration, 1, end.continuing)
