@@ -48,12 +48,15 @@ LABEL_WIDTH = 26          # characters per line of a tick label
 _OVERRIDE_SPLIT = re.compile(r",(?=[+~]?[\w./@-]+=)")  # a comma that starts the next override
 
 
-def save_png(figure: Any, path: Path) -> Path:
+def save_png(figure: Any, path: Path, overwrite: bool = False) -> Path:
+    """`figure` as a PNG at `path`, atomically; `overwrite` only for a "latest" copy whose
+    history is kept elsewhere (results/leaderboard.png)."""
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
     plt.close(figure)
     data = buffer.getvalue()
-    return atomic_write(Path(path), lambda handle: handle.buffer.write(data))
+    return atomic_write(Path(path), lambda handle: handle.buffer.write(data),
+                        overwrite=overwrite)
 
 
 # ---------------------------------------------------------------------------------- captions

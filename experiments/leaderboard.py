@@ -222,33 +222,59 @@ def markdown(summaries: Mapping[str, Mapping[str, Any]], command: str, folders: 
     return "\n".join(lines)
 
 
-def plot(path: Path, summaries: Mapping[str, Mapping[str, Any]]) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+def leaderboard_figure(summaries: Mapping[str, Mapping[str, Any]]) -> Any:
+    """Goodput rate per task: the agents' best-checkpoint rows beside the 4 best heuristics,
+    whiskers the 95% CI over seeds clipped at 0, and a caption saying so."""
+    from servegym.agents.plots import add_caption, plt
 
     fig, axes = plt.subplots(1, len(summaries), figsize=(4.2 * len(summaries), 4.2),
                              squeeze=False)
+    seeds: set[int] = set()
     for ax, (task, summary) in zip(axes[0], summaries.items(), strict=True):
         rows = summary["rows"]
         agents = [k for k in rows if is_agent(k) and "last" not in k]
         heuristics = sorted((k for k in rows if not is_agent(k)),
                             key=lambda k: -_mean(rows[k]))[:4]
         labels = agents + heuristics
+        for label in labels:
+            seeds.update(rows[label]["seeds"])
         means = [rows[k]["goodput_rps"][0] for k in labels]
-        errors = [[m - rows[k]["goodput_rps"][1] if not math.isnan(rows[k]["goodput_rps"][1])
-                   else 0 for k, m in zip(labels, means, strict=True)],
-                  [rows[k]["goodput_rps"][2] - m if not math.isnan(rows[k]["goodput_rps"][2])
-                   else 0 for k, m in zip(labels, means, strict=True)]]
+        lows = [rows[k]["goodput_rps"][1] for k in labels]
+        highs = [rows[k]["goodput_rps"][2] for k in labels]
+        errors = [[0.0 if math.isnan(lo) else m - max(lo, 0.0)
+                   for m, lo in zip(means, lows, strict=True)],
+                  [0.0 if math.isnan(hi) else hi - m for m, hi in zip(means, highs, strict=True)]]
         colors = ["tab:orange" if is_agent(k) else "tab:blue" for k in labels]
         ax.bar(range(len(labels)), means, yerr=errors, color=colors, capsize=3)
         ax.set_xticks(range(len(labels)), labels, rotation=60, ha="right", fontsize=7)
         ax.set_title(task.replace("servegym/", ""), fontsize=9)
         ax.set_ylabel("goodput (req/s)")
+        ax.set_ylim(bottom=0)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    add_caption(fig, "Goodput rate (requests meeting both SLOs per second of makespan) on "
+                "each task's held-out windows: mean over seeds "
+                f"{', '.join(str(s) for s in sorted(seeds))}; whiskers: 95% t CI over seeds, "
+                "clipped at 0. Orange: learned agents (best checkpoint by the periodic "
+                "evaluation on training windows; greedy and sampled); blue: the 4 best "
+                "heuristics. Each task's setting (model, GPU, trace, rate): the table in "
+                "leaderboard.md.")
+    return fig
+
+
+def history_path(folder: Path, stamp: str) -> Path:
+    """`leaderboard_<stamp>.md` in `folder`, or `_2`, `_3`, ... when one of that second
+    exists (history is never overwritten, and two aggregations can share a second)."""
+    path, number = folder / f"leaderboard_{stamp}.md", 1
+    while path.exists():
+        number += 1
+        path = folder / f"leaderboard_{stamp}_{number}.md"
+    return path
+
+
+def plot(path: Path, summaries: Mapping[str, Mapping[str, Any]]) -> None:
+    from servegym.agents.plots import save_png
+
+    save_png(leaderboard_figure(summaries), path, overwrite=True)
 
 
 # ============================================================================ commands
@@ -265,7 +291,7 @@ def aggregate(folders: Sequence[Path], out: Path, command: str) -> dict[str, Any
     text = markdown(summaries, command, [str(f) for f in folders], failed, stamp, jobs)
     payload = {"created": stamp, "command": command, "tasks": summaries,
                "failed": [str(f) for f in failed]}
-    atomic_write(out / "history" / f"leaderboard_{stamp}.md", lambda h: h.write(text))
+    atomic_write(history_path(out / "history", stamp), lambda h: h.write(text))
     atomic_write(out / "leaderboard.md", lambda h: h.write(text), overwrite=True)
     atomic_write(out / "leaderboard.json",
                  lambda h: json.dump(payload, h, indent=2, default=float), overwrite=True)

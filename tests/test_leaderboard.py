@@ -64,3 +64,25 @@ def test_heuristic_only_jobs_add_rows_and_must_agree(tmp_path: Path) -> None:
     job(tmp_path / "bad" / "h0", "T", "heuristic", 0, 11.0, 11.0, {"spf": 9.0})
     with pytest.raises(ValueError, match="different windows or code"):
         leaderboard.aggregate([sweep, tmp_path / "bad"], tmp_path / "out2", "test")
+
+
+def test_the_plot_says_what_its_whiskers_are_and_clips_them_at_zero(tmp_path: Path) -> None:
+    from servegym.agents.plots import caption_text, plt
+
+    sweep = tmp_path / "sweep"
+    for seed, value in ((0, 0.2), (1, 3.0), (2, 0.1)):  # a CI reaching below 0
+        job(sweep / f"a{seed}", "T", "ppo", seed, value, value, {"spf": value + 1})
+    payload = leaderboard.aggregate([sweep], tmp_path / "out", "test")
+    figure = leaderboard.leaderboard_figure(payload["tasks"])
+    caption = caption_text(figure)
+    assert "95% t CI over seeds, clipped at 0" in caption and "seeds 0, 1, 2" in caption
+    axes = figure.axes[0]
+    assert axes.get_ylim()[0] == 0
+    for line in axes.lines + [c for coll in axes.collections for c in coll.get_segments()]:
+        ys = line.get_ydata() if hasattr(line, "get_ydata") else [p[1] for p in line]
+        assert min(ys) >= 0
+    plt.close(figure)
+    # a re-aggregation (even within the same second) replaces the latest table and plot
+    # and adds a history entry beside the first
+    leaderboard.aggregate([sweep], tmp_path / "out", "test")
+    assert len(list((tmp_path / "out" / "history").glob("leaderboard_*.md"))) == 2
