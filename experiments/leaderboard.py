@@ -199,7 +199,8 @@ def task_table(summary: Mapping[str, Any]) -> list[str]:
 def markdown(summaries: Mapping[str, Mapping[str, Any]], command: str, folders: Sequence[str],
              failed: Sequence[Path], stamp: str, jobs: Sequence[Mapping[str, Any]]) -> str:
     budgets = sorted({(j["config"]["env"]["id"], j["config"]["agent"]["algo"],
-                       j["config"]["agent"].get("total_timesteps", 0)) for j in jobs})
+                       j["config"]["agent"].get("total_timesteps", 0)) for j in jobs
+                      if j["config"]["agent"]["algo"] != "heuristic"})
     lines = [
         f"# Leaderboard ({stamp})", "",
         f"Command: `{command}`", "",
