@@ -13,6 +13,9 @@ a vLLM-free fake both do.
 | ROUTE   | a request arrives at 2+ instances           | instances     | index          | 1     |
 | ADMIT   | a batch is built and a waiting request fits | waiting queue | index, or STOP | 1     |
 | PREEMPT | a running request lacks KV blocks           | running       | index (+ swap) | 1     |
+| PLACE   | a prefilled request of a disaggregated      | decode        | index          | 1     |
+|         | cluster is handed off and some decode       | instances     |                |       |
+|         | instance has room for its KV now            |               |                |       |
 
 Arity is how many indices an answer carries: a candidate (`Action.choice`), and for kinds
 of arity 2 (migration, disaggregated routing: the next issues) a target
@@ -41,6 +44,7 @@ class DecisionKind(IntEnum):
     ROUTE = 0
     ADMIT = 1
     PREEMPT = 2
+    PLACE = 3  # prefill/decode disaggregation: the decode instance of a prefilled request
 
     @property
     def arity(self) -> int:
@@ -172,14 +176,18 @@ class Decision:
     kind: DecisionKind
     time: float
     candidates: list[Any]
-    instance: InstanceView | None = None  # ADMIT / PREEMPT: the instance asking
-    request: Any = None  # ROUTE: the arriving request; PREEMPT: the one short of KV
-    cluster: ClusterView | None = None  # ROUTE: cluster-wide state
+    instance: InstanceView | None = None  # ADMIT / PREEMPT / PLACE: the instance asking
+    request: Any = None  # ROUTE: the arriving request; PREEMPT: the one short of KV;
+    # PLACE: the prefilled request whose KV moves
+    cluster: ClusterView | None = None  # ROUTE / PLACE: cluster-wide state
 
     def mask(self) -> np.ndarray:
         """Valid choices, one per candidate (True = valid)."""
         if self.kind == DecisionKind.ADMIT:
             return np.array([self.instance.can_admit(r) for r in self.candidates], dtype=bool)
+        if self.kind == DecisionKind.PLACE:
+            request = self.request
+            return np.array([c.can_receive(request) for c in self.candidates], dtype=bool)
         return np.ones(len(self.candidates), dtype=bool)
 
     def can_stop(self) -> bool:
@@ -221,6 +229,11 @@ class Decision:
                 f"ADMIT: waiting request {self.candidates[choice].rid} does not fit now "
                 "(token budget, sequence cap or KV blocks); consult Decision.mask()"
             )
+        if self.kind == DecisionKind.PLACE and \
+                not self.candidates[choice].can_receive(self.request):
+            raise InvalidActionError(
+                f"PLACE: decode instance {self.candidates[choice].index} has no room for "
+                f"request {self.request.rid}'s KV now; consult Decision.mask()")
         if action.swap and not self.can_swap():
             raise InvalidActionError(
                 f"{self.kind.name}: swap requested but this instance has no swap space "

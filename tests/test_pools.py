@@ -88,7 +88,9 @@ def test_pools_from_config_take_the_run_cost_model_where_they_say_nothing() -> N
 
 
 @pytest.mark.parametrize(("pools", "extra", "message"), [
-    ([{"name": "p", "role": "prefill"}], {}, "needs KV transfers"),
+    ([{"name": "p", "role": "prefill"}], {}, "needs prefill and decode pools"),
+    ([{"name": "p", "role": "prefill"}, {"name": "d", "role": "decode"}, {"name": "m"}], {},
+     "mixed pool beside"),
     ([{"name": "p", "role": "gpu"}], {}, "unknown role"),
     ([{"name": "p", "count": 0}], {}, "count must be a positive integer"),
     ([{"name": "p"}, {"name": "p"}], {}, "unique"),
@@ -132,7 +134,7 @@ def test_a_heterogeneous_cluster_preset_composes_and_bad_pools_fail_at_compositi
     assert [i.pool for i in env.sim.instances] == [0, 0, 1, 1, 1, 1]
     assert {i.cost.gpu.name for i in env.sim.instances} == {"H100-80GB", "A100-80GB"}
     for override, message in (("cluster.pools.0.cost.gpu=B300", "B300"),
-                              ("cluster.pools.1.role=decode", "KV transfers"),
+                              ("cluster.pools.1.role=gpu", "unknown role"),
                               ("cluster.num_instances=5", "hold 6 instances"),
                               ("+cluster.pools.0.instance.max_num_seq=2", "max_num_seq")):
         with pytest.raises(ValueError, match=message):

@@ -33,6 +33,9 @@ def build_backend(
         return build_simulator(cost_model, num_instances, instance, policies=policies,
                                **options)
     if kind == "live":
+        from servegym.envs.backends.live import refuse_unsupported_topology
+
+        refuse_unsupported_topology(options.get("pools"), options.pop("network", None))
         from servegym.envs.backends.live.backend import LiveBackend, live_instance_config
 
         if options.pop("pools", None):

@@ -13,10 +13,12 @@ model's tensor parallelism per instance), or the dated table price of its GPU
 (envs/costs/prices.py); reports show per pool its GPU, count, price and cost source and
 the cluster's `serving/cost_per_hour` (envs/core/metrics.py).
 
-Roles: "mixed" (prefill and decode on the same instance, as vLLM serves today) is the only
-role the simulator runs; "prefill" and "decode" name the pools of a disaggregated cluster
-(DistServe, Splitwise), which need KV transfers between pools and are refused until those
-exist.
+Roles: "mixed" (prefill and decode on the same instance, as vLLM serves today), or
+"prefill" and "decode": the pools of a disaggregated cluster (DistServe, Splitwise;
+envs/core/disagg.py), where arrivals are routed among prefill instances and each
+prefilled request's KV moves to a decode instance. A disaggregated cluster needs at least
+one pool of each of the two roles and no mixed pool (a mixed pool beside them is not
+modelled).
 
 Reference: T. Griggs et al., "Mélange: Cost Efficient Large Language Model Serving by
 Exploiting GPU Heterogeneity", 2024 (heterogeneous pools behind one router).
@@ -30,8 +32,8 @@ from typing import Any
 
 from servegym.envs.core.instance import InstanceConfig
 
-ROLES = ("mixed",)
-PLANNED_ROLES = ("prefill", "decode")
+ROLES = ("mixed", "prefill", "decode")
+PLANNED_ROLES: tuple[str, ...] = ()  # roles named but not simulated yet (none left)
 
 
 @dataclass(frozen=True)
@@ -77,6 +79,14 @@ def check_pools(pools: Sequence[Pool]) -> tuple[Pool, ...]:
     names = [pool.name for pool in pools]
     if len(set(names)) != len(names):
         raise ValueError(f"pool names must be unique, got {names}")
+    roles = {pool.role for pool in pools}
+    if roles & {"prefill", "decode"} and roles != {"prefill", "decode"}:
+        missing = sorted({"prefill", "decode"} - roles)
+        raise ValueError(
+            f"a disaggregated cluster needs prefill and decode pools and no mixed one; got "
+            f"roles {[pool.role for pool in pools]}"
+            + (f" (add a pool with role {missing[0]!r})" if missing else
+               " (a mixed pool beside a disaggregated cluster is not modelled)"))
     sizes = {pool.config.block_size for pool in pools}
     if len(sizes) > 1:
         raise ValueError(f"every pool must use the same KV block size, got {sorted(sizes)}")

@@ -64,6 +64,20 @@ class RoundRobinRouting:
         return choice
 
 
+class MostFreeKVPlacement:
+    """PLACE default (disaggregation): the decode instance with the most free KV blocks
+    among those with room for the request now; ties: the lowest index."""
+
+    def decide(self, decision: Decision) -> int:
+        request = decision.request
+        best, most = -1, -1
+        for index, instance in enumerate(decision.candidates):
+            free = instance.bm.num_free
+            if free > most and instance.can_receive(request):
+                best, most = index, free
+        return best
+
+
 def reset_policies(policies: dict[DecisionKind, Policy], rng: np.random.Generator) -> None:
     """Give each policy with a `reset` its own child generator of the episode's `rng`."""
     for policy, child in zip(policies.values(), rng.spawn(len(policies)), strict=True):
@@ -77,11 +91,12 @@ def default_policies() -> dict[DecisionKind, Policy]:
         DecisionKind.ROUTE: RoundRobinRouting(),
         DecisionKind.ADMIT: FCFSAdmission(),
         DecisionKind.PREEMPT: LatestArrivalPreemption(),
+        DecisionKind.PLACE: MostFreeKVPlacement(),
     }
 
 
 __all__ = [
     "STOP", "Action", "Decision", "DecisionKind", "FCFSAdmission", "InvalidActionError",
-    "LatestArrivalPreemption", "Policy", "RoundRobinRouting", "default_policies",
-    "reset_policies",
+    "LatestArrivalPreemption", "MostFreeKVPlacement", "Policy", "RoundRobinRouting",
+    "default_policies", "reset_policies",
 ]

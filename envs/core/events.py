@@ -10,6 +10,11 @@ Kinds (`EventKind`):
     INSTANCE  the end of an instance's iteration or decode run, or a wake-up (`target` is
               the instance index): the instance finishes what was in flight and plans the
               next iteration, which may ask decisions.
+    TRANSFER  the end of a KV transfer from a prefill instance to a decode instance
+              (prefill/decode disaggregation; `target` is the transfer's number in the
+              simulator's table of transfers in flight, envs/core/disagg.py): its handler
+              frees the prefill side's blocks and hands the request to the decode instance.
+              Transfers are never cancelled (their generation is always 0).
 
 Cancellation is lazy (as in SimPy's and many kernels' heaps): each target has a
 generation counter; an entry carries the generation it was pushed with, and an entry whose
@@ -27,11 +32,13 @@ from __future__ import annotations
 from enum import IntEnum
 
 ARRIVAL_PRIORITY = 0  # arrivals of an instant are enqueued before any instance plans
-INSTANCE_PRIORITY = 1
+TRANSFER_PRIORITY = 1  # a transfer ending at an instant lands before instances plan then
+INSTANCE_PRIORITY = 2
 
 
 class EventKind(IntEnum):
     INSTANCE = 0
+    TRANSFER = 1
 
 
-__all__ = ["ARRIVAL_PRIORITY", "INSTANCE_PRIORITY", "EventKind"]
+__all__ = ["ARRIVAL_PRIORITY", "INSTANCE_PRIORITY", "TRANSFER_PRIORITY", "EventKind"]

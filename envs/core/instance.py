@@ -93,7 +93,11 @@ class InstanceConfig:
 
 class Instance(Lifecycle, BatchBuilding, TokenBookkeeping, DecodeRuns):
     """One simulated instance (module docstring); `simulator` is its `ClusterView` and
-    the decision loop that schedules its events."""
+    the decision loop that schedules its events. `role` is its pool's: "mixed" here;
+    prefill and decode instances of a disaggregated cluster are the subclasses of
+    envs/core/disagg.py."""
+
+    role = "mixed"
 
     def __init__(
         self,

@@ -13,9 +13,14 @@ it in bulk: `allocate_blocks` (a count the caller computed), `reserve` / `claim_
 (blocks taken when a group of decodes is scheduled, handed to the requests that needed
 them when the iteration ends), `allocate_each` (a decode run's growth) and `catch_up`
 (the blocks of the iteration in flight, when a decode run is advanced mid-iteration).
+Prefill/decode disaggregation (envs/core/disagg.py) reserves a request's blocks on the
+decode side before its KV transfer starts (`reserve_transfer`: taken from the pool, held
+under the request's id, not yet on the request, which still holds its prefill-side blocks)
+and hands them over when the transfer ends (`claim_transfer`).
 
 Invariant (checked by `check`): uncached free blocks + evictable cached blocks + referenced
-cached blocks + private blocks of live requests + reserved blocks == capacity.
+cached blocks + private blocks of live requests + reserved blocks + blocks reserved for
+incoming transfers == capacity.
 """
 
 from __future__ import annotations
@@ -53,6 +58,8 @@ class BlockManager:
         self.swap_capacity = swap_blocks
         self.swap_used = 0
         self.reserved = 0  # taken by `reserve`, not yet handed to requests
+        self.incoming: dict[int, int] = {}  # rid -> blocks reserved for a KV transfer
+        self.incoming_blocks = 0  # their sum
         self.prefix_queries = 0  # blocks looked up in the prefix cache
         self.prefix_hits = 0  # of which found
 
@@ -203,6 +210,34 @@ class BlockManager:
         if total:
             self._take(total)
 
+    # ----------------------------------------------------------------- KV transfers in
+    def can_reserve_transfer(self, count: int, reserve: int = 0) -> bool:
+        return count + reserve <= self.num_free
+
+    def reserve_transfer(self, request: Request, count: int) -> None:
+        """Take `count` blocks for `request`'s KV, arriving by a transfer from another
+        instance (it still holds its blocks there); `claim_transfer` hands them over."""
+        if request.rid in self.incoming:
+            raise KVCacheError(f"request {request.rid} already has a transfer reserved here")
+        if count > self.num_free:
+            raise KVCacheError(f"cannot reserve {count} blocks for a transfer, "
+                               f"{self.num_free} free; check can_reserve_transfer first")
+        self._take(count)
+        self.incoming[request.rid] = count
+        self.incoming_blocks += count
+
+    def claim_transfer(self, request: Request) -> None:
+        """The transfer of `request` ended: its reserved blocks become its own (it must
+        hold no blocks here or elsewhere: the sender freed them first)."""
+        count = self.incoming.pop(request.rid, None)
+        if count is None:
+            raise KVCacheError(f"request {request.rid} has no transfer reserved here")
+        if request.num_blocks or request.cached_hashes:
+            raise KVCacheError(f"request {request.rid} still holds {request.num_blocks} "
+                               "blocks elsewhere; the sender frees them before the claim")
+        self.incoming_blocks -= count
+        request.num_blocks = count
+
     def commit_full_blocks(self, request: Request) -> None:
         """Publish the request's newly computed full prompt blocks to the prefix cache."""
         hashes = request.prefix_hashes
@@ -265,9 +300,10 @@ class BlockManager:
     # ----------------------------------------------------------------- checks
     def check(self, live: list[Request]) -> None:
         """Raise if any block is leaked, double-counted, negative or over capacity
-        (`reserved` blocks count as used: they belong to an iteration in flight)."""
+        (`reserved` blocks count as used: they belong to an iteration in flight; so do
+        blocks reserved for incoming transfers, which must add up to `incoming_blocks`)."""
         referenced = sum(1 for refs in self.refcount.values() if refs > 0)
-        private = self.reserved
+        private = self.reserved + self.incoming_blocks
         refs_seen: dict[int, int] = {}
         for request in live:
             cached = request.cached_hashes or []
@@ -275,6 +311,10 @@ class BlockManager:
             for block_hash in cached:
                 refs_seen[block_hash] = refs_seen.get(block_hash, 0) + 1
         problems = []
+        if sum(self.incoming.values()) != self.incoming_blocks or \
+                any(count < 0 for count in self.incoming.values()):
+            problems.append(f"transfer reservations {self.incoming} do not add up to "
+                            f"{self.incoming_blocks}")
         if self.free_uncached < 0 or self.swap_used < 0 or self.reserved < 0:
             problems.append(f"negative count: free={self.free_uncached} swap={self.swap_used} "
                             f"reserved={self.reserved}")

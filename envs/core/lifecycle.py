@@ -20,6 +20,8 @@
   is added to the iteration) and it joins `swapped`, else its blocks are freed, its
   progress is counted in `recomputed_tokens` and it goes to the front of `waiting`.
 * `_finish`: FINISHED at `now`, blocks freed, departure recorded.
+* `can_receive`: room for a request's KV arriving by a transfer (disaggregation,
+  envs/core/disagg.py); `live_requests`: every request whose KV the instance holds.
 
 Status, queues and the request's timestamps are written here; KV blocks only through the
 block manager (`bm`); the token counts by the token bookkeeping (envs/core/tokens.py),
@@ -74,6 +76,19 @@ class Lifecycle:
                 f"{cfg.max_num_batched_tokens} without chunked prefill"
             )
         return ""
+
+    def can_receive(self, request: Request) -> bool:
+        """Room now for `request`'s KV by a transfer (its computed tokens, above the
+        watermark) and for one more sequence (PLACE decisions' mask, envs/core/disagg.py)."""
+        bm = self.bm
+        if len(self.running) + len(getattr(self, "incoming", ())) + len(bm.incoming) >= \
+                self.config.max_num_seqs:
+            return False
+        return bm.blocks_for(request.num_computed) + self.watermark_blocks <= bm.num_free
+
+    def live_requests(self) -> list[Request]:
+        """Every request whose KV this instance holds or will hold (for the checks)."""
+        return self.waiting + self.running + self.swapped
 
     def enqueue(self, request: Request, now: float) -> None:
         request.instance = self.index

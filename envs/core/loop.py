@@ -26,9 +26,12 @@ code path.
 
 What a backend supplies: `policies`; `instances`, each with `on_event(now) -> bool` (True:
 nothing to plan), the generator `build_next(now)`, `enqueue(request, now)` and
-`advance_to(now)`; `_make_request(index)`; `reset()`, which builds its state and then calls
-`start_loop()`; and, optionally, `after_arrival()`, `check_invariants(now)` and
-`_on_drained()` (called once when the loop ends).
+`advance_to(now)`; `route_targets` (the instances ROUTE chooses among; usually all);
+`_make_request(index)`; `reset()`, which builds its state and then calls `start_loop()`;
+`event_handlers` for typed events of other kinds (`schedule_event`: a KV transfer's end,
+envs/core/disagg.py), each a plain call `handler(target, now)`; and, optionally,
+`after_arrival()`, `check_invariants(now)` and `_on_drained()` (called once when the loop
+ends).
 """
 
 from __future__ import annotations
@@ -39,10 +42,11 @@ import math
 from collections.abc import Generator
 from typing import Any
 
-from servegym.envs.core.events import INSTANCE_PRIORITY, EventKind
+from servegym.envs.core.events import INSTANCE_PRIORITY, TRANSFER_PRIORITY, EventKind
 from servegym.envs.protocol import Action, Decision, DecisionKind
 
 INSTANCE = EventKind.INSTANCE
+EVENT_PRIORITY = {EventKind.TRANSFER: TRANSFER_PRIORITY}
 
 
 class DecisionLoop:
@@ -51,6 +55,11 @@ class DecisionLoop:
     debug_checks: bool = False
     policies: dict[DecisionKind, Any]
     instances: list[Any]
+    # The instances an arriving request is routed among (ROUTE's candidates): all of
+    # them, or a disaggregated cluster's prefill instances (`routable_instances`).
+    route_targets: list[Any]
+    # Handlers of typed events other than INSTANCE, by kind: handler(target, time).
+    event_handlers: dict[int, Any] = {}
     arrival_times: list[float]
     now: float
     next_arrival_time: float
@@ -98,11 +107,16 @@ class DecisionLoop:
         self._heap: list[tuple[float, int, int, int, int, int]] = []
         self._counter = itertools.count()
         self._generation = [0] * len(self.instances)  # per instance: pending entries' validity
+        self.route_targets = self.routable_instances()
         arrivals = self.arrival_times
         self.next_arrival_time = arrivals[0] if arrivals else math.inf
         self._loop = self._main_loop()
         self._done = False
         self._decision = self._resume(None)
+
+    def routable_instances(self) -> list[Any]:
+        """The instances ROUTE chooses among (all, unless the backend says otherwise)."""
+        return self.instances
 
     def after_arrival(self) -> None:
         """Called after each arrival is routed (the live backend retries stalled engines)."""
@@ -132,7 +146,13 @@ class DecisionLoop:
             else self.after_arrival
         while True:
             if heap and heap[0][0] < self.next_arrival_time:
-                time, _, _, _, index, pushed = heappop(heap)
+                time, _, _, kind, index, pushed = heappop(heap)
+                if kind:  # not INSTANCE: a typed event with its own handler
+                    self.now = time
+                    self.event_handlers[kind](index, time)
+                    if self.debug_checks:
+                        self.check_invariants(time)
+                    continue
                 if pushed != generation[index]:
                     continue  # cancelled
                 self.now = time
@@ -154,17 +174,24 @@ class DecisionLoop:
             else:
                 return
 
+    def schedule_event(self, time: float, kind: EventKind, target: int) -> None:
+        """A typed event other than an instance's (e.g. a KV transfer's end), handled by
+        `event_handlers[kind](target, time)`; never cancelled."""
+        heapq.heappush(self._heap, (time, EVENT_PRIORITY[kind], next(self._counter), kind,
+                                    target, 0))
+
     def _route(self, request: Any) -> Generator[Decision, Action, None]:
         now = self.now
-        if len(self.instances) == 1:
-            self.instances[0].enqueue(request, now)
+        targets = self.route_targets
+        if len(targets) == 1:
+            targets[0].enqueue(request, now)
             return
         for instance in self.instances:
             instance.advance_to(now)  # routers see each instance's state as of now
-        decision = Decision(DecisionKind.ROUTE, now, self.instances, request=request,
+        decision = Decision(DecisionKind.ROUTE, now, targets, request=request,
                             cluster=self)
         action = yield from self.ask(decision)
-        self.instances[action.choice].enqueue(request, now)
+        targets[action.choice].enqueue(request, now)
 
     def _make_request(self, index: int) -> Any:
         raise NotImplementedError

@@ -22,6 +22,8 @@ import numpy as np
 
 from servegym.envs.core.cluster import Pool, check_pools
 from servegym.envs.core.decisions import default_policies, reset_policies
+from servegym.envs.core.disagg import ROLE_CLASSES, Disaggregation, Network, network_from_config
+from servegym.envs.core.events import EventKind
 from servegym.envs.core.instance import Instance, InstanceConfig
 from servegym.envs.core.loop import DecisionLoop
 from servegym.envs.core.metrics import ServingReport, build_report
@@ -59,6 +61,9 @@ class Simulator(DecisionLoop, Occupancy):
             all-decoding batches scheduled as a group (off: one event per iteration, one
             batch entry per request; the results agree to float rounding, as tests check).
         debug_checks: after every event, check KV invariants and that time never goes back.
+        network: a disaggregated cluster's link between prefill and decode instances
+            (`Network` or {bandwidth_gbps, latency_s}); None: the prefill pool's cost
+            model prices transfers (envs/core/disagg.py).
     """
 
     def __init__(
@@ -71,6 +76,7 @@ class Simulator(DecisionLoop, Occupancy):
         decode_runs: bool = True,
         debug_checks: bool = False,
         pools: Sequence[Pool] | None = None,
+        network: Network | Mapping[str, float] | None = None,
     ) -> None:
         if pools is None:
             if cost_model is None:
@@ -82,6 +88,11 @@ class Simulator(DecisionLoop, Occupancy):
         elif cost_model is not None or instance_config is not None or num_instances != 1:
             raise ValueError("give either pools or cost_model/instance_config/num_instances")
         self.pools = check_pools(pools)
+        self.network = network_from_config(network)
+        self.disaggregated = any(pool.role != "mixed" for pool in self.pools)
+        if self.network is not None and not self.disaggregated:
+            raise ValueError("cluster.network prices KV transfers between prefill and decode "
+                             "pools; this cluster has none (drop network or set pool roles)")
         self.cost = self.pools[0].cost
         self.config = self.pools[0].config
         self.num_instances = sum(pool.count for pool in self.pools)
@@ -97,6 +108,7 @@ class Simulator(DecisionLoop, Occupancy):
         self.num_kv_blocks = self.pool_kv_blocks[0]
         self.max_model_len = min(self.pool_model_len)
         self.workload: Workload | None = None
+        self.disagg: Disaggregation | None = None
         self._decision: Decision | None = None
         self._done = True
 
@@ -120,10 +132,14 @@ class Simulator(DecisionLoop, Occupancy):
         self._last_checked_time = -math.inf
         self.instances = []
         for number, pool in enumerate(self.pools):
+            kind = ROLE_CLASSES[pool.role]
             for _ in range(pool.count):
-                self.instances.append(Instance(
+                self.instances.append(kind(
                     len(self.instances), pool.config, pool.cost, self.pool_kv_blocks[number],
                     self.pool_model_len[number], self, self.record_token_times, pool=number))
+        self.disagg = Disaggregation(self, self.network) if self.disaggregated else None
+        self.event_handlers = {EventKind.TRANSFER: self.disagg.on_transfer_end} \
+            if self.disaggregated else {}
         self.requests: list[Request] = []
         self.reset_occupancy(workload.arrival_time.tolist())
         self.admit_is_internal = DecisionKind.ADMIT in self.policies
@@ -147,6 +163,12 @@ class Simulator(DecisionLoop, Occupancy):
         if not self._done:
             raise RuntimeError("simulation not finished; answer the pending decisions first")
         return build_report(self)
+
+    def routable_instances(self) -> list[Instance]:
+        """ROUTE's candidates: every instance, or a disaggregated cluster's prefill ones."""
+        if self.disagg is not None:
+            return list(self.disagg.prefills)
+        return self.instances
 
     def interrupt(self, instance: Instance) -> float | None:
         """Cut `instance`'s decode run short at its first iteration boundary at or after
@@ -187,16 +209,19 @@ class Simulator(DecisionLoop, Occupancy):
             raise RuntimeError(f"time went backwards: {time} after {self._last_checked_time}")
         self._last_checked_time = time
         for instance in self.instances:
-            live = instance.waiting + instance.running + instance.swapped
-            instance.bm.check(live)
+            instance.bm.check(instance.live_requests())
             if instance.bm.num_used > instance.bm.num_blocks:
                 raise RuntimeError("more KV blocks used than exist")
+        if self.disagg is not None:
+            self.disagg.check()  # reservations, transfers in flight, hand-offs
 
     def _on_drained(self) -> None:
         for instance in self.instances:
             if instance.waiting or instance.running or instance.swapped:
                 raise RuntimeError(f"instance {instance.index} still holds requests at the end")
             instance.bm.check([])
+        if self.disagg is not None:
+            self.disagg.check_drained()
         for request in self.requests:
             if request.status == REJECTED:
                 continue

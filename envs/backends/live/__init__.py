@@ -38,3 +38,19 @@ def vllm_available() -> bool:
     except ImportError:
         return False
     return True
+
+
+def refuse_unsupported_topology(pools: object = None, network: object = None) -> None:
+    """Raise, naming what is missing, if a cluster asks the live backend for a topology it
+    does not run: prefill/decode pools (disaggregation) or a transfer network. Never
+    silently runs something else."""
+    roles = sorted({str(dict(pool).get("role", "mixed")) if isinstance(pool, dict)
+                    else str(getattr(pool, "role", "mixed")) for pool in (pools or ())})
+    if set(roles) & {"prefill", "decode"} or network is not None:
+        raise ValueError(
+            "the live backend does not run prefill/decode disaggregation (pool roles "
+            f"{roles}{', cluster.network' if network is not None else ''}): it drives "
+            "one pool of identical, colocated vLLM v1 engines in one process, and what is "
+            "missing is a KV transfer between engines (vLLM's KV-connector path, e.g. "
+            "NixlConnector / P2pNcclConnector, with a prefill-side hand-off and a "
+            "decode-side KV import under servegym's PLACE decisions); use backend=sim")

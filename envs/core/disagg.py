@@ -1,0 +1,384 @@
+"""Prefill/decode disaggregation: prefill pools, decode pools and the KV transfers between.
+
+DistServe (Y. Zhong et al., "DistServe: Disaggregating Prefill and Decoding for
+Goodput-optimized Large Language Model Serving", OSDI 2024) and Splitwise (P. Patel et al.,
+"Splitwise: Efficient Generative LLM Inference Using Phase Splitting", ISCA 2024) run a
+request's prompt on one instance and its decode on another, moving the KV cache between
+them. What the simulator models:
+
+    arrival --ROUTE (prefill instances only)--> a PrefillInstance runs the prompt
+      (chunked prefill as configured) and samples the first token (TTFT is taken here)
+    --> the request leaves the prefill instance's running set into its `handoff` queue,
+      still holding its prefill-side KV blocks
+    --PLACE (decode instances with room for its KV now; asked only when one has)-->
+      blocks for its computed tokens are reserved on the decode instance
+      (`BlockManager.reserve_transfer`) before the transfer starts; the request moves to
+      the prefill instance's `sending` list; a TRANSFER event is scheduled at
+      now + transfer time (`Network`, or the prefill pool's `CostModel.kv_transfer_time`)
+    --TRANSFER event (its own handler, `Disaggregation.on_transfer_end`)--> the prefill
+      side frees the request's blocks, the decode side's reservation becomes the
+      request's (`claim_transfer`), and the request joins the decode instance's
+      `incoming` list; the decode instance takes it into its running set at its next
+      event (now if idle; a decode run in flight is cut at its first iteration boundary
+      at or after now, `Simulator.interrupt`) and decodes it to completion.
+
+The prefill instance keeps serving its other requests during a transfer (overlap). A
+request for which no decode instance has room waits in the handoff queue (holding its
+prefill KV) and is retried whenever a decode instance ends an iteration or run, in queue
+order per prefill instance; a request that no decode instance could ever serve (context,
+KV capacity, budget: `Lifecycle.rejection_reason` of every decode instance) is rejected at
+arrival with the reason `no_decode_instance_fits: ...`. A request of one output token
+finishes on the prefill instance. The gap between the first token and the second includes
+the handoff wait and the transfer (TPOT and token gaps see it).
+
+Not modelled: the decode instance's own prefix cache (transferred blocks are private),
+layer-by-layer pipelining of the transfer with the prefill, contention of concurrent
+transfers on a link (each transfer gets the link's full bandwidth), and DistServe's
+placement search (pool sizes and TP are inputs). A request preempted by recompute on a
+decode instance recomputes there.
+
+Invariants (`Disaggregation.check`, run by `Simulator.check_invariants`): every request
+in a handoff queue or in flight holds its prefill-side blocks; every transfer in flight has
+exactly its reservation on its decode instance; no request is in two places.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Generator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from servegym.envs.core.events import EventKind
+from servegym.envs.core.instance import Instance, SimulationError
+from servegym.envs.core.request import Request
+from servegym.envs.protocol import Action, Decision, DecisionKind
+
+if TYPE_CHECKING:
+    from servegym.envs.core.simulator import Simulator
+
+TRANSFER = EventKind.TRANSFER
+
+
+@dataclass(frozen=True)
+class Network:
+    """The link between prefill and decode instances: `bandwidth_gbps` (Gbit/s per GPU,
+    each GPU of a tensor-parallel group sends its KV shard over its own link) and
+    `latency_s` per transfer. Without a `Network` the prefill pool's cost model prices a
+    transfer (`CostModel.kv_transfer_time`: measured NVLink tables or the GPU's
+    interconnect roofline)."""
+
+    bandwidth_gbps: float
+    latency_s: float = 0.0
+
+    def __post_init__(self) -> None:
+        bandwidth = self.bandwidth_gbps
+        if not isinstance(bandwidth, (int, float)) or not math.isfinite(bandwidth) or \
+                bandwidth <= 0:
+            raise ValueError(
+                f"cluster.network.bandwidth_gbps must be a positive, finite number of "
+                f"Gbit/s, got {bandwidth!r} (a KV transfer over a zero-bandwidth link would "
+                "never end); e.g. 400 for NVLink-class, 100 for InfiniBand, 25 for Ethernet")
+        latency = self.latency_s
+        if not isinstance(latency, (int, float)) or not math.isfinite(latency) or latency < 0:
+            raise ValueError(f"cluster.network.latency_s must be a finite number >= 0 "
+                             f"seconds, got {latency!r}")
+
+    def transfer_time(self, cost: Any, num_tokens: int) -> float:
+        """Seconds to send the KV of `num_tokens` tokens of `cost`'s model."""
+        from servegym.envs.costs.specs import kv_bytes_per_token_per_gpu
+
+        shard = kv_bytes_per_token_per_gpu(cost.model, cost.tensor_parallel)
+        return self.latency_s + num_tokens * shard * 8 / (self.bandwidth_gbps * 1e9)
+
+
+def network_from_config(spec: Any) -> Network | None:
+    """A `Network` from `cluster.network` ({bandwidth_gbps, latency_s}); None: absent."""
+    if spec is None:
+        return None
+    if isinstance(spec, Network):
+        return spec
+    spec = dict(spec)
+    unknown = set(spec) - {"bandwidth_gbps", "latency_s"}
+    if unknown:
+        raise ValueError(f"cluster.network: unknown key(s) {sorted(unknown)}; known: "
+                         "['bandwidth_gbps', 'latency_s']")
+    if "bandwidth_gbps" not in spec:
+        raise ValueError("cluster.network needs bandwidth_gbps (Gbit/s per GPU)")
+    return Network(spec["bandwidth_gbps"], spec.get("latency_s", 0.0))
+
+
+class PrefillInstance(Instance):
+    """An instance of a prefill pool: runs prompts, hands prefilled requests off."""
+
+    role = "prefill"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.handoff: list[Request] = []  # prefilled, waiting for a decode instance
+        self.sending: list[Request] = []  # KV transfer in flight
+
+    def rejection_reason(self, request: Request) -> str:
+        return super().rejection_reason(request) or \
+            self.sim.disagg.decode_rejection(request)
+
+    def on_event(self, now: float) -> bool:
+        # Instance.on_event with the hand-off between finishing and planning.
+        self.aggregates = None
+        if self.run is not None:
+            self._finish_run(now)
+        else:
+            plan = self.plan
+            if plan.entries or plan.bulk or plan.extra_time:
+                if self.sim.decode_runs:
+                    self._finish_iteration_fast(now)
+                else:
+                    self._finish_iteration_reference(now)
+        self.event_pending = False
+        running = self.running
+        for request in running:
+            if request.num_generated:
+                # Prefilled (its first token is out): off to a decode instance.
+                self.handoff.extend(r for r in running if r.num_generated)
+                self.running = [r for r in running if not r.num_generated]
+                break
+        if self.handoff:
+            return False  # build_next places them
+        return not (self.running or self.waiting or self.swapped)
+
+    def build_next(self, now: float) -> Generator[Any, Any, None]:
+        if self.handoff:
+            yield from self.sim.disagg.place(self, now)
+        if not (self.running or self.waiting or self.swapped):
+            return
+        plan = self.plan
+        yield from self._build_batch(now)
+        if plan.entries or plan.bulk or plan.extra_time:
+            self._start_iteration(now)
+            return
+        if self.handoff or self.sending:
+            return  # its KV is held for hand-offs; woken when they move
+        raise SimulationError(
+            f"prefill instance {self.index} cannot make progress at t={now}: "
+            f"{len(self.waiting)} waiting, {len(self.running)} running, "
+            f"{self.bm.num_free} KV blocks free")
+
+    def live_requests(self) -> list[Request]:
+        return self.waiting + self.running + self.swapped + self.handoff + self.sending
+
+
+class DecodeInstance(Instance):
+    """An instance of a decode pool: takes transferred requests and decodes them."""
+
+    role = "decode"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.incoming: list[Request] = []  # transferred, joining `running` at the next event
+
+    def on_event(self, now: float) -> bool:
+        # Instance.on_event with the arrivals by transfer between finishing and planning.
+        self.aggregates = None
+        if self.run is not None:
+            self._finish_run(now)
+        else:
+            plan = self.plan
+            if plan.entries or plan.bulk or plan.extra_time:
+                if self.sim.decode_runs:
+                    self._finish_iteration_fast(now)
+                else:
+                    self._finish_iteration_reference(now)
+        self.event_pending = False
+        if self.incoming:
+            self.running.extend(self.incoming)
+            self.incoming = []
+            self.aggregates = None  # the tally no longer covers every running request
+        disagg = self.sim.disagg
+        if disagg.waiting_handoffs():
+            disagg.wake_senders(now)
+        if not (self.running or self.waiting or self.swapped):
+            return True
+        return self._plan_decode_run(now)
+
+    def build_next(self, now: float) -> Generator[Any, Any, None]:
+        try:
+            yield from Instance.build_next(self, now)
+        except SimulationError:
+            if not self.bm.incoming:
+                raise
+            # Blocks reserved for transfers in flight keep a recompute out for now; the
+            # transfer's end wakes the instance.
+
+    def live_requests(self) -> list[Request]:
+        return self.waiting + self.running + self.swapped + self.incoming
+
+
+@dataclass(slots=True)
+class Transfer:
+    """A KV transfer in flight: `request` from prefill instance `source` to decode
+    instance `target`, `blocks` reserved there, from `start` to `end`."""
+
+    request: Request
+    source: PrefillInstance
+    target: DecodeInstance
+    blocks: int
+    start: float
+    end: float
+
+
+class Disaggregation:
+    """The simulator's hand-off machinery (module docstring): placement decisions, the
+    transfers in flight (TRANSFER events), wake-ups, rejection and invariant checks."""
+
+    def __init__(self, sim: Simulator, network: Network | None) -> None:
+        self.sim = sim
+        self.network = network
+        self.prefills: list[PrefillInstance] = [
+            i for i in sim.instances if isinstance(i, PrefillInstance)]
+        self.decodes: list[DecodeInstance] = [
+            i for i in sim.instances if isinstance(i, DecodeInstance)]
+        self.transfers: dict[int, Transfer] = {}
+        self.next_transfer = 0
+        self.num_transfers = 0
+        self.transfer_time_total = 0.0
+        self.transferred_tokens = 0
+
+    # ---------------------------------------------------------------- arrival
+    def decode_rejection(self, request: Request) -> str:
+        """'' if some decode instance could ever serve `request`, else why none can."""
+        reasons = []
+        for instance in self.decodes:
+            reason = instance.rejection_reason(request)
+            if not reason:
+                return ""
+            reasons.append(reason)
+        return f"no_decode_instance_fits: {reasons[0]}"
+
+    # ---------------------------------------------------------------- placement
+    def transfer_time(self, source: Instance, num_tokens: int) -> float:
+        if self.network is not None:
+            return self.network.transfer_time(source.cost, num_tokens)
+        return source.cost.kv_transfer_time(num_tokens)
+
+    def place(self, source: PrefillInstance, now: float) -> Generator[Decision, Action, None]:
+        """Ask a PLACE decision for each of `source`'s hand-offs that some decode instance
+        has room for now, in queue order, and start its transfer."""
+        decodes = self.decodes
+        for instance in decodes:
+            # Placement sees each decode instance as of now, the iteration in flight
+            # holding its blocks (advance_to skips that when a run starts right now).
+            instance.advance_to(now)
+            if instance.run is not None:
+                instance.bm.catch_up(instance.running, ahead=1)
+        pending = source.handoff
+        position = 0
+        sim = self.sim
+        while position < len(pending):
+            request = pending[position]
+            if not any(instance.can_receive(request) for instance in decodes):
+                position += 1
+                continue
+            decision = Decision(DecisionKind.PLACE, now, decodes, instance=source,
+                                request=request, cluster=sim)
+            action = yield from sim.ask(decision)
+            del pending[position]
+            self._start_transfer(request, source, decodes[action.choice], now)
+
+    def _start_transfer(self, request: Request, source: PrefillInstance,
+                        target: DecodeInstance, now: float) -> None:
+        sim = self.sim
+        if target.run is not None:
+            # A decode run planned its KV growth against the free blocks of its start:
+            # end it at the iteration in flight (whose blocks it holds) before reserving.
+            sim.interrupt(target)
+        tokens = request.num_computed
+        blocks = target.bm.blocks_for(tokens)
+        target.bm.reserve_transfer(request, blocks)
+        duration = self.transfer_time(source, tokens)
+        number = self.next_transfer
+        self.next_transfer += 1
+        self.transfers[number] = Transfer(request, source, target, blocks, now, now + duration)
+        source.sending.append(request)
+        self.num_transfers += 1
+        self.transfer_time_total += duration
+        self.transferred_tokens += tokens
+        sim.schedule_event(now + duration, TRANSFER, number)
+
+    def on_transfer_end(self, number: int, now: float) -> None:
+        """The TRANSFER event's handler: free the sender's blocks, give the receiver's
+        reservation to the request, hand the request to the decode instance."""
+        transfer = self.transfers.pop(number)
+        request, source, target = transfer.request, transfer.source, transfer.target
+        sim = self.sim
+        source.sending.remove(request)
+        source.bm.free(request)
+        target.bm.claim_transfer(request)
+        request.instance = target.index
+        target.incoming.append(request)
+        if target.run is not None:
+            sim.interrupt(target)  # takes the request in at its next iteration boundary
+        elif not target.event_pending:
+            sim.schedule(now, target)
+        if not source.event_pending and (source.waiting or source.handoff):
+            sim.schedule(now, source)  # the freed blocks may let a prompt in
+
+    # ---------------------------------------------------------------- retries
+    def waiting_handoffs(self) -> bool:
+        return any(instance.handoff for instance in self.prefills)
+
+    def wake_senders(self, now: float) -> None:
+        """A decode instance may have freed KV: prefill instances with hand-offs waiting
+        retry at `now` (those with an event pending retry at it)."""
+        sim = self.sim
+        for instance in self.prefills:
+            if instance.handoff and not instance.event_pending:
+                sim.schedule(now, instance)
+
+    # ---------------------------------------------------------------- checks
+    def check(self) -> None:
+        """Raise if a transfer's reservation, a hand-off's blocks, or a request's place
+        is inconsistent (module docstring)."""
+        places: dict[int, str] = {}
+        for instance in self.sim.instances:
+            for request in instance.live_requests():
+                if request.rid in places:
+                    raise SimulationError(f"request {request.rid} is in two places: "
+                                          f"{places[request.rid]} and instance {instance.index}")
+                places[request.rid] = f"instance {instance.index}"
+        expected: dict[int, dict[int, int]] = {d.index: {} for d in self.decodes}
+        for transfer in self.transfers.values():
+            request = transfer.request
+            if request not in transfer.source.sending:
+                raise SimulationError(f"transfer of request {request.rid} has no sender")
+            if request.num_blocks < transfer.blocks and not request.cached_hashes:
+                raise SimulationError(f"request {request.rid} in transfer holds "
+                                      f"{request.num_blocks} blocks, sends {transfer.blocks}")
+            expected[transfer.target.index][request.rid] = transfer.blocks
+        for instance in self.decodes:
+            if instance.bm.incoming != expected[instance.index]:
+                raise SimulationError(
+                    f"decode instance {instance.index}: reservations {instance.bm.incoming} "
+                    f"but transfers in flight {expected[instance.index]}")
+        for instance in self.prefills:
+            for request in instance.handoff:
+                if request.num_blocks < instance.bm.blocks_for(request.num_computed):
+                    raise SimulationError(f"request {request.rid} waits for a decode "
+                                          "instance without its prefill KV")
+
+    def check_drained(self) -> None:
+        if self.transfers:
+            raise SimulationError(f"{len(self.transfers)} KV transfers still in flight at the end")
+        for instance in self.prefills:
+            if instance.handoff or instance.sending:
+                raise SimulationError(f"prefill instance {instance.index} still holds "
+                                      "hand-offs at the end")
+        for instance in self.decodes:
+            if instance.incoming or instance.bm.incoming:
+                raise SimulationError(f"decode instance {instance.index} still expects "
+                                      "transfers at the end")
+
+
+ROLE_CLASSES = {"mixed": Instance, "prefill": PrefillInstance, "decode": DecodeInstance}
+
+__all__ = ["DecodeInstance", "Disaggregation", "Network", "PrefillInstance", "ROLE_CLASSES",
+           "Transfer", "network_from_config"]
