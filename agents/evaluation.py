@@ -124,7 +124,8 @@ def stalled_metrics() -> list[str]:
              "total_tokens_per_s", "slo_attainment", "goodput_rps", "finished", "rejected",
              "preemptions", "swaps", "recomputed_tokens", "kv_utilisation_mean",
              "kv_utilisation_peak", "prefix_cache_hit_rate", "iterations", "fairness_jain",
-             "cost_per_hour", "goodput_per_dollar"]
+             "cost_per_hour", "goodput_per_dollar", "kv_bound_seqs_max_len",
+             "kv_bound_seqs_mean_len", "max_num_seqs"]
     for metric in ("ttft", "tpot", "e2e", "queueing", "tbt"):
         names += [f"{metric}_p{p}" for p in PERCENTILES] + [f"{metric}_mean"]
     return [f"serving/{name}" for name in names]

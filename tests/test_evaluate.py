@@ -189,3 +189,18 @@ def test_tenant_attainment_by_hand() -> None:
     # Tenant 0: one met (TTFT 1, TPOT 0.1), one late. Tenant 1: a one-token request that met
     # its TTFT (no TPOT), and a rejected one.
     assert eval_core.tenant_attainment(records) == {0: 0.5, 1: 0.5}
+
+
+def test_a_stalled_windows_row_has_every_summary_metric() -> None:
+    """Rows of stalled windows (NaN) must carry the same serving/ keys as a summary, or
+    averaging a mix of both fails (agents.evaluation.policy_means)."""
+    from servegym.agents.evaluation import policy_means, stalled_metrics
+    from servegym.envs.core.instance import InstanceConfig
+    from servegym.envs.core.simulator import Simulator
+
+    summary = Simulator(AffineCost(), InstanceConfig(num_kv_blocks=64)).run(
+        make_workload([0.0, 0.1], [32, 16], [4, 4])).summary
+    assert set(stalled_metrics()) == {k for k in summary if k.startswith("serving/")}
+    rows = [{"policy": "p", **summary},
+            {"policy": "p", **dict.fromkeys(stalled_metrics(), math.nan)}]
+    assert set(policy_means(rows)["p"]) == set(stalled_metrics())
