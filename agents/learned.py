@@ -48,8 +48,9 @@ from servegym.envs.observations import (
 from servegym.envs.protocol import Action, Decision, DecisionKind, Policy
 
 KINDS = {"admit": DecisionKind.ADMIT, "preempt": DecisionKind.PREEMPT,
-         "route": DecisionKind.ROUTE}
-KIND_ORDER = (DecisionKind.ROUTE, DecisionKind.ADMIT, DecisionKind.PREEMPT)
+         "route": DecisionKind.ROUTE, "place": DecisionKind.PLACE}
+KIND_ORDER = (DecisionKind.ROUTE, DecisionKind.ADMIT, DecisionKind.PREEMPT,
+              DecisionKind.PLACE)  # PLACE: disaggregated clusters only
 
 
 class LayoutMismatchError(ValueError):

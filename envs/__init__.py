@@ -8,6 +8,9 @@ registers the Gymnasium ids.
     servegym/AdmissionInterval-v0  admission by priority weights set once per interval
     servegym/Heterogeneous-v0  routing over a heterogeneous cluster (1 H100, 2 A100, 3 L40S
                             pools serving Llama-2-7B; Mélange's mixed chat + documents load)
+    servegym/Disaggregated-v0  prefill/decode disaggregation (DistServe): the agent routes
+                            arrivals among 2 prefill instances and places each prefilled
+                            request on one of 2 decode instances (its KV moves there)
 
 Each id's complete setting is its task in `envs/tasks.py` (`TASKS`), registered with every
 setting as a keyword argument: `gymnasium.make(id)` builds what `python train.py env=<name>`

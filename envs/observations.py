@@ -13,7 +13,10 @@ Candidate slots (candidate sets, observation layout version `OBS_LAYOUT_VERSION`
              the queue length. Each slot shows the key that chose it (its role).
     PREEMPT  up to K running requests drawn the same way from `preempt_keys` (default
              newest = vLLM's victim, most KV blocks, least progress, longest remaining)
-    ROUTE    the instances, by index (K >= number of instances)
+    ROUTE    the instances, by index (K >= number of instances); a disaggregated
+             cluster's prefill instances only (envs/core/disagg.py)
+    PLACE    a disaggregated cluster's decode instances, by index; valid: those with
+             room for the request's KV now (`Decision.mask`)
 Sort keys (ties: queue order): see `ADMIT_KEYS` and `PREEMPT_KEYS`. `admit_keys=("oldest",)`
 gives the first K fitting requests in queue order (layout version 1's candidates).
 
@@ -31,7 +34,9 @@ Global features (the deciding instance; for ROUTE, the cluster):
     7  recent arrival rate      squash(arrivals in the last 10 s / 10, rate_scale)
     8  progress                 requests arrived / requests in the episode
     9  requests in system       squash(n, max_num_seqs)
-    10-12 decision kind         one-hot ROUTE, ADMIT, PREEMPT
+    10-12 decision kind         one-hot ROUTE, ADMIT, PREEMPT; all 0: PLACE (a kind added
+                                after layout 3, kept out of the one-hot so that layout's
+                                features keep their positions and meaning)
     13 request prompt length    squash(tokens, 1024)  (ROUTE: arriving; PREEMPT: short of KV)
     14 request output estimate  squash(tokens, 256)
     15 request prefix hits      cached fraction of its prompt blocks (ROUTE: best instance)
@@ -46,11 +51,13 @@ Slot features for requests (ADMIT, PREEMPT):
     candidates (1 = that rule's pick), 0 beyond its first K (why: lengths squashed to
     [0, 1) differ by ~1e-4 between long prompts, so "the shortest" must be said outright;
     the shared scorer sees no slot positions)
-Slot features for instances (ROUTE):
+Slot features for instances (ROUTE, PLACE):
     0 valid  1 waiting squash(n, max_num_seqs)  2 running / max_num_seqs  3 KV used fraction
     4 queued prompt tokens squash(tokens, budget)  5 prefix hit fraction for the arriving
     request  6 swapped squash(n, 8)  7 outstanding requests squash(n, max_num_seqs)
-    8 pool index / (pools - 1), 0 with one pool (envs/core/cluster.py)  9-20 0
+    8 pool index / (pools - 1), 0 with one pool (envs/core/cluster.py)
+    9 PLACE: the instance has room for the request now (1) or not (0); ROUTE: 0
+    10 PLACE: free KV fraction left after taking the request's blocks; ROUTE: 0  11-20 0
 """
 
 from __future__ import annotations
@@ -217,7 +224,10 @@ class ObservationEncoder:
             slots = list(range(len(decision.candidates)))
             features = self._global(None, sim, kind, decision.request)
             features += self._instance_slots(decision, slots)
-            mask[: len(slots)] = True
+            if kind == DecisionKind.PLACE:
+                mask[: len(slots)] = decision.mask()
+            else:
+                mask[: len(slots)] = True
         self.slot_choice = slots
         # Slots beyond the candidates are zero-padded.
         buffer = self.buffer
@@ -361,6 +371,7 @@ class ObservationEncoder:
     def _instance_slots(self, decision: Decision, slots: list[int]) -> list[float]:
         request = decision.request
         last_pool = len(decision.cluster.pools) - 1
+        place = decision.kind == DecisionKind.PLACE
         out: list[float] = []
         for index in slots:
             inst = decision.candidates[index]
@@ -378,5 +389,12 @@ class ObservationEncoder:
                 squash(len(inst.waiting) + len(inst.running) + len(inst.swapped), seqs),
                 inst.pool / last_pool if last_pool else 0.0,
             )
-            out += [0.0] * (SLOT_FEATURES - BASE_SLOT_FEATURES)
+            if place:
+                bm = inst.bm
+                room = inst.can_receive(request)
+                left = (bm.num_free - bm.blocks_for(request.num_computed)) / bm.num_blocks
+                out += (float(room), max(left, 0.0) if room else 0.0)
+                out += [0.0] * (SLOT_FEATURES - BASE_SLOT_FEATURES - 2)
+            else:
+                out += [0.0] * (SLOT_FEATURES - BASE_SLOT_FEATURES)
         return out

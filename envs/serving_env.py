@@ -23,7 +23,7 @@ from servegym.envs.workloads.transforms import clip_to_context, split_by_time
 
 KIND_NAMES = tuple(kind.name for kind in DecisionKind)
 CONTROLS = {"route": DecisionKind.ROUTE, "admit": DecisionKind.ADMIT,
-            "preempt": DecisionKind.PREEMPT}
+            "preempt": DecisionKind.PREEMPT, "place": DecisionKind.PLACE}
 LENGTH_KNOWLEDGE = ("oracle", "predicted", "none")
 TRACE_NAMES = {"azure_conv": "conv", "azure_code": "code"}
 INVALID_ACTION = ("raise", "fallback")
@@ -117,7 +117,8 @@ class ServingEnv(gym.Env):
     H100, the roofline on the L40S; `info["serving"]` has the cluster's
     `serving/cost_per_hour` and `serving/goodput_per_dollar`, the report each pool's GPU,
     count, price and cost source). Keyword arguments to `gym.make` override them.
-    control: decisions the agent answers, any of "admit", "preempt", "route".
+    control: decisions the agent answers, any of "admit", "preempt", "route", "place"
+        (a disaggregated cluster's decode placement, envs/core/disagg.py).
     workload: a `Workload`, `build_workload` arguments (a mapping, as in conf/workload/),
     or "azure_conv" / "azure_code". rate: target mean req/s.
     episode_requests, episode_seconds (a window of trace time instead, before `rate`

@@ -286,9 +286,37 @@ ADMISSION_INTERVAL = replace(
     interval_s=2.0,
 )
 
+# Prefill/decode disaggregation (DistServe, Zhong et al., OSDI 2024; Splitwise, Patel et
+# al., ISCA 2024; envs/core/disagg.py): Llama-3-8B on four instances, one prefill and one
+# decode on an H100, one of each on an L40S (roofline costs; the L40S has about a quarter
+# of the H100's memory bandwidth and 40% of its KV room). Arrivals are routed among the
+# prefill instances (ROUTE) and each prefilled request's KV moves to a decode instance
+# (PLACE) over the GPUs' interconnect (the cost model's kv_transfer_time). Heterogeneous-v0's
+# mixed chat + documents service and per-tenant SLOs, 32 req/s. Measured
+# (experiments/bench_headroom.py --ids servegym/Disaggregated-v0 --episodes 2, goodput on
+# the test split): the load-aware routers 26.95-27.02 req/s (attainment 1.00), the blind
+# rr and random 13.70 and 12.60 (0.58, 0.55), the placement rules beside rr routing: most
+# free KV and first fit 13.70, fewest running 11.98 (it sends half the decodes to the slow
+# L40S): spread 0.557. With two H100 per role at 40-120 req/s every rule scored within 9%:
+# a homogeneous disaggregated cluster leaves routing and placement little to decide.
+DISAGGREGATED_RATE = 32.0
+DISAGGREGATED = replace(
+    HETEROGENEOUS,
+    id="servegym/Disaggregated-v0",
+    control=("route", "place"),
+    rate=DISAGGREGATED_RATE,
+    cluster={"num_instances": 4, "instance": {}, "pools": (
+        {"name": "prefill-h100", "count": 1, "role": "prefill",
+         "cost": {"gpu": "H100-80GB"}},
+        {"name": "prefill-l40s", "count": 1, "role": "prefill", "cost": {"gpu": "L40S"}},
+        {"name": "decode-h100", "count": 1, "role": "decode", "cost": {"gpu": "H100-80GB"}},
+        {"name": "decode-l40s", "count": 1, "role": "decode", "cost": {"gpu": "L40S"}},
+    )},
+)
+
 TASKS: Mapping[str, TaskSpec] = MappingProxyType({
     task.id: task for task in (ADMISSION, PREEMPTION, ROUTING, SERVING, ADMISSION_INTERVAL,
-                               HETEROGENEOUS)})
+                               HETEROGENEOUS, DISAGGREGATED)})
 DEFAULT_TASK = ADMISSION  # `python train.py`'s (conf/config.yaml: env=admission)
 
 
@@ -324,7 +352,8 @@ def register_resolver() -> None:
 
 
 __all__ = [
-    "ADMISSION", "ADMISSION_INTERVAL", "DEFAULT_TASK", "HETEROGENEOUS", "HETEROGENEOUS_RATE",
+    "ADMISSION", "ADMISSION_INTERVAL", "DEFAULT_TASK", "DISAGGREGATED", "DISAGGREGATED_RATE",
+    "HETEROGENEOUS", "HETEROGENEOUS_RATE",
     "INTERVAL_ENTRY_POINT",
     "PER_DECISION_SETTINGS", "PREEMPTION", "PREEMPTION_RATE", "RESOLVER", "ROUTING", "SERVING",
     "SERVING_ENTRY_POINT", "TASKS", "TaskSpec", "freeze", "register_resolver", "task_setting",

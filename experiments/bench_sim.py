@@ -10,6 +10,10 @@ Settings:
   b) Llama-3-8B on H100, vllm_v1 with chunked prefill (8192-token budget), Azure conv
      lengths, Poisson arrivals at 90% of the measured saturation throughput.
   c) Four instances of (b) behind a round-robin router, at four times (b)'s rate.
+  d) Four pools' worth of disaggregation (envs/core/disagg.py): two prefill and two
+     decode instances of (b), round-robin routing among the prefill ones, decode placement
+     by most free KV, KV transfers priced by the cost model's interconnect; at twice (b)'s
+     rate (90% of two colocated instances' saturation).
 
 Each case runs in its own subprocess on one core, so peak RSS is per case.
 
@@ -25,6 +29,8 @@ when this run is on that machine kind, one core, as the side-by-side one was.
 
     python experiments/bench_sim.py            # all cases, writes results/bench_sim.{json,md}
     python experiments/bench_sim.py --quick    # smaller cases, for a smoke run
+    python experiments/bench_sim.py --only d   # some cases (their table goes to
+                                               # results/bench_sim_<cases>.md)
 """
 
 from __future__ import annotations
@@ -41,6 +47,7 @@ from pathlib import Path
 
 import numpy as np
 
+from servegym.envs.core.cluster import Pool
 from servegym.envs.core.instance import InstanceConfig
 from servegym.envs.core.metrics import atomic_write
 from servegym.envs.core.simulator import Simulator
@@ -101,12 +108,20 @@ def run_case(case: str, requests: int) -> dict:
     if case == "a":
         cost, config = vidur_setting()
         workload, instances, rate = poisson_workload(requests, 1.0, 4096, SEED), 1, 1.0
+    elif case == "d":
+        cost, config = h100_setting()
+        instances = 4
+        rate = 0.9 * saturation_rate(cost, config, 2000) * 2
+        workload = poisson_workload(requests, rate, 8192, SEED)
+        sim = Simulator(pools=[Pool("prefill", config, cost, 2, "prefill"),
+                               Pool("decode", config, cost, 2, "decode")])
     else:
         cost, config = h100_setting()
         instances = 1 if case == "b" else 4
         rate = 0.9 * saturation_rate(cost, config, 2000) * instances
         workload = poisson_workload(requests, rate, 8192, SEED)
-    sim = Simulator(cost, config, num_instances=instances)
+    if case != "d":
+        sim = Simulator(cost, config, num_instances=instances)
     wall0, cpu0 = time.perf_counter(), time.process_time()
     report = sim.run(workload, seed=SEED)
     wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
@@ -133,8 +148,8 @@ def run_case(case: str, requests: int) -> dict:
     }
 
 
-CASES = (("a", 10_000), ("a", 50_000), ("b", 20_000), ("c", 40_000))
-QUICK = (("a", 2_000), ("b", 2_000), ("c", 4_000))
+CASES = (("a", 10_000), ("a", 50_000), ("b", 20_000), ("c", 40_000), ("d", 40_000))
+QUICK = (("a", 2_000), ("b", 2_000), ("c", 4_000), ("d", 4_000))
 
 
 def format_table(rows: list[dict]) -> str:
@@ -178,6 +193,7 @@ def reference_text() -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="small cases (smoke run)")
+    parser.add_argument("--only", help="comma-separated cases to run, e.g. d")
     parser.add_argument("--case", help=argparse.SUPPRESS)  # child process: one case
     parser.add_argument("--requests", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--out", default=str(ROOT / "results"), help="results folder")
@@ -187,7 +203,14 @@ def main() -> None:
         return
     env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1")
     rows = []
-    for case, requests in QUICK if args.quick else CASES:
+    cases = QUICK if args.quick else CASES
+    if args.only:
+        wanted = set(args.only.split(","))
+        unknown = wanted - {case for case, _ in CASES}
+        if unknown:
+            raise SystemExit(f"--only: unknown case(s) {sorted(unknown)}; cases: a, b, c, d")
+        cases = tuple((case, n) for case, n in cases if case in wanted)
+    for case, requests in cases:
         # One core, as the target is stated for one core of this machine.
         command = [sys.executable, __file__, "--case", case, "--requests", str(requests)]
         if hasattr(os, "sched_setaffinity"):
@@ -203,6 +226,8 @@ def main() -> None:
                "python": sys.version.split()[0], "rows": rows}
     out = Path(args.out)
     name = "bench_sim_quick" if args.quick else "bench_sim"
+    if args.only:
+        name += "_" + "".join(sorted(set(args.only.split(","))))
     # Keep every run; the plain name always points at the latest full run.
     atomic_write(out / "history" / f"{name}_{stamp}.json",
                  lambda h: json.dump(payload, h, indent=2))

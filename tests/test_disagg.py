@@ -219,3 +219,32 @@ def test_the_live_backend_refuses_prefill_decode_pools_naming_what_is_missing() 
         build_backend("live", None, 2, None, pools=specs)
     with pytest.raises(ValueError, match="cluster.network"):
         build_backend("live", None, 1, None, network={"bandwidth_gbps": 100})
+
+
+def test_disaggregated_env_asks_route_and_place_with_masks() -> None:
+    import gymnasium as gym
+
+    import servegym  # noqa: F401  (registers the ids)
+    from servegym.envs.observations import GLOBAL_FEATURES, SLOT_FEATURES
+
+    env = gym.make("servegym/Disaggregated-v0", episode_requests=60).unwrapped
+    env.reset(seed=0)
+    kinds = set()
+    done = False
+    while not done:
+        decision = env.sim.next_decision()
+        kinds.add(decision.kind)
+        obs = env.encoder.buffer
+        if decision.kind == DecisionKind.PLACE:
+            assert obs[10:13].tolist() == [0.0, 0.0, 0.0]  # PLACE: no ROUTE/ADMIT/PREEMPT bit
+            valid = decision.mask()
+            for slot, ok in enumerate(valid):
+                assert obs[GLOBAL_FEATURES + slot * SLOT_FEATURES + 9] == float(ok)
+            assert env.encoder.mask[: len(valid)].tolist() == valid.tolist()
+        else:
+            assert decision.kind == DecisionKind.ROUTE
+            assert [c.index for c in decision.candidates] == [0, 1]  # prefill instances
+        action = int(np.flatnonzero(env.encoder.mask)[0])
+        _, _, terminated, truncated, _ = env.step(action)
+        done = terminated or truncated
+    assert kinds == {DecisionKind.ROUTE, DecisionKind.PLACE}

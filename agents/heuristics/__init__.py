@@ -17,6 +17,12 @@ from types import MappingProxyType
 from typing import Any
 
 from servegym.agents.heuristics.deadline import EarliestDeadlineFirst
+from servegym.agents.heuristics.disagg import (
+    FirstFitPlacement,
+    LeastPrefillTokens,
+    LeastRunningPlacement,
+    MostFreeKVPlacement,
+)
 from servegym.agents.heuristics.length import (
     ShortestOutputFirst,
     ShortestPromptFirst,
@@ -47,6 +53,7 @@ from servegym.envs.core.decisions import FCFSAdmission, LatestArrivalPreemption,
 from servegym.envs.protocol import DecisionKind, Policy
 
 ADMIT, PREEMPT, ROUTE = DecisionKind.ADMIT, DecisionKind.PREEMPT, DecisionKind.ROUTE
+PLACE = DecisionKind.PLACE
 
 
 @dataclass(frozen=True)
@@ -131,6 +138,15 @@ def _entries() -> list[PolicyInfo]:
         PolicyInfo("size-interval", ROUTE, SizeIntervalRouting,
                    "prompt-length interval per GPU type (SITA): shortest prompts to the "
                    "cheapest type, cuts sized to capacity; fewest outstanding within"),
+        PolicyInfo("least-prefill", ROUTE, LeastPrefillTokens,
+                   "DistServe: fewest outstanding prefill tokens (prefill instances)"),
+        # ----------------------------------------------------------------- decode placement
+        PolicyInfo("place-most-free-kv", PLACE, MostFreeKVPlacement,
+                   "decode instance with the most free KV blocks (the default)"),
+        PolicyInfo("place-least-running", PLACE, LeastRunningPlacement,
+                   "DistServe: least-loaded decode instance with room (fewest running)"),
+        PolicyInfo("place-first-fit", PLACE, FirstFitPlacement,
+                   "lowest-indexed decode instance with room (packs)"),
     ]
 
 

@@ -112,6 +112,7 @@ class DecodeRuns:
     run_aggregates: DecodeTally | None
     decode_coeffs: list[tuple[float, float] | None]
     event_pending: bool
+    arrivals_cut_runs = True
     num_iterations: int
     num_decode_runs: int
     busy_time: float
@@ -165,7 +166,10 @@ class DecodeRuns:
         if coeffs is None:
             coeffs = self.decode_coeffs[n] = self.cost.decode_coeffs(n)
         base, slope = coeffs
-        horizon = self.sim.next_arrival_time - now
+        # An arrival may join this instance's batch, so the run ends at the first boundary
+        # after it; a decode instance of a disaggregated cluster takes requests only by
+        # transfers, which cut its run themselves (`arrivals_cut_runs` False).
+        horizon = self.sim.next_arrival_time - now if self.arrivals_cut_runs else math.inf
         if horizon < math.inf:
             iterations = min(iterations, first_reaching(base, slope, n, context, horizon))
         self.run = DecodeRun(now, n, base, slope, context, iterations)

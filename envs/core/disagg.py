@@ -171,6 +171,7 @@ class DecodeInstance(Instance):
     """An instance of a decode pool: takes transferred requests and decodes them."""
 
     role = "decode"
+    arrivals_cut_runs = False  # arrivals never join it; transfers cut its runs
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

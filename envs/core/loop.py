@@ -186,8 +186,8 @@ class DecisionLoop:
         if len(targets) == 1:
             targets[0].enqueue(request, now)
             return
-        for instance in self.instances:
-            instance.advance_to(now)  # routers see each instance's state as of now
+        for instance in targets:
+            instance.advance_to(now)  # routers see each candidate's state as of now
         decision = Decision(DecisionKind.ROUTE, now, targets, request=request,
                             cluster=self)
         action = yield from self.ask(decision)
