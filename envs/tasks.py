@@ -291,8 +291,9 @@ ADMISSION_INTERVAL = replace(
 # decode on an H100, one of each on an L40S (roofline costs; the L40S has about a quarter
 # of the H100's memory bandwidth and 40% of its KV room). Arrivals are routed among the
 # prefill instances (ROUTE) and each prefilled request's KV moves to a decode instance
-# (PLACE) over the GPUs' interconnect (the cost model's kv_transfer_time). Heterogeneous-v0's
-# mixed chat + documents service and per-tenant SLOs, 32 req/s. Measured
+# (PLACE) over the GPUs' interconnect (the cost model's kv_transfer_time). The Azure 2023
+# conversation trace (Admission-v0's workload; the rewards' default SLOs, TTFT 2 s and
+# TPOT 0.1 s), every episode rescaled to 32 req/s. Measured
 # (experiments/bench_headroom.py --ids servegym/Disaggregated-v0 --episodes 2, goodput on
 # the test split): the load-aware routers 26.95-27.02 req/s (attainment 1.00), the blind
 # rr and random 13.70 and 12.60 (0.58, 0.55), the placement rules beside rr routing: most
@@ -301,7 +302,7 @@ ADMISSION_INTERVAL = replace(
 # a homogeneous disaggregated cluster leaves routing and placement little to decide.
 DISAGGREGATED_RATE = 32.0
 DISAGGREGATED = replace(
-    HETEROGENEOUS,
+    ADMISSION,
     id="servegym/Disaggregated-v0",
     control=("route", "place"),
     rate=DISAGGREGATED_RATE,
