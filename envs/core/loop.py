@@ -147,7 +147,7 @@ class DecisionLoop:
         while True:
             if heap and heap[0][0] < self.next_arrival_time:
                 time, _, _, kind, index, pushed = heappop(heap)
-                if kind:  # not INSTANCE: a typed event with its own handler
+                if kind is not INSTANCE:  # a typed event with its own handler
                     self.now = time
                     self.event_handlers[kind](index, time)
                     if self.debug_checks:
