@@ -124,8 +124,9 @@ class ServingEnv(gym.Env):
     episode_requests, episode_seconds (a window of trace time instead, before `rate`
     rescaling), split ("train" | "test" | "all"), model, gpu, tensor_parallel,
     cost_source, cluster ({"num_instances": N, "instance": InstanceConfig fields}, or
-    with "pools": [{"name", "count", "instance", "cost": {"gpu", ...}}], a heterogeneous
-    cluster, envs/build.py `build_pools`),
+    with "pools": [{"name", "count", "role", "instance", "cost": {"gpu", ...}}], a
+    heterogeneous or disaggregated cluster, envs/build.py `build_pools`; a disaggregated
+    one may add "network": {"bandwidth_gbps", "latency_s"}, envs/core/disagg.py),
     num_slots (K), admit_keys and preempt_keys (candidate sort keys, `ADMIT_KEYS` /
     `PREEMPT_KEYS` of envs/observations.py), episode_end ("auto" | "horizon" | "drain"),
     length_knowledge ("oracle" | "predicted" | "none"), length_sigma (log-normal error
@@ -208,6 +209,8 @@ class ServingEnv(gym.Env):
         self.sim = build_backend(backend, cost, cluster.get("num_instances", 1),
                                  cluster.get("instance"), policies=self._policies(policies),
                                  debug_checks=debug_checks, pools=pools,
+                                 **({"network": cluster["network"]}
+                                    if cluster.get("network") is not None else {}),
                                  **dict(live_options or {}))
         if backend == "live":  # the small engine's context: clip rather than reject
             self.source = clip_to_context(self.source, self.sim.max_model_len)[0]

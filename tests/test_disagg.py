@@ -248,3 +248,19 @@ def test_disaggregated_env_asks_route_and_place_with_masks() -> None:
         _, _, terminated, truncated, _ = env.step(action)
         done = terminated or truncated
     assert kinds == {DecisionKind.ROUTE, DecisionKind.PLACE}
+
+
+def test_env_takes_a_network_and_refuses_zero_bandwidth() -> None:
+    import gymnasium as gym
+
+    import servegym  # noqa: F401  (registers the ids)
+    from servegym.envs.tasks import TASKS
+
+    cluster = TASKS["servegym/Disaggregated-v0"].make_kwargs()["cluster"]
+    env = gym.make("servegym/Disaggregated-v0", episode_requests=20,
+                   cluster={**cluster, "network": {"bandwidth_gbps": 100.0,
+                                                   "latency_s": 0.001}}).unwrapped
+    assert env.sim.network == Network(100.0, 0.001)
+    with pytest.raises(ValueError, match="bandwidth_gbps must be a positive"):
+        gym.make("servegym/Disaggregated-v0", episode_requests=20,
+                 cluster={**cluster, "network": {"bandwidth_gbps": 0}})
