@@ -31,10 +31,11 @@ class TransferCost(AffineCost):
 
 def pools(prefills: int = 1, decodes: int = 1, prefill_blocks: int = 64,
           decode_blocks: int = 64, cost=None, budget: int = 256, seqs: int = 64,
-          swap: int = 0) -> list[Pool]:
+          swap: int = 0, prefix: bool = False) -> list[Pool]:
     cost = cost or TransferCost()
     return [Pool("p", InstanceConfig(num_kv_blocks=prefill_blocks, max_num_batched_tokens=budget,
-                                     max_num_seqs=seqs), cost, prefills, "prefill"),
+                                     max_num_seqs=seqs, enable_prefix_caching=prefix),
+                 cost, prefills, "prefill"),
             Pool("d", InstanceConfig(num_kv_blocks=decode_blocks, max_num_seqs=seqs,
                                      max_num_batched_tokens=budget, swap_space_blocks=swap),
                  cost, decodes, "decode")]
@@ -151,9 +152,13 @@ def _drive(sim: Simulator, workload, seed: int, choice_seed: int, limit: int = 2
         steps += 1
         assert steps < limit, "no progress: the loop does not end"
         for instance in sim.instances:
-            held = sum(r.num_blocks for r in instance.live_requests())
             bm = instance.bm
-            assert bm.num_used == held + bm.reserved + bm.incoming_blocks
+            live = instance.live_requests()
+            private = sum(r.num_blocks - len(r.cached_hashes or ()) for r in live)
+            shared = sum(1 for refs in bm.refcount.values() if refs > 0)
+            # Used = private blocks + referenced shared ones + reservations (+ cached,
+            # unreferenced blocks, which count as free).
+            assert bm.num_used == private + shared + bm.reserved + bm.incoming_blocks
         valid = np.flatnonzero(decision.mask())
         if decision.kind == DecisionKind.ADMIT and decision.can_stop() and rng.random() < 0.3:
             action = Action(STOP)
@@ -170,15 +175,22 @@ def _drive(sim: Simulator, workload, seed: int, choice_seed: int, limit: int = 2
           suppress_health_check=[HealthCheck.too_slow])
 @given(seed=st.integers(0, 10_000), prefills=st.integers(1, 3), decodes=st.integers(1, 3),
        decode_blocks=st.integers(20, 80), transfer=st.floats(0.0, 0.2),
-       runs=st.booleans(), swap=st.sampled_from([0, 16]))
+       runs=st.booleans(), swap=st.sampled_from([0, 16]), prefix=st.booleans())
 def test_kv_is_conserved_across_transfers_under_random_decisions(
-        seed, prefills, decodes, decode_blocks, transfer, runs, swap) -> None:
+        seed, prefills, decodes, decode_blocks, transfer, runs, swap, prefix) -> None:
     rng = np.random.default_rng(seed)
     n = 40
-    workload = make_workload(np.sort(rng.uniform(0, 2, n)), rng.integers(1, 300, n),
-                             rng.integers(1, 60, n))
+    prompts = rng.integers(1, 300, n)
+    hashes = None
+    if prefix:  # four groups of requests sharing their leading prompt blocks
+        groups = rng.integers(0, 4, n)
+        hashes = [tuple(int(g) * 1000 + i for i in range(int(p) // 16))
+                  for g, p in zip(groups, prompts, strict=True)]
+    workload = make_workload(np.sort(rng.uniform(0, 2, n)), prompts, rng.integers(1, 60, n),
+                             prefix_hashes=hashes)
     built = pools(prefills, decodes, prefill_blocks=40, decode_blocks=decode_blocks,
-                  cost=TransferCost(fixed=transfer, per_token=1e-4), budget=128, swap=swap)
+                  cost=TransferCost(fixed=transfer, per_token=1e-4), budget=128, swap=swap,
+                  prefix=prefix)
     sim = Simulator(pools=built, policies={}, debug_checks=True, decode_runs=runs)
     answers = _drive(sim, workload, seed, seed + 1)
     report = sim.report()
