@@ -23,11 +23,13 @@ them. What the simulator models:
       at or after now, `Simulator.interrupt`) and decodes it to completion.
 
 The prefill instance keeps serving its other requests during a transfer (overlap). A
-request for which no decode instance has room waits in the handoff queue (holding its
-prefill KV) and is retried whenever a decode instance ends an iteration or run, in queue
-order per prefill instance; a request that no decode instance could ever serve (context,
-KV capacity, budget: `Lifecycle.rejection_reason` of every decode instance) is rejected at
-arrival with the reason `no_decode_instance_fits: ...`. A request of one output token
+request for which no decode instance has room waits in the cluster's hand-off queue (FIFO
+over every prefill instance, `Disaggregation.pending`; it stays in its prefill instance's
+`handoff` list, holding its prefill KV) and is retried whenever a decode instance ends an
+iteration or run, or preempts (freeing KV), and at every prefill instance's event. A
+request that no decode instance could ever serve (context, KV capacity, budget:
+`Lifecycle.rejection_reason` of every decode instance) is rejected at arrival with the
+reason `no_decode_instance_fits: ...`. A request of one output token
 finishes on the prefill instance. The gap between the first token and the second includes
 the handoff wait and the transfer (TPOT and token gaps see it).
 
@@ -139,16 +141,19 @@ class PrefillInstance(Instance):
         for request in running:
             if request.num_generated:
                 # Prefilled (its first token is out): off to a decode instance.
-                self.handoff.extend(r for r in running if r.num_generated)
+                done = [r for r in running if r.num_generated]
+                self.handoff.extend(done)
+                self.sim.disagg.queue_handoffs(done, self)
                 self.running = [r for r in running if not r.num_generated]
                 break
-        if self.handoff:
-            return False  # build_next places them
+        if self.sim.disagg.pending:
+            return False  # build_next places the queued hand-offs
         return not (self.running or self.waiting or self.swapped)
 
     def build_next(self, now: float) -> Generator[Any, Any, None]:
-        if self.handoff:
-            yield from self.sim.disagg.place(self, now)
+        disagg = self.sim.disagg
+        if disagg.pending:
+            yield from disagg.place(now)
         if not (self.running or self.waiting or self.swapped):
             return
         plan = self.plan
@@ -202,6 +207,7 @@ class DecodeInstance(Instance):
         return self._plan_decode_run(now)
 
     def build_next(self, now: float) -> Generator[Any, Any, None]:
+        preemptions = self.num_preemptions
         try:
             yield from Instance.build_next(self, now)
         except SimulationError:
@@ -209,6 +215,9 @@ class DecodeInstance(Instance):
                 raise
             # Blocks reserved for transfers in flight keep a recompute out for now; the
             # transfer's end wakes the instance.
+        disagg = self.sim.disagg
+        if disagg.pending and self.num_preemptions != preemptions:
+            disagg.wake_senders(now)  # a preemption freed KV: retry the hand-offs now
 
     def live_requests(self) -> list[Request]:
         return self.waiting + self.running + self.swapped + self.incoming
@@ -239,6 +248,9 @@ class Disaggregation:
         self.decodes: list[DecodeInstance] = [
             i for i in sim.instances if isinstance(i, DecodeInstance)]
         self.transfers: dict[int, Transfer] = {}
+        # Prefilled requests waiting for a decode instance, in hand-off order, with the
+        # prefill instance holding each (also in its `handoff` list).
+        self.pending: list[tuple[Request, PrefillInstance]] = []
         self.next_transfer = 0
         self.num_transfers = 0
         self.transfer_time_total = 0.0
@@ -261,9 +273,14 @@ class Disaggregation:
             return self.network.transfer_time(source.cost, num_tokens)
         return source.cost.kv_transfer_time(num_tokens)
 
-    def place(self, source: PrefillInstance, now: float) -> Generator[Decision, Action, None]:
-        """Ask a PLACE decision for each of `source`'s hand-offs that some decode instance
-        has room for now, in queue order, and start its transfer."""
+    def queue_handoffs(self, requests: list[Request], source: PrefillInstance) -> None:
+        """Prefilled `requests` of `source` join the cluster's hand-off queue (FIFO)."""
+        self.pending.extend((request, source) for request in requests)
+
+    def place(self, now: float) -> Generator[Decision, Action, None]:
+        """Ask a PLACE decision for each queued hand-off (the cluster's FIFO, whichever
+        prefill instance holds it) that some decode instance has room for now, in queue
+        order, and start its transfer. The decision's `instance` is the holder."""
         decodes = self.decodes
         for instance in decodes:
             # Placement sees each decode instance as of now, the iteration in flight
@@ -271,11 +288,11 @@ class Disaggregation:
             instance.advance_to(now)
             if instance.run is not None:
                 instance.bm.catch_up(instance.running, ahead=1)
-        pending = source.handoff
+        pending = self.pending
         position = 0
         sim = self.sim
         while position < len(pending):
-            request = pending[position]
+            request, source = pending[position]
             if not any(instance.can_receive(request) for instance in decodes):
                 position += 1
                 continue
@@ -283,6 +300,7 @@ class Disaggregation:
                                 request=request, cluster=sim)
             action = yield from sim.ask(decision)
             del pending[position]
+            source.handoff.remove(request)
             self._start_transfer(request, source, decodes[action.choice], now)
 
     def _start_transfer(self, request: Request, source: PrefillInstance,
@@ -325,15 +343,18 @@ class Disaggregation:
 
     # ---------------------------------------------------------------- retries
     def waiting_handoffs(self) -> bool:
-        return any(instance.handoff for instance in self.prefills)
+        return bool(self.pending)
 
     def wake_senders(self, now: float) -> None:
-        """A decode instance may have freed KV: prefill instances with hand-offs waiting
-        retry at `now` (those with an event pending retry at it)."""
+        """A decode instance may have freed KV: the hand-off queue is retried at `now` by
+        the first prefill instance without an event pending (any prefill instance's event
+        retries the whole queue)."""
         sim = self.sim
         for instance in self.prefills:
-            if instance.handoff and not instance.event_pending:
-                sim.schedule(now, instance)
+            if instance.event_pending:
+                continue
+            sim.schedule(now, instance)
+            return
 
     # ---------------------------------------------------------------- checks
     def check(self) -> None:
@@ -360,6 +381,11 @@ class Disaggregation:
                 raise SimulationError(
                     f"decode instance {instance.index}: reservations {instance.bm.incoming} "
                     f"but transfers in flight {expected[instance.index]}")
+        queued = [(request.rid, source.index) for request, source in self.pending]
+        held = sorted((r.rid, i.index) for i in self.prefills for r in i.handoff)
+        if sorted(queued) != held:
+            raise SimulationError(f"hand-off queue {queued} disagrees with the prefill "
+                                  f"instances' hand-offs {held}")
         for instance in self.prefills:
             for request in instance.handoff:
                 if request.num_blocks < instance.bm.blocks_for(request.num_computed):
@@ -367,7 +393,7 @@ class Disaggregation:
                                           "instance without its prefill KV")
 
     def check_drained(self) -> None:
-        if self.transfers:
+        if self.transfers or self.pending:
             raise SimulationError(f"{len(self.transfers)} KV transfers still in flight at the end")
         for instance in self.prefills:
             if instance.handoff or instance.sending:
