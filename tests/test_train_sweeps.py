@@ -132,7 +132,13 @@ def test_ctrl_c_writes_an_interrupted_record(tmp_path: Path) -> None:
         assert time.monotonic() < deadline, "no checkpoint within 2 minutes"
         time.sleep(0.05)
     process.send_signal(signal.SIGINT)
-    assert process.wait(timeout=60) != 0
+    try:  # a hang guard, not a timing assertion: generous for a loaded shared machine
+        code = process.wait(timeout=300)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        raise AssertionError("train.py did not stop within 5 minutes of Ctrl-C; stderr:\n"
+                             + process.communicate()[1].decode()[-4000:]) from None
+    assert code != 0
     record = json.loads((run / "failed.json").read_text())
     assert record["status"] == "interrupted"
     assert record["reason"] == "interrupted by the user (Ctrl-C)"
