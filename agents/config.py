@@ -104,11 +104,14 @@ class PoolConfig:
 @dataclass
 class ClusterConfig:
     """`conf/cluster/*.yaml`: instances behind the router and `InstanceConfig`'s fields;
-    or `pools` (then `num_instances` is their total; conf/cluster/hetero_h100_a100.yaml)."""
+    or `pools` (then `num_instances` is their total; conf/cluster/hetero_h100_a100.yaml).
+    `network`: a disaggregated cluster's prefill-to-decode link, {bandwidth_gbps,
+    latency_s} (servegym.envs.core.disagg.Network); null: the cost model prices it."""
 
     num_instances: int = 1
     instance: InstanceSchema = field(default_factory=InstanceSchema)  # type: ignore[valid-type]
     pools: list[PoolConfig] = field(default_factory=list)
+    network: Any = None  # Any: OmegaConf 2.3 cannot merge a dict into a None Optional[Dict]
 
 
 # ============================================================================ env
@@ -587,6 +590,13 @@ def _validate_cluster(cluster: ClusterConfig) -> None:
         instance_config(dataclasses.asdict(cluster.instance))
     except ValueError as error:
         raise ValueError(f"cluster.instance: {error}") from None
+    if cluster.network is not None:
+        from servegym.envs.core.disagg import network_from_config
+
+        network_from_config(cluster.network)  # its own message: zero bandwidth, bad keys
+        if not any(pool.role in ("prefill", "decode") for pool in cluster.pools):
+            raise ValueError("cluster.network prices KV transfers between prefill and decode "
+                             "pools; this cluster has none (drop network or set pool roles)")
 
 
 def _validate_specs(cfg: TrainConfig) -> None:

@@ -93,8 +93,9 @@ def simulate(policies: Mapping[DecisionKind, Policy], workload: Workload, seed: 
     """(report, wall seconds) of `policies` on `workload`: the simulator of a `cluster`
     config (`num_instances` and `instance`, or `pools`) run to the end. Every harness
     (this module's episodes, experiments/eval_core.py's rate sweeps) runs through here."""
+    network = {"network": cluster["network"]} if cluster.get("network") is not None else {}
     sim = build_simulator(cost, cluster.get("num_instances", 1), cluster.get("instance"),
-                          policies=policies, pools=cluster.get("pools"))
+                          policies=policies, pools=cluster.get("pools"), **network)
     started = time.perf_counter()
     report = sim.run(workload, seed=seed)
     return report, time.perf_counter() - started

@@ -107,6 +107,8 @@ def cluster_kwargs(cfg: TrainConfig) -> dict[str, Any]:
     if cfg.cluster.pools:
         cluster["pools"] = [dataclasses.asdict(pool) for pool in cfg.cluster.pools]
         cluster["num_instances"] = sum(pool.count for pool in cfg.cluster.pools)
+    if cfg.cluster.network is not None:
+        cluster["network"] = dict(cfg.cluster.network)
     return cluster
 
 

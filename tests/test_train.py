@@ -150,6 +150,9 @@ def test_bad_overrides_fail_with_a_clear_message(override: str, message: str) ->
     (["agent=heuristic", "agent.policy=spff"], "agent.policy='spff'"),
     (["agent.warm_start.teacher=fcsf"], "agent.warm_start.teacher='fcsf'"),
     (["agent.reward_baseline=sfp"], "agent.reward_baseline='sfp': unknown policy"),
+    (["env=disaggregated", "cluster.network={bandwidth_gbps: 0}"],
+     "bandwidth_gbps must be a positive"),
+    (["cluster.network={bandwidth_gbps: 100}"], "this cluster has none"),
     (["agent.reward_baseline=teacher", "agent.warm_start.teacher=null"],
      "agent.reward_baseline='teacher' needs agent.warm_start.teacher"),
     (["env=admission_interval", "agent=ppo_interval", "agent.reward_baseline=spf"],
@@ -461,3 +464,16 @@ def test_every_config_key_is_read_by_some_code() -> None:
             assert passed <= accepted, (algo, passed - accepted)
         walk(schema, "agent.", passed)
     assert unread == []
+
+
+def test_a_disaggregated_clusters_network_reaches_the_env_and_the_evaluation() -> None:
+    from servegym.agents import learners
+
+    config = typed_config(OmegaConf.to_container(compose_config(
+        ["env=disaggregated", "cluster.network={bandwidth_gbps: 25, latency_s: 0.001}"]),
+        resolve=True))
+    cluster = learners.cluster_kwargs(config)
+    assert cluster["network"] == {"bandwidth_gbps": 25, "latency_s": 0.001}
+    env = learners.make_env(config.env.id, learners.env_kwargs(config), config.env.policies,
+                            monitor=False, quiet_cost_notice=True)()
+    assert env.unwrapped.sim.network.bandwidth_gbps == 25
