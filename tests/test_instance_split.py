@@ -145,4 +145,5 @@ def test_instance_is_a_facade_over_the_split() -> None:
 
     assert Instance.__mro__[1:5] == (Lifecycle, BatchBuilding, TokenBookkeeping, DecodeRuns)
     own = {name for name, value in vars(Instance).items() if callable(value)}
-    assert own <= {"__init__", "on_event", "build_next", "_start_iteration", "_sample_kv"}
+    assert own <= {"__init__", "on_event", "_close_event", "build_next", "_start_iteration",
+                   "_sample_kv"}

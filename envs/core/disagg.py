@@ -126,17 +126,7 @@ class PrefillInstance(Instance):
 
     def on_event(self, now: float) -> bool:
         # Instance.on_event with the hand-off between finishing and planning.
-        self.aggregates = None
-        if self.run is not None:
-            self._finish_run(now)
-        else:
-            plan = self.plan
-            if plan.entries or plan.bulk or plan.extra_time:
-                if self.sim.decode_runs:
-                    self._finish_iteration_fast(now)
-                else:
-                    self._finish_iteration_reference(now)
-        self.event_pending = False
+        self._close_event(now)
         running = self.running
         for request in running:
             if request.num_generated:
@@ -184,17 +174,7 @@ class DecodeInstance(Instance):
 
     def on_event(self, now: float) -> bool:
         # Instance.on_event with the arrivals by transfer between finishing and planning.
-        self.aggregates = None
-        if self.run is not None:
-            self._finish_run(now)
-        else:
-            plan = self.plan
-            if plan.entries or plan.bulk or plan.extra_time:
-                if self.sim.decode_runs:
-                    self._finish_iteration_fast(now)
-                else:
-                    self._finish_iteration_reference(now)
-        self.event_pending = False
+        self._close_event(now)
         if self.incoming:
             self.running.extend(self.incoming)
             self.incoming = []

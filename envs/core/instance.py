@@ -176,6 +176,14 @@ class Instance(Lifecycle, BatchBuilding, TokenBookkeeping, DecodeRuns):
         be built, which may ask decisions: then the simulator runs `build_next`. Split so
         the common events cost a plain call, not a generator.
         """
+        self._close_event(now)
+        if not (self.running or self.waiting or self.swapped):
+            return True
+        return self._plan_decode_run(now)
+
+    def _close_event(self, now: float) -> None:
+        """The work this instance's event ends: its decode run, or its iteration (the fast
+        path or the reference token rule); shared by every role's `on_event`."""
         self.aggregates = None
         if self.run is not None:
             self._finish_run(now)
@@ -187,9 +195,6 @@ class Instance(Lifecycle, BatchBuilding, TokenBookkeeping, DecodeRuns):
                 else:
                     self._finish_iteration_reference(now)
         self.event_pending = False
-        if not (self.running or self.waiting or self.swapped):
-            return True
-        return self._plan_decode_run(now)
 
     def build_next(self, now: float) -> Generator[Any, Any, None]:
         """Build and start the next iteration at `now` (after `on_event` returned False)."""
