@@ -124,13 +124,22 @@ def test_ctrl_c_writes_an_interrupted_record(tmp_path: Path) -> None:
             "agent.batch_size=64", "agent.n_epochs=1", "checkpoint.freq=128",
             *[o for o in TINY if "checkpoint" not in o], f"hydra.run.dir={run}"]
     env = {**os.environ, "WANDB_MODE": "disabled"}
+    # A terminal's Ctrl-C reaches a process whose SIGINT is at its default; a child
+    # inherits an ignored SIGINT from its parent (some test or plugin in this pytest process
+    # may have set SIG_IGN), and then Python never raises KeyboardInterrupt: reset it.
     process = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *args], cwd=tmp_path,
-                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 120
     while not list(run.glob("checkpoints/step_*/agent.json")):  # training is under way
         assert process.poll() is None, process.stderr.read().decode()
         assert time.monotonic() < deadline, "no checkpoint within 2 minutes"
         time.sleep(0.05)
+    status = Path(f"/proc/{process.pid}/status")
+    if status.exists():  # Linux: the child must not ignore SIGINT (bit 2 of SigIgn)
+        ignored = int(next(line.split()[1] for line in status.read_text().splitlines()
+                           if line.startswith("SigIgn:")), 16)
+        assert not ignored & (1 << (signal.SIGINT - 1)), "train.py ignores SIGINT"
     process.send_signal(signal.SIGINT)
     try:  # a hang guard, not a timing assertion: generous for a loaded shared machine
         code = process.wait(timeout=300)
