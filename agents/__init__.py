@@ -20,8 +20,7 @@ from servegym.envs.core.decisions import default_policies
 from servegym.envs.protocol import DecisionKind, Policy
 
 _TERM = re.compile(r"^\s*([A-Za-z0-9_.\-]+)\s*(?:\((.*)\))?\s*$", re.S)
-KIND_ORDER = (DecisionKind.ROUTE, DecisionKind.ADMIT, DecisionKind.PREEMPT,
-              DecisionKind.PLACE)  # PLACE: disaggregated clusters only
+KIND_ORDER = tuple(DecisionKind)  # the order a scheduler's policies are listed in
 
 
 def load_agent(path: str, allow_pickle: bool = False) -> dict[DecisionKind, Policy]:

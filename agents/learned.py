@@ -47,10 +47,8 @@ from servegym.envs.observations import (
 )
 from servegym.envs.protocol import Action, Decision, DecisionKind, Policy
 
-KINDS = {"admit": DecisionKind.ADMIT, "preempt": DecisionKind.PREEMPT,
-         "route": DecisionKind.ROUTE, "place": DecisionKind.PLACE}
-KIND_ORDER = (DecisionKind.ROUTE, DecisionKind.ADMIT, DecisionKind.PREEMPT,
-              DecisionKind.PLACE)  # PLACE: disaggregated clusters only
+KINDS = {kind.control: kind for kind in DecisionKind}  # config name -> kind
+KIND_ORDER = tuple(DecisionKind)  # the order a scheduler's policies are listed in
 
 
 class LayoutMismatchError(ValueError):

@@ -2,8 +2,14 @@
 
 Action layout (every env): `Discrete(2K + 1)`.
     a in [0, K)    choose candidate slot a
-    a in [K, 2K)   PREEMPT only: choose slot a - K and swap it to host memory
-    a == 2K        ADMIT only: STOP, no more admissions this iteration
+    a in [K, 2K)   swappable kinds (PREEMPT): choose slot a - K and swap it to host memory
+    a == 2K        stoppable kinds (ADMIT): STOP, no more admissions this iteration
+
+The encoding of a decision follows its kind's `KindSpec` (envs/protocol.py), not its name:
+`candidates` "waiting" gets the ADMIT slots below, "running" the PREEMPT slots, "instances"
+(arity 1) the instance slots, and `receives_kv` kinds the room features 9-10 and the
+`Decision.mask` of the instances; so a new kind of an existing candidate set needs no edit
+here (an arity-2 kind needs an encoding of its pairs, and says so).
 
 Candidate slots (candidate sets, observation layout version `OBS_LAYOUT_VERSION`):
     ADMIT    up to K waiting requests that fit into the batch now, drawn round-robin from
@@ -56,8 +62,9 @@ Slot features for instances (ROUTE, PLACE):
     4 queued prompt tokens squash(tokens, budget)  5 prefix hit fraction for the arriving
     request  6 swapped squash(n, 8)  7 outstanding requests squash(n, max_num_seqs)
     8 pool index / (pools - 1), 0 with one pool (envs/core/cluster.py)
-    9 PLACE: the instance has room for the request now (1) or not (0); ROUTE: 0
-    10 PLACE: free KV fraction left after taking the request's blocks; ROUTE: 0  11-20 0
+    9 receives_kv kinds (PLACE): the instance has room for the request now (1) or not
+    (0); ROUTE: 0  10 receives_kv kinds: free KV fraction left after taking the
+    request's blocks; ROUTE: 0  11-20 0
 """
 
 from __future__ import annotations
@@ -203,15 +210,16 @@ class ObservationEncoder:
     # ------------------------------------------------------------------ encoding
     def encode(self, decision: Decision, sim: Simulator) -> np.ndarray:
         kind = decision.kind
+        spec = kind.spec
         mask = self.mask
         mask[:] = False
-        if kind == DecisionKind.ADMIT:
+        if spec.candidates == "waiting":
             slots = self._admit_slots(decision)
             features = self._global(decision.instance, sim, kind, None)
             features += self._request_slots(decision, slots, kind)
             mask[: len(slots)] = True
             mask[self.stop_action] = decision.can_stop()
-        elif kind == DecisionKind.PREEMPT:
+        elif spec.candidates == "running":
             slots = self._preempt_slots(decision)
             features = self._global(decision.instance, sim, kind, decision.request)
             features += self._request_slots(decision, slots, kind)
@@ -220,14 +228,19 @@ class ObservationEncoder:
                 bm = decision.instance.bm
                 for slot, index in enumerate(slots):
                     mask[self.num_slots + slot] = bm.can_swap_out(decision.candidates[index])
-        else:
+        elif spec.candidates == "instances" and spec.arity == 1:
             slots = list(range(len(decision.candidates)))
             features = self._global(None, sim, kind, decision.request)
             features += self._instance_slots(decision, slots)
-            if kind == DecisionKind.PLACE:
+            if spec.receives_kv:
                 mask[: len(slots)] = decision.mask()
             else:
                 mask[: len(slots)] = True
+            mask[self.stop_action] = decision.can_stop()
+        else:
+            raise NotImplementedError(
+                f"{kind.name}: no observation encoding for candidates={spec.candidates!r} "
+                f"of arity {spec.arity}; add one to ObservationEncoder.encode")
         self.slot_choice = slots
         # Slots beyond the candidates are zero-padded.
         buffer = self.buffer
@@ -333,6 +346,7 @@ class ObservationEncoder:
         candidates = decision.candidates
         roles = self.slot_roles
         ranks = self.slot_ranks
+        waiting = kind.spec.candidates == "waiting"
         padding = [0.0] * (MAX_ROLES - len(ranks[0])) if ranks else []
         for position, index in enumerate(slots):
             r = candidates[index]
@@ -340,10 +354,7 @@ class ObservationEncoder:
             waited = now - r.arrival_time
             slack = 1.0 if r.num_generated else max(-1.0, min(1.0, (target - waited) / target))
             tokens = r.prompt_len + r.num_generated
-            if kind == DecisionKind.ADMIT:
-                extra = self._prefix_fraction(r, bm)
-            else:
-                extra = r.num_blocks / bm.num_blocks
+            extra = self._prefix_fraction(r, bm) if waiting else r.num_blocks / bm.num_blocks
             out += (
                 1.0,
                 squash(r.prompt_len, 1024),
@@ -371,7 +382,7 @@ class ObservationEncoder:
     def _instance_slots(self, decision: Decision, slots: list[int]) -> list[float]:
         request = decision.request
         last_pool = len(decision.cluster.pools) - 1
-        place = decision.kind == DecisionKind.PLACE
+        place = decision.kind.spec.receives_kv
         out: list[float] = []
         for index in slots:
             inst = decision.candidates[index]

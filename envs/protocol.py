@@ -17,6 +17,9 @@ a vLLM-free fake both do.
 |         | cluster is handed off and some decode       | instances     |                |       |
 |         | instance has room for its KV now            |               |                |       |
 
+Each kind's row in `KIND_SPECS` (a `KindSpec`) says what its candidates are, its arity and
+which answers it takes; the env, the observation encoder and the agents read only that row,
+so a new kind is an enum value, its row, the backend that asks it and a default policy.
 Arity is how many indices an answer carries: a candidate (`Action.choice`), and for kinds
 of arity 2 (migration, disaggregated routing: the next issues) a target
 (`Action.target`). Candidate order is canonical: instances by index; waiting requests in
@@ -28,9 +31,10 @@ only where swap space is configured).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
+from types import MappingProxyType
 from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 import numpy as np
@@ -39,7 +43,9 @@ STOP = -1  # ADMIT: no more admissions this iteration
 
 
 class DecisionKind(IntEnum):
-    """What is being decided; `arity` is how many indices an answer carries."""
+    """What is being decided. Everything a consumer needs to know of a kind (its arity,
+    what its candidates are, which answers it takes) is its `spec` (`KIND_SPECS`), so the
+    env, the observation encoder and the agents handle a new kind from that row alone."""
 
     ROUTE = 0
     ADMIT = 1
@@ -47,8 +53,56 @@ class DecisionKind(IntEnum):
     PLACE = 3  # prefill/decode disaggregation: the decode instance of a prefilled request
 
     @property
+    def spec(self) -> KindSpec:
+        return KIND_SPECS[self]
+
+    @property
     def arity(self) -> int:
-        return 1
+        return KIND_SPECS[self].arity
+
+    @property
+    def control(self) -> str:
+        """The kind's name in configs (`env.control`, `agent.policies`): lower case."""
+        return self.name.lower()
+
+    @classmethod
+    def from_control(cls, name: str) -> DecisionKind:
+        """The kind a config names (`"admit"` -> ADMIT); a clear error otherwise."""
+        try:
+            return cls[name.upper()]
+        except (KeyError, AttributeError):
+            raise ValueError(f"unknown decision kind {name!r}: choose one of "
+                             f"{[kind.control for kind in cls]}") from None
+
+
+class KindSpec(NamedTuple):
+    """What a decision kind's candidates are and which answers it takes.
+
+    candidates: "instances" (by index), "waiting" (an instance's waiting queue) or
+        "running" (an instance's running requests); the observation encoder picks its
+        slot encoding by it.
+    arity: indices per answer (2: a candidate and an `Action.target`).
+    stoppable: STOP is an answer (ADMIT: refused while the instance would idle with a
+        request that fits, `InstanceView.can_stop_admitting`).
+    swappable: `Action.swap` is an answer where the instance has swap space.
+    receives_kv: the candidates are instances that would take the decision's request's KV;
+        valid only those with room (`InstanceView.can_receive`).
+    """
+
+    candidates: str
+    arity: int = 1
+    stoppable: bool = False
+    swappable: bool = False
+    receives_kv: bool = False
+
+
+CANDIDATE_SETS = ("instances", "waiting", "running")
+KIND_SPECS: Mapping[DecisionKind, KindSpec] = MappingProxyType({
+    DecisionKind.ROUTE: KindSpec("instances"),
+    DecisionKind.ADMIT: KindSpec("waiting", stoppable=True),
+    DecisionKind.PREEMPT: KindSpec("running", swappable=True),
+    DecisionKind.PLACE: KindSpec("instances", receives_kv=True),
+})
 
 
 class InvalidActionError(ValueError):
@@ -183,19 +237,24 @@ class Decision:
 
     def mask(self) -> np.ndarray:
         """Valid choices, one per candidate (True = valid)."""
-        if self.kind == DecisionKind.ADMIT:
+        spec = KIND_SPECS[self.kind]
+        if spec.candidates == "waiting":
             return np.array([self.instance.can_admit(r) for r in self.candidates], dtype=bool)
-        if self.kind == DecisionKind.PLACE:
+        if spec.receives_kv:
             request = self.request
             return np.array([c.can_receive(request) for c in self.candidates], dtype=bool)
         return np.ones(len(self.candidates), dtype=bool)
 
     def can_stop(self) -> bool:
-        """STOP is refused when it would leave the instance idle while a request fits."""
-        return self.kind == DecisionKind.ADMIT and self.instance.can_stop_admitting()
+        """Whether STOP is an answer now; an admission's STOP is refused when it would leave
+        the instance idle while a request fits."""
+        spec = KIND_SPECS[self.kind]
+        if not spec.stoppable:
+            return False
+        return spec.candidates != "waiting" or self.instance.can_stop_admitting()
 
     def can_swap(self) -> bool:
-        return self.kind == DecisionKind.PREEMPT and self.instance.swap_enabled
+        return KIND_SPECS[self.kind].swappable and self.instance.swap_enabled
 
     def validate(self, action: int | Action) -> Action:
         if not isinstance(action, Action):
@@ -205,39 +264,43 @@ class Decision:
                 raise InvalidActionError(
                     f"{self.kind.name} decision needs an int or Action, got {action!r}"
                 ) from None
+        spec = KIND_SPECS[self.kind]
+        name = self.kind.name
         choice = action.choice
-        if action.target is not None and self.kind.arity < 2:
+        if action.target is not None and spec.arity < 2:
             raise InvalidActionError(
-                f"{self.kind.name}: an answer names one candidate; Action.target is for "
+                f"{name}: an answer names one candidate; Action.target is for "
                 "decisions of arity 2")
         if choice == STOP:
             if not self.can_stop():
                 raise InvalidActionError(
-                    f"{self.kind.name}: STOP is not allowed here "
-                    + ("(only ADMIT decisions can stop)" if self.kind != DecisionKind.ADMIT
-                       else "(the instance would idle while a waiting request fits)")
+                    f"{name}: STOP is not allowed here "
+                    + ("(the instance would idle while a waiting request fits)"
+                       if spec.stoppable else
+                       f"(stoppable kinds: {[k.name for k in DecisionKind if k.spec.stoppable]})")
                 )
             return action
         if not 0 <= choice < len(self.candidates):
             raise InvalidActionError(
-                f"{self.kind.name}: choice {choice} out of range, "
+                f"{name}: choice {choice} out of range, "
                 f"{len(self.candidates)} candidates (valid: 0..{len(self.candidates) - 1}"
-                + (", or STOP=-1)" if self.kind == DecisionKind.ADMIT else ")")
+                + (", or STOP=-1)" if spec.stoppable else ")")
             )
-        if self.kind == DecisionKind.ADMIT and not self.instance.can_admit(self.candidates[choice]):
+        if spec.candidates == "waiting" and \
+                not self.instance.can_admit(self.candidates[choice]):
             raise InvalidActionError(
-                f"ADMIT: waiting request {self.candidates[choice].rid} does not fit now "
+                f"{name}: waiting request {self.candidates[choice].rid} does not fit now "
                 "(token budget, sequence cap or KV blocks); consult Decision.mask()"
             )
-        if self.kind == DecisionKind.PLACE and \
-                not self.candidates[choice].can_receive(self.request):
+        if spec.receives_kv and not self.candidates[choice].can_receive(self.request):
             raise InvalidActionError(
-                f"PLACE: decode instance {self.candidates[choice].index} has no room for "
+                f"{name}: instance {self.candidates[choice].index} has no room for "
                 f"request {self.request.rid}'s KV now; consult Decision.mask()")
         if action.swap and not self.can_swap():
             raise InvalidActionError(
-                f"{self.kind.name}: swap requested but this instance has no swap space "
-                "(set swap_space_blocks > 0) or the decision is not PREEMPT"
+                f"{name}: swap requested but this instance has no swap space "
+                "(set swap_space_blocks > 0) or the decision cannot swap (swappable kinds: "
+                f"{[k.name for k in DecisionKind if k.spec.swappable]})"
             )
         return action
 
@@ -248,6 +311,7 @@ class Policy(Protocol):
 
 
 __all__ = [
-    "STOP", "Action", "Backend", "ClusterView", "Decision", "DecisionKind", "InstanceView",
-    "InvalidActionError", "KVView", "Policy", "RequestView",
+    "CANDIDATE_SETS", "KIND_SPECS", "STOP", "Action", "Backend", "ClusterView", "Decision",
+    "DecisionKind", "InstanceView", "InvalidActionError", "KVView", "KindSpec", "Policy",
+    "RequestView",
 ]

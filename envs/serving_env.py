@@ -22,8 +22,7 @@ from servegym.envs.workloads import Workload, build_workload, load_azure_2023, s
 from servegym.envs.workloads.transforms import clip_to_context, split_by_time
 
 KIND_NAMES = tuple(kind.name for kind in DecisionKind)
-CONTROLS = {"route": DecisionKind.ROUTE, "admit": DecisionKind.ADMIT,
-            "preempt": DecisionKind.PREEMPT, "place": DecisionKind.PLACE}
+CONTROLS = {kind.control: kind for kind in DecisionKind}  # "admit" -> ADMIT, ...
 LENGTH_KNOWLEDGE = ("oracle", "predicted", "none")
 TRACE_NAMES = {"azure_conv": "conv", "azure_code": "code"}
 INVALID_ACTION = ("raise", "fallback")
@@ -201,9 +200,11 @@ class ServingEnv(gym.Env):
         pools = cluster.get("pools") or None
         num_instances = (sum(int(pool.get("count", 1)) for pool in pools) if pools
                          else cluster.get("num_instances", 1))
-        if num_slots < 1 or num_slots < num_instances and DecisionKind.ROUTE in self.controlled:
+        over_instances = [k.control for k in self.controlled if k.spec.candidates == "instances"]
+        if num_slots < 1 or num_slots < num_instances and over_instances:
             raise ValueError(f"num_slots ({num_slots}) must be >= 1 and >= num_instances "
-                             f"({num_instances}) when routing is controlled")
+                             f"({num_instances}) when a decision over instances is controlled "
+                             f"({', '.join(over_instances)})")
         cost = (build_cost_model(model, gpu, tensor_parallel, source=cost_source)
                 if backend == "sim" else None)
         self.sim = build_backend(backend, cost, cluster.get("num_instances", 1),

@@ -7,6 +7,8 @@
   holding *only* the protocols' members (slotted, so any other read raises) gives the same
   observation, mask and heuristic answers as the simulator it mirrors, decision by decision.
 * The observation layout is pinned (a change must bump `OBS_LAYOUT_VERSION`).
+* The env, the observation encoder and the agents handle decision kinds by their
+  `KindSpec` (protocol.KIND_SPECS), never by name: a new kind needs no edit there.
 """
 
 from __future__ import annotations
@@ -55,6 +57,41 @@ def test_the_protocol_module_imports_nothing_from_the_project() -> None:
     imported += [node.module for node in ast.walk(tree)
                  if isinstance(node, ast.ImportFrom) and node.module]
     assert not [name for name in imported if name.split(".")[0] in ("envs", "agents")]
+
+
+# The only kind names the RL side may spell out: the observation's kind one-hot (pinned
+# by layout 3) and the admission-interval env, which is about ADMIT by definition.
+NAMED_KINDS_ALLOWED = {
+    "envs/observations.py": {"ROUTE", "ADMIT", "PREEMPT"},
+    "envs/interval_env.py": {"ADMIT"},
+}
+RL_SIDE = ("envs/serving_env.py", "envs/observations.py", "envs/interval_env.py",
+           "envs/rewards.py", "agents/__init__.py", "agents/learned.py", "agents/training.py",
+           "agents/learners.py", "agents/evaluation.py", "agents/callbacks.py",
+           "agents/scorer_policy.py", "agents/config.py", "train.py")
+
+
+def test_every_kind_has_a_spec_and_a_config_name() -> None:
+    from servegym.agents.learned import KIND_ORDER, KINDS
+    from servegym.envs.serving_env import CONTROLS
+    for kind in DecisionKind:
+        assert kind.spec.candidates in protocol.CANDIDATE_SETS, kind
+        assert DecisionKind.from_control(kind.control) is kind
+    assert set(CONTROLS.values()) == set(KINDS.values()) == set(DecisionKind)
+    assert KIND_ORDER == tuple(DecisionKind)
+    with pytest.raises(ValueError, match="unknown decision kind 'migrat'"):
+        DecisionKind.from_control("migrat")
+
+
+@pytest.mark.parametrize("path", RL_SIDE)
+def test_the_rl_side_names_no_decision_kind(path: str) -> None:
+    tree = ast.parse((ROOT / path).read_text())
+    named = {node.attr for node in ast.walk(tree) if isinstance(node, ast.Attribute)
+             and isinstance(node.value, ast.Name) and node.value.id == "DecisionKind"
+             and node.attr.isupper()}
+    extra = named - NAMED_KINDS_ALLOWED.get(path, set())
+    assert not extra, (f"{path} names DecisionKind.{sorted(extra)}: read the kind's "
+                       "KindSpec (envs/protocol.py KIND_SPECS) instead")
 
 
 def test_the_observation_layout_is_pinned() -> None:

@@ -159,8 +159,8 @@ def policy_names(kind: DecisionKind | None = None) -> list[str]:
 
 
 def _known_names() -> str:
-    return "; ".join(f"{kind.name.lower()}: {', '.join(policy_names(kind))}"
-                     for kind in (ADMIT, PREEMPT, ROUTE))
+    return "; ".join(f"{kind.control}: {', '.join(policy_names(kind))}"
+                     for kind in DecisionKind if policy_names(kind))
 
 
 def policy_info(name: str) -> PolicyInfo:
