@@ -169,15 +169,54 @@ class BatchBuilding:
 
     def _admit(self, request: Request, now: float) -> None:
         bm, plan = self.bm, self.plan
-        hits, _ = bm.count_prefix_hits(request)
+        hits, evictable_hits = bm.count_prefix_hits(request)
         remaining = request.prompt_len + request.num_generated - hits * self.block_size
         chunk = remaining if self.v0 else self._chunk(remaining)
-        bm.allocate_fresh(request, hits, chunk)
+        if bm.tiers is not None:
+            loaded, chunk = self._tier_decision(request, hits, evictable_hits, remaining,
+                                                chunk, now)
+            bm.allocate_fresh(request, hits, chunk, loaded)
+        else:
+            bm.allocate_fresh(request, hits, chunk)
         self._start_running(request, now)
         plan.add(request, chunk)
         plan.budget -= chunk
         if chunk > plan.longest:
             plan.longest = chunk
+
+    def _tier_decision(self, request: Request, hits: int, evictable_hits: int,
+                       remaining: int, chunk: int, now: float) -> tuple[int, int]:
+        """Tiered KV cache (envs/core/kv_tiers.py): (blocks to load from lower tiers,
+        the chunk computed after them) for a request admitted with `hits` GPU-cached
+        blocks. Load when the tiers' latency + bytes / bandwidth, after the host link
+        frees, is below the cost model's prefill time for those tokens and the loaded
+        blocks plus the chunk fit the free blocks (CacheGen's load-vs-recompute rule);
+        else recompute them (0, `chunk`). A load is queued on the host link and the
+        iteration waits for it (`plan.extra_time`)."""
+        bm, plan = self.bm, self.plan
+        levels = bm.tier_run(request, hits)
+        if not levels:
+            return 0, chunk
+        tiers = bm.tiers
+        count = len(levels)
+        tiers.hit_blocks += count
+        block_size = self.block_size
+        load = tiers.load_seconds(levels)
+        wait = tiers.link.busy_until - now
+        # The marginal prefill time of those tokens (the iteration's fixed part left out).
+        cached = hits * block_size
+        recompute = self.cost.iteration_time([(count * block_size, cached)], 0, 0) - \
+            self.cost.iteration_time([(1, cached)], 0, 0)
+        rest = remaining - count * block_size
+        after = rest if self.v0 else self._chunk(rest)
+        need = bm.blocks_for((hits + count) * block_size + after) - hits
+        if load + (wait if wait > 0 else 0.0) >= recompute or after <= 0 or \
+                need + evictable_hits + self.watermark_blocks > bm.num_free:
+            tiers.recomputed_blocks += count
+            return 0, chunk
+        plan.extra_time = bm.link_transfer(now, load, plan.extra_time)
+        tiers.load_time += load
+        return count, after
 
     def _admission_loop(self, now: float) -> Generator[Decision, Action, None]:
         waiting, running, plan = self.waiting, self.running, self.plan
@@ -268,7 +307,11 @@ class BatchBuilding:
             if not bm.can_swap_in(request):
                 return
             swapped.pop(0)
-            plan.extra_time += self.cost.swap_time(bm.swap_in(request))
+            seconds = self.cost.swap_time(bm.swap_in(request))
+            if bm.tiers is None:
+                plan.extra_time += seconds
+            else:  # the host link, shared with tier loads (envs/core/kv_tiers.py)
+                plan.extra_time = bm.link_transfer(now, seconds, plan.extra_time)
             if not bm.can_allocate(request, num_new):
                 # Resident again but not room to grow: it decodes once space frees up.
                 self._start_running(request, now)

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 from servegym.envs.core.batching import BatchBuilding, IterationPlan
 from servegym.envs.core.decode_runs import DecodeRun, DecodeRuns, elapsed, first_reaching
 from servegym.envs.core.kv_cache import BlockManager
+from servegym.envs.core.kv_tiers import KVTier, TierStore, tiers_from_config
 from servegym.envs.core.lifecycle import Lifecycle
 from servegym.envs.core.request import Request
 from servegym.envs.core.tokens import DecodeTally, TokenBookkeeping, TokenGaps
@@ -62,6 +63,9 @@ class InstanceConfig:
     swap_space_blocks: int = 0  # host blocks for swap preemption; 0 disables swap
     watermark: float = 0.0  # fraction of blocks kept free when admitting (Vidur's v0: 0.01)
     max_model_len: int | None = None  # None: the model's context length
+    # Lower KV tiers below the GPU, fastest first (envs/core/kv_tiers.py): mappings
+    # {name, capacity_gb | capacity_blocks, bandwidth_gb_s, latency_s}; () = none.
+    kv_tiers: tuple[KVTier, ...] = ()
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -86,6 +90,10 @@ class InstanceConfig:
         if self.max_model_len is not None and self.max_model_len < 1:
             raise ValueError(f"max_model_len must be >= 1 token or None (the model's context "
                              f"length), got {self.max_model_len}")
+        object.__setattr__(self, "kv_tiers", tiers_from_config(self.kv_tiers))
+        if self.kv_tiers and not self.enable_prefix_caching:
+            raise ValueError("kv_tiers hold prefix-cache blocks evicted from the GPU: set "
+                             "enable_prefix_caching: true, or drop kv_tiers")
         if not 0 < self.gpu_memory_utilization <= 1:
             raise ValueError(f"gpu_memory_utilization is a fraction in (0, 1], got "
                              f"{self.gpu_memory_utilization}")
@@ -122,6 +130,7 @@ class Instance(Lifecycle, BatchBuilding, TokenBookkeeping, DecodeRuns):
             config.block_size,
             enable_prefix_caching=config.enable_prefix_caching,
             swap_blocks=config.swap_space_blocks,
+            tiers=_tier_store(config, cost_model) if config.kv_tiers else None,
         )
         self.block_size = config.block_size
         self.v0 = config.mode == "vllm_v0"
@@ -226,6 +235,20 @@ class Instance(Lifecycle, BatchBuilding, TokenBookkeeping, DecodeRuns):
     def _sample_kv(self, now: float) -> None:
         self.kv_times.append(now)
         self.kv_used.append(self.bm.num_used)
+
+
+def _tier_store(config: InstanceConfig, cost_model: Any) -> TierStore:
+    """The lower KV tiers of an instance, sized by its model's KV bytes per block (per GPU
+    of the tensor-parallel group)."""
+    from servegym.envs.costs.specs import kv_bytes_per_token_per_gpu
+
+    model = getattr(cost_model, "model", None)
+    if not hasattr(model, "num_layers"):
+        raise ValueError("kv_tiers need the cost model's model spec to size KV blocks in "
+                         f"bytes; this cost model ({type(cost_model).__name__}) names none")
+    block_bytes = config.block_size * kv_bytes_per_token_per_gpu(
+        model, getattr(cost_model, "tensor_parallel", 1))
+    return TierStore(config.kv_tiers, block_bytes)
 
 
 # The names this module had before the split (tests, the live backend).

@@ -16,17 +16,28 @@ them when the iteration ends), `allocate_each` (a decode run's growth) and `catc
 Prefill/decode disaggregation (envs/core/disagg.py) reserves a request's blocks on the
 decode side before its KV transfer starts (`reserve_transfer`: taken from the pool, held
 under the request's id, not yet on the request, which still holds its prefill-side blocks)
-and hands them over when the transfer ends (`claim_transfer`).
+and hands them over when the transfer ends (`claim_transfer`). A live migration
+(envs/core/migration.py) reserves the same way, grows the reservation stage by stage
+(`grow_transfer`) and gives it back if it aborts (`cancel_transfer`).
+
+Tiered KV cache (envs/core/kv_tiers.py, off unless `tiers` is given): a prefix-cache block
+evicted from the GPU moves down into the `TierStore` instead of vanishing; `tier_run` finds
+the blocks below that continue a request's GPU hits and `allocate_fresh(..., loaded=n)`
+brings `n` of them back up (the caller decided load vs recompute and queued the load on
+the host link, `link_transfer`, which swap traffic shares). Without tiers every path is
+the one above, step for step.
 
 Invariant (checked by `check`): uncached free blocks + evictable cached blocks + referenced
 cached blocks + private blocks of live requests + reserved blocks + blocks reserved for
-incoming transfers == capacity.
+incoming transfers == capacity; with tiers, each tier within its capacity and every block
+in exactly one place (the GPU's prefix cache or one tier).
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
 
+from servegym.envs.core.kv_tiers import TierStore
 from servegym.envs.core.request import Request
 
 
@@ -42,6 +53,7 @@ class BlockManager:
         *,
         enable_prefix_caching: bool = False,
         swap_blocks: int = 0,
+        tiers: TierStore | None = None,
     ) -> None:
         if num_blocks <= 0:
             raise ValueError(f"num_blocks must be positive, got {num_blocks}")
@@ -62,6 +74,10 @@ class BlockManager:
         self.incoming_blocks = 0  # their sum
         self.prefix_queries = 0  # blocks looked up in the prefix cache
         self.prefix_hits = 0  # of which found
+        if tiers is not None and not enable_prefix_caching:
+            raise ValueError("kv_tiers hold prefix-cache blocks: enable_prefix_caching must "
+                             "be true where kv_tiers are configured")
+        self.tiers = tiers  # lower KV tiers (envs/core/kv_tiers.py), or None
 
     # ----------------------------------------------------------------- accounting
     @property
@@ -83,9 +99,12 @@ class BlockManager:
         self.free_uncached = 0
         if count > len(self.evictable):
             raise KVCacheError(f"out of KV blocks: {count} more needed, none free")
+        tiers = self.tiers
         for _ in range(count):  # reuse the least recently used cached blocks
             block_hash, _ = self.evictable.popitem(last=False)
             del self.refcount[block_hash]
+            if tiers is not None:
+                tiers.demote(block_hash)  # down a tier instead of gone
 
     # ----------------------------------------------------------------- grow a request
     def blocks_needed(self, request: Request, num_new_tokens: int) -> int:
@@ -132,9 +151,17 @@ class BlockManager:
         need = self.blocks_for(hits * self.block_size + num_new_tokens) - hits
         return need + evictable_hits + reserve <= self.num_free
 
-    def allocate_fresh(self, request: Request, hits: int, num_new_tokens: int) -> None:
-        """Claim the first `hits` cached blocks, then allocate `num_new_tokens` after them."""
+    def allocate_fresh(self, request: Request, hits: int, num_new_tokens: int,
+                       loaded: int = 0) -> None:
+        """Claim the first `hits` cached blocks, then allocate `num_new_tokens` after them.
+
+        `loaded`: with tiers, the next `loaded` prompt blocks (found below by `tier_run`)
+        are brought up onto the GPU first, published and referenced as cache hits."""
         hashes = request.prefix_hashes
+        if loaded:
+            self._load(request, hits, loaded)
+            self.allocate(request, num_new_tokens)
+            return
         if hits:
             refcount, evictable = self.refcount, self.evictable
             for block_hash in hashes[:hits]:
@@ -150,6 +177,46 @@ class BlockManager:
             self.prefix_queries += min(len(hashes), request.prompt_len // self.block_size)
             self.prefix_hits += hits
         self.allocate(request, num_new_tokens)
+
+    def _load(self, request: Request, hits: int, loaded: int) -> None:
+        """`allocate_fresh` with `loaded` tier blocks after the `hits` GPU ones."""
+        hashes, tiers = request.prefix_hashes, self.tiers
+        refcount, evictable = self.refcount, self.evictable
+        for block_hash in hashes[:hits]:
+            refs = refcount[block_hash]
+            if refs == 0:
+                del evictable[block_hash]
+            refcount[block_hash] = refs + 1
+        up = hashes[hits:hits + loaded]
+        for block_hash in up:
+            tiers.take(block_hash)  # out of its tier before any eviction can push it down
+        self._take(loaded)
+        for block_hash in up:
+            refcount[block_hash] = 1
+        request.cached_hashes = list(hashes[:hits + loaded])
+        request.num_blocks = hits + loaded
+        request.num_computed = (hits + loaded) * self.block_size
+        request.prefix_hit_tokens += (hits + loaded) * self.block_size
+        self.prefix_queries += min(len(hashes), request.prompt_len // self.block_size)
+        self.prefix_hits += hits + loaded
+        tiers.loaded_blocks += loaded
+        tiers.loaded_bytes += loaded * tiers.block_bytes
+
+    def tier_run(self, request: Request, hits: int) -> list[int]:
+        """Tier levels of the prompt blocks right after the `hits` GPU-cached ones that a
+        lower tier holds (empty without tiers)."""
+        tiers = self.tiers
+        hashes = request.prefix_hashes
+        if tiers is None or not hashes or request.num_computed:
+            return []
+        limit = min(len(hashes), (request.num_tokens - 1) // self.block_size)
+        return tiers.run(hashes, hits, limit)
+
+    def link_transfer(self, now: float, seconds: float, waited: float) -> float:
+        """Queue `seconds` of transfer on the host link at `now`; the time the iteration
+        being built waits for its transfers: `waited` or this one's end, the later."""
+        end = self.tiers.link.transfer(now, seconds) - now
+        return end if end > waited else waited
 
     def take_blocks(self, count: int) -> None:
         """Take `count` anonymous blocks from the pool, owned by no request (tests that
@@ -238,6 +305,28 @@ class BlockManager:
         self.incoming_blocks -= count
         request.num_blocks = count
 
+    def grow_transfer(self, request: Request, count: int) -> None:
+        """Take `count` more blocks for `request`'s transfer reserved here (a live
+        migration's next stage, envs/core/migration.py); check `can_reserve_transfer`."""
+        if request.rid not in self.incoming:
+            raise KVCacheError(f"request {request.rid} has no transfer reserved here to grow")
+        if count < 0 or count > self.num_free:
+            raise KVCacheError(f"cannot grow request {request.rid}'s transfer by {count} "
+                               f"blocks, {self.num_free} free; check can_reserve_transfer")
+        self._take(count)
+        self.incoming[request.rid] += count
+        self.incoming_blocks += count
+
+    def cancel_transfer(self, request: Request) -> int:
+        """Give back the blocks reserved for `request`'s transfer (an aborted migration);
+        returns how many."""
+        count = self.incoming.pop(request.rid, None)
+        if count is None:
+            raise KVCacheError(f"request {request.rid} has no transfer reserved here")
+        self.incoming_blocks -= count
+        self.free_uncached += count
+        return count
+
     def commit_full_blocks(self, request: Request) -> None:
         """Publish the request's newly computed full prompt blocks to the prefix cache."""
         hashes = request.prefix_hashes
@@ -248,6 +337,7 @@ class BlockManager:
             cached = request.cached_hashes = []
         full = min(len(hashes), request.num_computed // self.block_size)
         refcount = self.refcount
+        tiers = self.tiers
         for index in range(len(cached), full):
             block_hash = hashes[index]
             if block_hash in refcount:
@@ -255,6 +345,8 @@ class BlockManager:
                 break
             refcount[block_hash] = 1
             cached.append(block_hash)
+            if tiers is not None:
+                tiers.discard(block_hash)  # recomputed here: a copy below is redundant
 
     # ----------------------------------------------------------------- release
     def free(self, request: Request) -> None:
@@ -281,6 +373,8 @@ class BlockManager:
         if not self.can_swap_out(request):
             raise KVCacheError("swap space full; check can_swap_out first")
         moved = request.num_blocks
+        if self.tiers is not None:
+            self.tiers.swap_bytes += moved * self.tiers.block_bytes
         self.swap_used += moved
         request.swapped_blocks = moved
         self.free(request)
@@ -291,6 +385,8 @@ class BlockManager:
 
     def swap_in(self, request: Request) -> int:
         moved = request.swapped_blocks
+        if self.tiers is not None:
+            self.tiers.swap_bytes += moved * self.tiers.block_bytes
         self._take(moved)
         self.swap_used -= moved
         request.num_blocks = moved  # the shared prefix comes back as private copies
@@ -331,5 +427,7 @@ class BlockManager:
         swapped = sum(request.swapped_blocks for request in live)
         if swapped != self.swap_used:
             problems.append(f"swap space {self.swap_used} != blocks of swapped requests {swapped}")
+        if self.tiers is not None:
+            problems.extend(self.tiers.check(self.refcount))
         if problems:
             raise KVCacheError("; ".join(problems))

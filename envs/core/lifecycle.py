@@ -116,7 +116,12 @@ class Lifecycle:
         self.num_preemptions += 1
         bm = self.bm
         if swap and bm.can_swap_out(victim):
-            self.plan.extra_time += self.cost.swap_time(bm.swap_out(victim))
+            seconds = self.cost.swap_time(bm.swap_out(victim))
+            if bm.tiers is None:
+                self.plan.extra_time += seconds
+            else:  # the host link, shared with tier loads (envs/core/kv_tiers.py)
+                self.plan.extra_time = bm.link_transfer(self.sim.now, seconds,
+                                                        self.plan.extra_time)
             victim.status = SWAPPED
             victim.num_swaps += 1
             self.swapped.append(victim)

@@ -167,6 +167,7 @@ def build_report(sim: Simulator) -> ServingReport:
             sum(b.prefix_hits for b in bm) / max(1, sum(b.prefix_queries for b in bm))
         ),
         **_kv_bound(instances, records),
+        **_kv_tiers(bm),
     }
     report = ServingReport(
         records=records,
@@ -187,6 +188,18 @@ def build_report(sim: Simulator) -> ServingReport:
     )
     report.summary = summarize(report)
     return report
+
+
+def _kv_tiers(managers: list[Any]) -> dict[str, float]:
+    """Tiered KV cache counters summed over instances (`serving/kv_tier_*`; none without
+    tiers, envs/core/kv_tiers.py)."""
+    totals: dict[str, float] = {}
+    for manager in managers:
+        tiers = getattr(manager, "tiers", None)
+        if tiers is not None:
+            for key, value in tiers.stats().items():
+                totals[key] = totals.get(key, 0.0) + value
+    return totals
 
 
 def _kv_bound(instances: list[Any], records: dict[str, np.ndarray]) -> dict[str, float]:
@@ -316,6 +329,9 @@ def summarize(
     for key in ("kv_bound_seqs_max_len", "kv_bound_seqs_mean_len", "max_num_seqs"):
         out[f"serving/{key}"] = report.counters.get(key, math.nan)
     out["serving/fairness_jain"] = _jain(r["tenant"], met)
+    for key, value in report.counters.items():
+        if key.startswith("kv_tier_"):  # only with a tiered KV cache
+            out[f"serving/{key}"] = value
     cost = (float(sum(row["count"] * row["price_per_hour"] for row in report.pools))
             if report.pools else math.nan)
     out["serving/cost_per_hour"] = cost
