@@ -138,6 +138,14 @@ class RequestView(Protocol):
     num_generated: int
     num_blocks: int
     first_token_time: float
+    # Closed-loop sessions and agentic programs (envs/core/release.py); outside them:
+    # session -1, turn 0, next_delay NaN, tool_kind -1, critical_path 1, program_service 0.
+    session: int  # its session or program
+    turn: int  # its turn in the session, depth in the program
+    next_delay: float  # seconds from its finish to its program's next release (NaN: none)
+    tool_kind: int  # the kind of tool called after it finishes (-1: none)
+    critical_path: int  # calls on the longest path from it to its program's end
+    program_service: float  # prompt + output tokens of its program's finished calls
 
 
 @runtime_checkable

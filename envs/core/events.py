@@ -15,6 +15,11 @@ Kinds (`EventKind`):
               simulator's table of transfers in flight, envs/core/disagg.py): its handler
               frees the prefill side's blocks and hands the request to the decode instance.
               Transfers are never cancelled (their generation is always 0).
+    RELEASE   a closed-loop session's next turn or an agentic program's next call becomes
+              due (its parents finished, plus the think or tool time; `target` is the
+              request's row in the workload, envs/core/release.py): its handler makes the
+              request, which the loop routes like an arrival. Same priority as arrivals, so
+              it is queued before any instance plans at that instant; never cancelled.
 
 Cancellation is lazy (as in SimPy's and many kernels' heaps): each target has a
 generation counter; an entry carries the generation it was pushed with, and an entry whose
@@ -33,12 +38,15 @@ from enum import IntEnum
 
 ARRIVAL_PRIORITY = 0  # arrivals of an instant are enqueued before any instance plans
 TRANSFER_PRIORITY = 1  # a transfer ending at an instant lands before instances plan then
+RELEASE_PRIORITY = ARRIVAL_PRIORITY  # a released request is an arrival
 INSTANCE_PRIORITY = 2
 
 
 class EventKind(IntEnum):
     INSTANCE = 0
     TRANSFER = 1
+    RELEASE = 4  # 2 and 3: live migration's stage and tick (envs/core/migration.py)
 
 
-__all__ = ["ARRIVAL_PRIORITY", "INSTANCE_PRIORITY", "TRANSFER_PRIORITY", "EventKind"]
+__all__ = ["ARRIVAL_PRIORITY", "INSTANCE_PRIORITY", "RELEASE_PRIORITY", "TRANSFER_PRIORITY",
+           "EventKind"]

@@ -29,7 +29,9 @@ nothing to plan), the generator `build_next(now)`, `enqueue(request, now)` and
 `advance_to(now)`; `route_targets` (the instances ROUTE chooses among; usually all);
 `_make_request(index)`; `reset()`, which builds its state and then calls `start_loop()`;
 `event_handlers` for typed events of other kinds (`schedule_event`: a KV transfer's end,
-envs/core/disagg.py), each a plain call `handler(target, now)`; and, optionally,
+envs/core/disagg.py), each a plain call `handler(target, now)` that may return a
+generator of decisions to yield from (a closed-loop release routes the request it makes,
+envs/core/release.py); and, optionally,
 `after_arrival()`, `check_invariants(now)` and `_on_drained()` (called once when the loop
 ends).
 """
@@ -42,11 +44,16 @@ import math
 from collections.abc import Generator
 from typing import Any
 
-from servegym.envs.core.events import INSTANCE_PRIORITY, TRANSFER_PRIORITY, EventKind
+from servegym.envs.core.events import (
+    INSTANCE_PRIORITY,
+    RELEASE_PRIORITY,
+    TRANSFER_PRIORITY,
+    EventKind,
+)
 from servegym.envs.protocol import Action, Decision, DecisionKind
 
 INSTANCE = EventKind.INSTANCE
-EVENT_PRIORITY = {EventKind.TRANSFER: TRANSFER_PRIORITY}
+EVENT_PRIORITY = {EventKind.TRANSFER: TRANSFER_PRIORITY, EventKind.RELEASE: RELEASE_PRIORITY}
 
 
 class DecisionLoop:
@@ -149,7 +156,9 @@ class DecisionLoop:
                 time, _, _, kind, index, pushed = heappop(heap)
                 if kind is not INSTANCE:  # a typed event with its own handler
                     self.now = time
-                    self.event_handlers[kind](index, time)
+                    asks = self.event_handlers[kind](index, time)
+                    if asks is not None:  # a generator of decisions (a release's ROUTE)
+                        yield from asks
                     if self.debug_checks:
                         self.check_invariants(time)
                     continue

@@ -19,6 +19,17 @@ REJECTED = 4
 STATUS_NAMES = ("waiting", "running", "swapped", "finished", "rejected")
 
 
+class ProgramState:
+    """What the calls of one session or program share while it runs (envs/core/release.py)."""
+
+    __slots__ = ("first_arrival", "ident", "service")
+
+    def __init__(self, ident: int) -> None:
+        self.ident = ident
+        self.service = 0.0  # prompt + output tokens of its finished calls
+        self.first_arrival = math.nan
+
+
 class Request:
     """One request: workload fields (read-only by convention) plus serving state.
 
@@ -26,6 +37,14 @@ class Request:
     `num_computed` of them have KV in the cache. An iteration computes `num_new` tokens; when
     `num_computed` reaches `num_tokens`, a token is sampled (`num_generated += 1`). Prefill,
     chunked prefill, decode and recompute after preemption are all this one rule.
+
+    Closed-loop sessions and agentic programs (envs/core/release.py) also set: `session`
+    (its session or program, -1 none), `turn` (its turn / depth in the program),
+    `next_delay` (seconds from its finish to the release of its session's or program's
+    next call, NaN without one: what a KV-retention policy predicts), `tool_kind` (the
+    kind of tool called after it, -1 none), `critical_path` (calls on the longest path from
+    it to its program's end, itself included) and `program` (the program's shared state,
+    whose `service` is the tokens its finished calls were served; `program_service`).
     """
 
     __slots__ = (
@@ -35,6 +54,7 @@ class Request:
         "swapped_blocks", "first_scheduled", "first_token_time", "finish_time", "last_token_time",
         "num_preemptions", "num_swaps", "recomputed_tokens", "prefix_hit_tokens",
         "reject_reason", "token_times",
+        "session", "turn", "next_delay", "tool_kind", "critical_path", "program",
     )
 
     def __init__(
@@ -75,6 +95,19 @@ class Request:
         self.prefix_hit_tokens = 0
         self.reject_reason = ""
         self.token_times: list[float] | None = None
+        self.session = -1
+        self.turn = 0
+        self.next_delay = math.nan
+        self.tool_kind = -1
+        self.critical_path = 1
+        self.program: ProgramState | None = None
+
+    @property
+    def program_service(self) -> float:
+        """Tokens (prompt + output) served so far to this request's program's finished
+        calls (Autellix's attained service); 0 outside a program."""
+        program = self.program
+        return 0.0 if program is None else program.service
 
     @property
     def num_tokens(self) -> int:

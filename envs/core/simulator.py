@@ -9,11 +9,15 @@ workload's sorted arrays through a cursor, first at equal times. Decisions are a
 through one generator: those with a configured policy are answered inline, the others are
 handed to the caller by `next_decision()` and answered by `apply()` (how the Gymnasium envs
 step decision by decision). The simulator supplies the instances (envs/core/instance.py),
-the requests, the invariant checks and the end-of-run check.
+the requests, the invariant checks and the end-of-run check. A closed-loop workload
+(sessions, agentic programs: `Workload.parents`) adds `Releases` (envs/core/release.py):
+the cursor then reads only its roots, and every other request is released by a RELEASE
+event when its parents have finished.
 """
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -28,6 +32,7 @@ from servegym.envs.core.instance import Instance, InstanceConfig
 from servegym.envs.core.loop import DecisionLoop
 from servegym.envs.core.metrics import ServingReport, build_report
 from servegym.envs.core.occupancy import Occupancy
+from servegym.envs.core.release import Releases
 from servegym.envs.core.request import REJECTED, Request
 from servegym.envs.protocol import Decision, DecisionKind, Policy
 
@@ -109,6 +114,7 @@ class Simulator(DecisionLoop, Occupancy):
         self.max_model_len = min(self.pool_model_len)
         self.workload: Workload | None = None
         self.disagg: Disaggregation | None = None
+        self.releases: Releases | None = None
         self._decision: Decision | None = None
         self._done = True
 
@@ -141,7 +147,15 @@ class Simulator(DecisionLoop, Occupancy):
         self.event_handlers = {EventKind.TRANSFER: self.disagg.on_transfer_end} \
             if self.disaggregated else {}
         self.requests: list[Request] = []
-        self.reset_occupancy(workload.arrival_time.tolist())
+        self.__dict__.pop("record_departure", None)  # a closed-loop run's hook, below
+        if workload.parents is not None:  # closed loop: the cursor reads the roots only
+            self.releases = Releases(self, workload)
+            self.event_handlers[EventKind.RELEASE] = self.releases.on_release
+            self.record_departure = self._record_departure_closed  # type: ignore[method-assign]
+            self.reset_occupancy(self.releases.root_times)
+        else:
+            self.releases = None
+            self.reset_occupancy(workload.arrival_time.tolist())
         self.admit_is_internal = DecisionKind.ADMIT in self.policies
         admit_policy = self.policies.get(DecisionKind.ADMIT)
         self.admit_head_only = bool(getattr(admit_policy, "head_of_line", False))
@@ -182,11 +196,28 @@ class Simulator(DecisionLoop, Occupancy):
         self.schedule(end, instance)
         return end
 
-    def _make_request(self, index: int) -> Request:
+    def arrivals_since(self, time: float) -> int:
+        """Requests that arrived at or after `time` (so far), releases included."""
+        releases = self.releases
+        if releases is None:
+            arrived = self.arrived_count
+            return arrived - bisect.bisect_left(self.arrival_times, time, 0, arrived)
+        return releases.arrivals_since(time)
+
+    def _record_departure_closed(self, request: Request, time: float) -> None:
+        Occupancy.record_departure(self, request, time)
+        self.releases.on_departure(request, time)
+
+    def _make_request(self, index: int, arrival: float | None = None) -> Request:
+        """Request `index` (the cursor's; with closed-loop releases, the cursor's root, or
+        the row `index` released or rejected at `arrival`)."""
         w = self.workload
+        releases = self.releases
+        if releases is not None and arrival is None:
+            index = releases.roots[index]
         request = Request(
             index,
-            float(w.arrival_time[index]),
+            float(w.arrival_time[index]) if arrival is None else arrival,
             int(w.prompt_len[index]),
             int(w.output_len[index]),
             int(w.tenant[index]),
@@ -197,6 +228,8 @@ class Simulator(DecisionLoop, Occupancy):
         )
         if self.record_token_times:
             request.token_times = []
+        if releases is not None:
+            releases.annotate(request)
         self.requests.append(request)
         self.record_arrival(request)
         return request

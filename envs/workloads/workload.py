@@ -10,6 +10,16 @@ of a request's output tokens spent reasoning (ServeGen's reasoning pools). Slici
 (:meth:`Workload.head`, :meth:`Workload.take`, so splits and windows) keeps them aligned
 with the requests; ``dataclasses.replace`` of other columns (rate scaling, SLOs) keeps them
 as they are.
+
+Closed-loop sessions and agentic programs (:mod:`servegym.envs.workloads.graph`) are five
+more optional columns: ``session_id`` (int64, ``-1``: none), ``turn`` (int32),
+``parents`` (per request, a tuple of the row indices it waits for), ``release_delay``
+(float64 seconds after its last parent finished) and ``tool_kind`` (int32, the kind of the
+tool called after this request finishes, ``-1``: none). A workload is closed-loop when
+``parents`` is given; then a dependent request's ``arrival_time`` is nominal and the
+simulator releases it when its parents have finished. Slicing a closed-loop workload
+refuses to cut a program (a selected call whose parent is not selected); select whole
+programs with :meth:`Workload.whole_programs`.
 """
 
 from __future__ import annotations
@@ -22,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from servegym.envs.workloads import graph
 from servegym.envs.workloads.prefix import BlockChains
 
 __all__ = ["Workload", "WorkloadError", "WorkloadWarning"]
@@ -43,6 +54,8 @@ _INT_COLUMNS = {
     "tenant": np.int32,
     "priority": np.int32,
 }
+# Optional program columns sliced with the requests (``parents`` is renumbered apart).
+_PROGRAM_COLUMNS = ("session_id", "turn", "release_delay", "tool_kind")
 
 
 @dataclass(frozen=True, eq=False)  # eq=False: element-wise array equality has no bool value
@@ -71,6 +84,16 @@ class Workload:
             request's output tokens are reasoning tokens. Clipping the output
             (:meth:`clip_total_tokens`) keeps the share. Set by ServeGen's reasoning pools
             (the ``reason_ratio`` length field, see :mod:`servegym.envs.workloads.servegen`).
+        session_id: per request, its session or program (int64, ``-1``: none), or ``None``.
+        turn: per request, its turn in the session / depth in the program (int32; with
+            ``parents`` and no ``turn`` given, the depth in the graph), or ``None``.
+        parents: per request, the rows it waits for (a tuple of ints, empty for a root),
+            or ``None`` (open loop: every request arrives at its ``arrival_time``).
+        release_delay: per request, seconds from its last parent's finish to its release
+            (think or tool time; finite, >= 0 for dependent requests; NaN for roots).
+            Required with ``parents``.
+        tool_kind: per request, the kind of tool called after it finishes (int32, ``-1``:
+            none or a human's think time), or ``None``.
 
     Arrays are coerced to the dtypes above and made read-only; an input array that is
     already read-only with the right dtype is shared rather than copied.
@@ -88,6 +111,11 @@ class Workload:
     prefix_block_size: int = 16
     name: str = "workload"
     reason_ratio: np.ndarray | None = None
+    session_id: np.ndarray | None = None
+    turn: np.ndarray | None = None
+    parents: tuple[tuple[int, ...], ...] | None = None
+    release_delay: np.ndarray | None = None
+    tool_kind: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         self._check_scalars()
@@ -102,6 +130,7 @@ class Workload:
             self._set("prefix_hashes", _as_prefix_hashes(self.prefix_hashes, len(self)))
         if self.reason_ratio is not None:
             self._set("reason_ratio", _as_reason_ratio(self.reason_ratio, len(self)))
+        self._check_programs()
 
     # ------------------------------------------------------------------ construction
 
@@ -121,6 +150,11 @@ class Workload:
         prefix_block_size: int = 16,
         name: str = "workload",
         reason_ratio: Any = None,
+        session_id: Any = None,
+        turn: Any = None,
+        parents: Sequence[Sequence[int]] | None = None,
+        release_delay: Any = None,
+        tool_kind: Any = None,
     ) -> Workload:
         """Build a workload from per-request columns; scalars are repeated for every request.
 
@@ -139,6 +173,10 @@ class Workload:
         }
         if reason_ratio is not None:
             columns["reason_ratio"] = reason_ratio
+        for key, value in (("session_id", session_id), ("turn", turn),
+                           ("release_delay", release_delay), ("tool_kind", tool_kind)):
+            if value is not None:
+                columns[key] = value
         n = _common_length(columns)
         arrays = {key: _broadcast(value, n) for key, value in columns.items()}
         return cls(
@@ -147,9 +185,39 @@ class Workload:
             prefix_hashes=_hashes_argument(prefix_hashes),
             prefix_block_size=prefix_block_size,
             name=name,
+            parents=None if parents is None else tuple(tuple(p) for p in parents),
         )
 
     # ------------------------------------------------------------------ queries
+
+    @property
+    def closed_loop(self) -> bool:
+        """Whether some requests wait for others (``parents`` given)."""
+        return self.parents is not None
+
+    def next_delay(self) -> np.ndarray:
+        """Per request, seconds from its finish to its first child's release (the smallest
+        ``release_delay`` of its children; NaN without a child or when open-loop)."""
+        if self.parents is None:
+            return np.full(len(self), np.nan)
+        return graph.next_delay(self.parents, self.release_delay)
+
+    def critical_path(self) -> np.ndarray:
+        """Per request, the calls on the longest path from it to its program's end, itself
+        included (1 for a request without children or an open-loop workload)."""
+        if self.parents is None:
+            return np.ones(len(self), dtype=np.int32)
+        return graph.critical_path(self.parents, self.session_id)
+
+    def whole_programs(self, indices: Any) -> np.ndarray:
+        """The rows of the programs whose first calls (roots) are all among ``indices``
+        (int array or mask), every call of them included, sorted: what to pass to
+        :meth:`take` to slice a closed-loop workload without cutting a program. Requests
+        without a program are kept when selected. Open-loop workloads: ``indices`` sorted."""
+        index = self._index_array(indices, "whole_programs")
+        if self.parents is None:
+            return np.sort(index)
+        return graph.whole_programs(self.parents, self.session_id, index)
 
     def __len__(self) -> int:
         return int(self.arrival_time.shape[0])
@@ -173,17 +241,22 @@ class Workload:
         The result must still be sorted by arrival time (validation says so otherwise).
         Tenant names, block size and, unless ``name`` is given, the name are kept.
         """
+        selected = self._select(self._index_array(indices, "take"))
+        return selected if name is None else dataclasses.replace(selected, name=name)
+
+    def _index_array(self, indices: Any, method: str) -> np.ndarray:
         index = np.asarray(indices)
         if index.dtype == bool:
             if index.shape != (len(self),):
                 raise WorkloadError(
-                    f"Workload.take: a boolean mask needs {len(self)} entries, got {index.shape}"
+                    f"Workload.{method}: a boolean mask needs {len(self)} entries, got "
+                    f"{index.shape}"
                 )
             index = np.flatnonzero(index)
         if index.ndim != 1 or (index.size and index.dtype.kind not in "iu"):
-            raise WorkloadError("Workload.take: pass a 1-D array of request indices or a mask")
-        selected = self._select(index.astype(np.int64, copy=False))
-        return selected if name is None else dataclasses.replace(selected, name=name)
+            raise WorkloadError(f"Workload.{method}: pass a 1-D array of request indices or "
+                                "a mask")
+        return index.astype(np.int64, copy=False)
 
     def summary(self) -> dict[str, float | int | str]:
         """Count, duration, mean rate and prompt/output mean, p50, p99.
@@ -248,9 +321,58 @@ class Workload:
 
     def _select(self, index: slice | np.ndarray) -> Workload:
         columns = {c: getattr(self, c)[index] for c in (*_FLOAT_COLUMNS, *_INT_COLUMNS)}
+        for column in _PROGRAM_COLUMNS:
+            values = getattr(self, column)
+            columns[column] = None if values is None else values[index]
+        if self.parents is not None:
+            rows = np.arange(len(self))[index] if isinstance(index, slice) else index
+            try:
+                columns["parents"] = graph.select_graph(self.parents, rows, self.session_id)
+            except graph.GraphError as error:
+                raise WorkloadError(str(error)) from None
         ratio = None if self.reason_ratio is None else self.reason_ratio[index]
         return dataclasses.replace(self, **columns, prefix_hashes=self._hashes_at(index),
                                    reason_ratio=ratio)
+
+    def _check_programs(self) -> None:
+        n = len(self)
+        for column, dtype in (("session_id", np.int64), ("turn", np.int32),
+                              ("tool_kind", np.int32)):
+            values = getattr(self, column)
+            if values is not None:
+                array = _as_int_array(column, values, dtype)
+                if array.shape[0] != n:
+                    raise WorkloadError(f"Workload.{column} has {array.shape[0]} entries but "
+                                        f"there are {n} requests; give one per request")
+                self._set(column, array)
+        if self.release_delay is not None:
+            delay = _as_1d("release_delay", self.release_delay)
+            if delay.shape[0] != n:
+                raise WorkloadError(f"Workload.release_delay has {delay.shape[0]} entries but "
+                                    f"there are {n} requests; give one per request")
+            self._set("release_delay", _frozen(delay.astype(np.float64, copy=False),
+                                               self.release_delay))
+        if self.parents is None:
+            if self.release_delay is not None:
+                raise WorkloadError("Workload.release_delay needs parents (which requests "
+                                    "each one waits for); give parents or drop release_delay")
+            return
+        parents = self.parents
+        if isinstance(parents, str | bytes) or not isinstance(parents, Sequence) or \
+                len(parents) != n:
+            raise WorkloadError(f"Workload.parents must be a sequence of {n} tuples of row "
+                                "indices (empty for a root), one per request")
+        if not all(type(p) is tuple for p in parents):
+            self._set("parents", tuple(tuple(operator.index(q) for q in p) for p in parents))
+        if self.session_id is None or self.release_delay is None:
+            raise WorkloadError("a closed-loop Workload (parents given) needs session_id (the "
+                                "program of every call) and release_delay (think/tool seconds)")
+        try:
+            graph.check_graph(self.parents, self.session_id, self.release_delay)
+            if self.turn is None:
+                self._set("turn", graph.depth(self.parents, self.session_id))
+        except graph.GraphError as error:
+            raise WorkloadError(str(error)) from None
 
     def _hashes_at(self, index: slice | np.ndarray) -> tuple | BlockChains | None:
         hashes = self.prefix_hashes

@@ -1,0 +1,144 @@
+"""Closed-loop sessions and agentic programs: releases, failures, slicing, metrics."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from sim_fixtures import AffineCost, make_workload
+
+from servegym.envs.core.decisions import default_policies
+from servegym.envs.core.instance import InstanceConfig
+from servegym.envs.core.simulator import Simulator
+from servegym.envs.protocol import DecisionKind
+from servegym.envs.workloads import Workload, WorkloadError
+
+NAN = math.nan
+
+
+def _sim(n: int = 2, **config) -> Simulator:
+    defaults = {"max_model_len": 4096, "num_kv_blocks": 400}
+    defaults.update(config)
+    return Simulator(AffineCost(), InstanceConfig(**defaults), num_instances=n)
+
+
+def _chain_sessions(sessions: int = 30, turns: int = 4, seed: int = 0) -> Workload:
+    """`sessions` chains of `turns` calls, random lengths and think times."""
+    rng = np.random.default_rng(seed)
+    n = sessions * turns
+    session = np.repeat(np.arange(sessions), turns)
+    turn = np.tile(np.arange(turns), sessions)
+    starts = np.sort(rng.uniform(0, 20, sessions))
+    think = rng.exponential(2.0, n)
+    nominal = starts[session] + turn * 3.0
+    order = np.argsort(nominal, kind="stable")
+    row = np.empty(n, dtype=np.int64)
+    row[order] = np.arange(n)
+    parents = [() if turn[i] == 0 else (int(row[i - 1]),) for i in order]
+    delay = np.where(turn == 0, NAN, think)[order]
+    return Workload.from_lengths(
+        nominal[order], rng.integers(20, 400, n)[order], rng.integers(2, 60, n)[order],
+        session_id=session[order], parents=parents, release_delay=delay,
+        tool_kind=np.where(turn < turns - 1, 0, -1)[order])
+
+
+def test_turn_released_after_parent_finish_plus_think() -> None:
+    w = _chain_sessions()
+    report = _sim().run(w)
+    r = report.records
+    by_rid = {int(rid): k for k, rid in enumerate(r["rid"])}
+    assert (r["status"] == "finished").all()
+    for i, parents in enumerate(w.parents):
+        if not parents:
+            assert r["arrival"][by_rid[i]] == pytest.approx(w.arrival_time[i])
+            continue
+        finish = max(r["finish"][by_rid[p]] for p in parents)
+        assert r["arrival"][by_rid[i]] == pytest.approx(finish + w.release_delay[i], abs=1e-12)
+
+
+def test_same_seed_same_numbers_and_stepped_equals_inline() -> None:
+    w = _chain_sessions(seed=3)
+    first = _sim().run(w, seed=5).summary
+    np.testing.assert_equal(_sim().run(w, seed=5).summary, first)  # NaN == NaN here
+    policies = default_policies()
+    router = policies.pop(DecisionKind.ROUTE)
+    stepped = Simulator(AffineCost(), InstanceConfig(max_model_len=4096, num_kv_blocks=400),
+                        num_instances=2, policies=policies)
+    stepped.reset(w, seed=5)
+    asked = 0
+    while (decision := stepped.next_decision()) is not None:
+        asked += 1
+        stepped.apply(router.decide(decision))
+    assert asked == len(w)  # every release is routed like an arrival
+    summary = stepped.report().summary
+    assert summary.keys() == first.keys()
+    for key, value in first.items():
+        assert summary[key] == pytest.approx(value, nan_ok=True), key
+
+
+def test_request_fields_for_policies() -> None:
+    w = make_workload([0.0, 1.0, 2.0], [100, 100, 100], [5, 5, 5], session_id=[0, 0, 0],
+                      parents=[(), (0,), (0,)], release_delay=[NAN, 0.5, 2.0],
+                      tool_kind=[7, -1, -1])
+    sim = _sim()
+    sim.run(w)
+    req = {r.rid: r for r in sim.requests}
+    assert req[0].session == 0 and req[0].tool_kind == 7
+    assert req[0].next_delay == 0.5  # the earliest child's release delay
+    assert math.isnan(req[1].next_delay)
+    assert req[0].critical_path == 2 and req[1].critical_path == 1
+    assert req[1].turn == 1
+    assert req[1].program is req[0].program
+    assert req[2].program_service == 3 * 105  # every call finished
+
+
+def test_rejected_parent_rejects_descendants_no_hang() -> None:
+    # Turn 2 outgrows the 1000-token context: it and turn 3 are rejected, never waiting.
+    w = make_workload([0.0, 1.0, 2.0, 5.0], [100, 990, 100, 50], [10, 20, 10, 5],
+                      session_id=[0, 0, 0, 1], parents=[(), (0,), (1,), ()],
+                      release_delay=[NAN, 1.0, 1.0, NAN])
+    report = _sim(max_model_len=1000).run(w)
+    reasons = dict(zip(report.records["rid"].tolist(), report.reject_reasons, strict=True))
+    assert reasons[0] == "" and reasons[3] == ""
+    assert reasons[1].startswith("exceeds_context")
+    assert reasons[2] == "parent_rejected: request 1 (exceeds_context)"
+    assert report.summary["serving/rejected"] == 2
+
+
+def test_fan_in_waits_for_every_parent() -> None:
+    w = make_workload([0.0, 0.0, 0.0, 1.0], [50, 50, 800, 50], [5, 5, 80, 5],
+                      session_id=[0, 0, 0, 0], parents=[(), (0,), (0,), (1, 2)],
+                      release_delay=[NAN, 0.1, 0.1, 0.3])
+    sim = _sim()
+    sim.run(w)
+    req = {r.rid: r for r in sim.requests}
+    last = max(req[1].finish_time, req[2].finish_time)
+    assert req[2].finish_time > req[1].finish_time
+    assert req[3].arrival_time == pytest.approx(last + 0.3)
+
+
+def test_cycle_is_a_clear_error_naming_the_program() -> None:
+    with pytest.raises(WorkloadError, match="program 4: .*cycle"):
+        make_workload([0.0, 1.0, 2.0], [10, 10, 10], [2, 2, 2], session_id=[4, 4, 4],
+                      parents=[(), (2,), (1,)], release_delay=[NAN, 1.0, 1.0])
+
+
+@pytest.mark.parametrize("delay", [-1.0, NAN, math.inf])
+def test_bad_think_time_is_refused(delay: float) -> None:
+    with pytest.raises(WorkloadError, match=r"release_delay\[1\].*finite and >= 0"):
+        make_workload([0.0, 1.0], [10, 10], [2, 2], session_id=[0, 0], parents=[(), (0,)],
+                      release_delay=[NAN, delay])
+
+
+def test_slicing_keeps_graph_or_refuses() -> None:
+    w = _chain_sessions(sessions=5, turns=3)
+    with pytest.raises(WorkloadError, match="would cut program"):
+        w.take(np.arange(1, len(w)))
+    rows = w.whole_programs(np.flatnonzero(w.session_id < 3))
+    part = w.take(rows)
+    assert len(part) == 9 and set(part.session_id.tolist()) == {0, 1, 2}
+    for i, parents in enumerate(part.parents):
+        for p in parents:
+            assert part.session_id[p] == part.session_id[i] and part.turn[p] == part.turn[i] - 1
+    assert _sim().run(part).summary["serving/finished"] == 9
