@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from servegym.envs.build import build_simulator
+from servegym.envs.build import build_simulator, simulator_kwargs
 from servegym.envs.core.metrics import atomic_write
 from servegym.envs.protocol import DecisionKind, Policy
 from servegym.envs.workloads import Workload, scale_to_rate
@@ -93,9 +93,7 @@ def simulate(policies: Mapping[DecisionKind, Policy], workload: Workload, seed: 
     """(report, wall seconds) of `policies` on `workload`: the simulator of a `cluster`
     config (`num_instances` and `instance`, or `pools`) run to the end. Every harness
     (this module's episodes, experiments/eval_core.py's rate sweeps) runs through here."""
-    network = {"network": cluster["network"]} if cluster.get("network") is not None else {}
-    sim = build_simulator(cost, cluster.get("num_instances", 1), cluster.get("instance"),
-                          policies=policies, pools=cluster.get("pools"), **network)
+    sim = build_simulator(cost, policies=policies, **simulator_kwargs(cluster))
     started = time.perf_counter()
     report = sim.run(workload, seed=seed)
     return report, time.perf_counter() - started

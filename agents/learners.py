@@ -38,6 +38,7 @@ from servegym.agents.agent_files import (
     training_state_files,
 )
 from servegym.agents.config import MASKED_ALGORITHMS, AgentConfig, TrainConfig
+from servegym.envs.build import CLUSTER_OPTIONS
 from servegym.envs.core.metrics import atomic_write
 from servegym.envs.observations import OBS_LAYOUT_VERSION
 
@@ -107,8 +108,10 @@ def cluster_kwargs(cfg: TrainConfig) -> dict[str, Any]:
     if cfg.cluster.pools:
         cluster["pools"] = [dataclasses.asdict(pool) for pool in cfg.cluster.pools]
         cluster["num_instances"] = sum(pool.count for pool in cfg.cluster.pools)
-    if cfg.cluster.network is not None:
-        cluster["network"] = dict(cfg.cluster.network)
+    for key in CLUSTER_OPTIONS:  # envs/build.py: each a `ClusterConfig` field
+        value = getattr(cfg.cluster, key)
+        if value is not None:
+            cluster[key] = dict(value) if isinstance(value, Mapping) else value
     return cluster
 
 

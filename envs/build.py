@@ -12,6 +12,13 @@ from servegym.envs.costs.base import CostModel
 from servegym.envs.protocol import DecisionKind, Policy
 
 POOL_KEYS = ("name", "count", "role", "instance", "cost", "price_per_hour")
+# A `cluster` config's keys: the layout (num_instances + instance, or pools), then the
+# cluster-wide options, each a `Simulator` keyword argument of the same name. A new
+# topology option is one name here and its `Simulator` argument; the env, train.py's
+# schema (`ClusterConfig`, a field of the same name) and the evaluation harness pass the
+# whole mapping through `simulator_kwargs`, untouched.
+CLUSTER_LAYOUT_KEYS = ("num_instances", "instance", "pools")
+CLUSTER_OPTIONS = ("network",)
 COST_KEYS = ("model", "gpu", "tensor_parallel", "source")
 
 
@@ -82,6 +89,22 @@ def build_pools(specs: Sequence[Mapping[str, Any]], cost_model: CostModel,
                           str(spec.get("role", "mixed")),
                           None if price is None else float(price)))
     return pools
+
+
+def simulator_kwargs(cluster: Mapping[str, Any] | None) -> dict[str, Any]:
+    """`build_simulator`'s keyword arguments from a `cluster` config mapping: its layout
+    keys and every cluster option that is set (None: the simulator's default). An unknown
+    key is an error naming the known ones."""
+    cluster = dict(cluster or {})
+    known = CLUSTER_LAYOUT_KEYS + CLUSTER_OPTIONS
+    unknown = set(cluster) - set(known)
+    if unknown:
+        raise ValueError(f"unknown cluster setting(s) {sorted(unknown)}; known: {list(known)}")
+    out: dict[str, Any] = {"num_instances": cluster.get("num_instances", 1),
+                           "instance": cluster.get("instance"),
+                           "pools": cluster.get("pools") or None}
+    out.update({key: cluster[key] for key in CLUSTER_OPTIONS if cluster.get(key) is not None})
+    return out
 
 
 def build_simulator(

@@ -12,6 +12,7 @@ import numpy as np
 from gymnasium import spaces
 
 from servegym.envs.backends import build_backend
+from servegym.envs.build import simulator_kwargs
 from servegym.envs.core.decisions import default_policies, reset_policies
 from servegym.envs.core.request import FINISHED, REJECTED
 from servegym.envs.costs import build_cost_model
@@ -207,11 +208,8 @@ class ServingEnv(gym.Env):
                              f"({', '.join(over_instances)})")
         cost = (build_cost_model(model, gpu, tensor_parallel, source=cost_source)
                 if backend == "sim" else None)
-        self.sim = build_backend(backend, cost, cluster.get("num_instances", 1),
-                                 cluster.get("instance"), policies=self._policies(policies),
-                                 debug_checks=debug_checks, pools=pools,
-                                 **({"network": cluster["network"]}
-                                    if cluster.get("network") is not None else {}),
+        self.sim = build_backend(backend, cost, policies=self._policies(policies),
+                                 debug_checks=debug_checks, **simulator_kwargs(cluster),
                                  **dict(live_options or {}))
         if backend == "live":  # the small engine's context: clip rather than reject
             self.source = clip_to_context(self.source, self.sim.max_model_len)[0]
