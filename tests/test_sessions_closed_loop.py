@@ -142,3 +142,23 @@ def test_slicing_keeps_graph_or_refuses() -> None:
         for p in parents:
             assert part.session_id[p] == part.session_id[i] and part.turn[p] == part.turn[i] - 1
     assert _sim().run(part).summary["serving/finished"] == 9
+
+
+def test_program_metrics_by_hand() -> None:
+    # One instance, AffineCost: a prefill-only call of p tokens takes 0.010 + 0.001 p s.
+    # Program 0: a chain 0 -> 1 -> 2 (think 0.5 s, then 1.0 s); program 1: one call at 5 s.
+    w = make_workload([0.0, 0.2, 1.0, 5.0], [100, 200, 50, 100], [1, 1, 1, 1],
+                      session_id=[0, 0, 0, 1], parents=[(), (0,), (1,), ()],
+                      release_delay=[NAN, 0.5, 1.0, NAN], ttft_slo=0.15)
+    report = _sim(n=1).run(w)
+    finish = dict(zip(report.records["rid"].tolist(), report.records["finish"], strict=True))
+    assert finish[0] == pytest.approx(0.11)
+    assert finish[1] == pytest.approx(0.11 + 0.5 + 0.21)  # released at 0.61
+    assert finish[2] == pytest.approx(0.82 + 1.0 + 0.06)  # released at 1.82
+    s = report.summary
+    assert s["serving/programs"] == 2
+    assert s["serving/program_attainment"] == 0.5  # call 1's TTFT 0.21 > 0.15 sinks program 0
+    assert s["serving/jct_p50"] == pytest.approx(0.11)  # program 1; inverted CDF of 2 values
+    assert s["serving/jct_p99"] == pytest.approx(1.88)
+    assert s["serving/jct_mean"] == pytest.approx((1.88 + 0.11) / 2)
+    assert "serving/jct_p50" not in _sim(n=1).run(make_workload([0.0], [10], [2])).summary

@@ -32,6 +32,12 @@ Definitions (all times in seconds):
   Griggs et al. 2024, for a fixed cluster). `ServingReport.pools` lists each pool's name,
   GPU, count, price, price source and cost-model source (measured tables or roofline);
   `format_summary` prints them.
+* Programs (closed-loop sessions and agentic programs; only when the workload has
+  `session_id`): a program's job completion time is its last call's finish minus its first
+  call's arrival, over programs whose every call finished (`serving/jct_p50`, `_p90`,
+  `_p99`, `_mean`; inverted-CDF percentiles); a program attains its SLOs when every one of
+  its calls did (`serving/program_attainment`, over all programs, a rejected call misses);
+  `serving/programs` counts them. Requests without a program (`-1`) are left out.
 """
 
 from __future__ import annotations
@@ -154,6 +160,8 @@ def build_report(sim: Simulator) -> ServingReport:
         "ttft_slo": np.array([r.ttft_slo for r in requests]),
         "tpot_slo": np.array([r.tpot_slo for r in requests]),
     }
+    if sim.workload.session_id is not None:  # programs: per record, its program
+        records["session"] = sim.workload.session_id[records["rid"]]
     values, weights = _pool_gaps([instance.gaps for instance in sim.instances])
     kv_mean, kv_peak = _kv_utilisation(sim)
     instances = sim.instances
@@ -329,6 +337,8 @@ def summarize(
     for key in ("kv_bound_seqs_max_len", "kv_bound_seqs_mean_len", "max_num_seqs"):
         out[f"serving/{key}"] = report.counters.get(key, math.nan)
     out["serving/fairness_jain"] = _jain(r["tenant"], met)
+    if "session" in r:
+        out.update(_program_metrics(r, met, finished))
     for key, value in report.counters.items():
         if key.startswith("kv_tier_"):  # only with a tiered KV cache
             out[f"serving/{key}"] = value
@@ -337,6 +347,29 @@ def summarize(
     out["serving/cost_per_hour"] = cost
     dollars = cost * (end - start) / 3600.0
     out["serving/goodput_per_dollar"] = float(met.sum()) / dollars if dollars > 0 else math.nan
+    return out
+
+
+def _program_metrics(r: dict[str, np.ndarray], met: np.ndarray,
+                     finished: np.ndarray) -> dict[str, float]:
+    """Job completion time and program SLO attainment (module docstring)."""
+    session = r["session"]
+    inside = session >= 0
+    programs, which = np.unique(session[inside], return_inverse=True)
+    count = programs.size
+    out: dict[str, float] = {"serving/programs": float(count)}
+    if count == 0:
+        out["serving/program_attainment"] = math.nan
+        _percentiles("jct", np.zeros(0), out)
+        return out
+    first = np.full(count, np.inf)
+    last = np.full(count, -np.inf)
+    np.minimum.at(first, which, r["arrival"][inside])
+    np.maximum.at(last, which, np.where(finished[inside], r["finish"][inside], np.inf))
+    missed = np.zeros(count, dtype=bool)
+    np.logical_or.at(missed, which, ~met[inside])
+    out["serving/program_attainment"] = float((~missed).mean())
+    _percentiles("jct", (last - first)[np.isfinite(last)], out)
     return out
 
 
