@@ -113,6 +113,7 @@ class BatchBuilding:
     v0: bool
     block_size: int
     watermark_blocks: int
+    retention: Any
     waiting: list[Request]
     running: list[Request]
     swapped: list[Request]
@@ -178,6 +179,8 @@ class BatchBuilding:
             bm.allocate_fresh(request, hits, chunk, loaded)
         else:
             bm.allocate_fresh(request, hits, chunk)
+        if self.retention is not None and request.session >= 0:
+            self.retention.on_admit(request)  # its session's pin is no longer needed
         self._start_running(request, now)
         plan.add(request, chunk)
         plan.budget -= chunk

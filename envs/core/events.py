@@ -39,14 +39,16 @@ from enum import IntEnum
 ARRIVAL_PRIORITY = 0  # arrivals of an instant are enqueued before any instance plans
 TRANSFER_PRIORITY = 1  # a transfer ending at an instant lands before instances plan then
 RELEASE_PRIORITY = ARRIVAL_PRIORITY  # a released request is an arrival
+RETAIN_EXPIRY_PRIORITY = 1  # a pin's TTL ending at an instant frees KV before instances plan
 INSTANCE_PRIORITY = 2
 
 
 class EventKind(IntEnum):
     INSTANCE = 0
     TRANSFER = 1
+    RETAIN_EXPIRY = 5  # a retention pin's TTL ran out (envs/core/retention.py)
     RELEASE = 4  # 2 and 3: live migration's stage and tick (envs/core/migration.py)
 
 
-__all__ = ["ARRIVAL_PRIORITY", "INSTANCE_PRIORITY", "RELEASE_PRIORITY", "TRANSFER_PRIORITY",
-           "EventKind"]
+__all__ = ["ARRIVAL_PRIORITY", "INSTANCE_PRIORITY", "RELEASE_PRIORITY",
+           "RETAIN_EXPIRY_PRIORITY", "TRANSFER_PRIORITY", "EventKind"]

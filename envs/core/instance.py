@@ -132,6 +132,8 @@ class Instance(Lifecycle, BatchBuilding, TokenBookkeeping, DecodeRuns):
             swap_blocks=config.swap_space_blocks,
             tiers=_tier_store(config, cost_model) if config.kv_tiers else None,
         )
+        # KV retention between a session's calls (envs/core/retention.py), or None.
+        self.retention = getattr(simulator, "retention", None)
         self.block_size = config.block_size
         self.v0 = config.mode == "vllm_v0"
         self.watermark_blocks = int(config.watermark * num_kv_blocks)
@@ -208,7 +210,8 @@ class Instance(Lifecycle, BatchBuilding, TokenBookkeeping, DecodeRuns):
     def build_next(self, now: float) -> Generator[Any, Any, None]:
         """Build and start the next iteration at `now` (after `on_event` returned False)."""
         plan = self.plan
-        for _ in range(3):
+        attempts = 0
+        while attempts < 3:
             yield from self._build_batch(now)
             if plan.entries or plan.bulk or plan.extra_time:
                 self._start_iteration(now)
@@ -217,6 +220,10 @@ class Instance(Lifecycle, BatchBuilding, TokenBookkeeping, DecodeRuns):
                 return
             if self._plan_decode_run(now):
                 return
+            if self.retention is not None and self.waiting and \
+                    self.retention.release_for_room(self):
+                continue  # pinned KV kept a waiting request out: release a pin, retry
+            attempts += 1
         raise SimulationError(
             f"instance {self.index} cannot make progress at t={now}: "
             f"{len(self.waiting)} waiting, {len(self.running)} running, "

@@ -78,6 +78,7 @@ class BlockManager:
             raise ValueError("kv_tiers hold prefix-cache blocks: enable_prefix_caching must "
                              "be true where kv_tiers are configured")
         self.tiers = tiers  # lower KV tiers (envs/core/kv_tiers.py), or None
+        self.pins: dict[int, list[int]] = {}  # retention pins (envs/core/retention.py)
 
     # ----------------------------------------------------------------- accounting
     @property
@@ -365,6 +366,48 @@ class BlockManager:
         self.free_uncached += request.num_blocks - num_cached
         request.num_blocks = 0
 
+    # ----------------------------------------------------------------- retention
+    def pin(self, pin: int, hashes: list[int]) -> int:
+        """Hold the leading run of `hashes` still cached here under `pin` (one reference
+        each, as a request would: they stop being evictable); the blocks held."""
+        if pin in self.pins:
+            raise KVCacheError(f"pin {pin} already holds blocks here")
+        refcount, evictable = self.refcount, self.evictable
+        held = []
+        for block_hash in hashes:
+            refs = refcount.get(block_hash)
+            if refs is None:
+                break
+            if refs == 0:
+                del evictable[block_hash]
+            refcount[block_hash] = refs + 1
+            held.append(block_hash)
+        if held:
+            self.pins[pin] = held
+        return len(held)
+
+    def unpin(self, pin: int) -> None:
+        """Give up `pin`'s references (tail first, as `free` does)."""
+        refcount, evictable = self.refcount, self.evictable
+        for block_hash in reversed(self.pins.pop(pin)):
+            refs = refcount[block_hash] - 1
+            refcount[block_hash] = refs
+            if refs == 0:
+                evictable[block_hash] = None
+
+    def drop_cached(self, hashes: list[int]) -> int:
+        """No retention: the unreferenced ones of `hashes` leave the cache (freed, not
+        demoted to a lower tier); the blocks dropped."""
+        refcount, evictable = self.refcount, self.evictable
+        dropped = 0
+        for block_hash in hashes:
+            if refcount.get(block_hash) == 0:
+                del evictable[block_hash]
+                del refcount[block_hash]
+                dropped += 1
+        self.free_uncached += dropped
+        return dropped
+
     # ----------------------------------------------------------------- swap
     def can_swap_out(self, request: Request) -> bool:
         return self.swap_used + request.num_blocks <= self.swap_capacity
@@ -405,6 +448,9 @@ class BlockManager:
             cached = request.cached_hashes or []
             private += request.num_blocks - len(cached)
             for block_hash in cached:
+                refs_seen[block_hash] = refs_seen.get(block_hash, 0) + 1
+        for held in self.pins.values():  # retention pins reference blocks as requests do
+            for block_hash in held:
                 refs_seen[block_hash] = refs_seen.get(block_hash, 0) + 1
         problems = []
         if sum(self.incoming.values()) != self.incoming_blocks or \

@@ -51,6 +51,7 @@ class Lifecycle:
     v0: bool
     max_model_len: int
     watermark_blocks: int
+    retention: Any
     waiting: list[Request]
     running: list[Request]
     swapped: list[Request]
@@ -135,7 +136,14 @@ class Lifecycle:
     def _finish(self, request: Request, now: float) -> None:
         request.status = FINISHED
         request.finish_time = now
-        self.bm.free(request)
+        retention = self.retention
+        if retention is not None and request.session >= 0 and \
+                request.next_delay == request.next_delay:  # a next call (NaN: none)
+            hashes = list(request.cached_hashes or ())
+            self.bm.free(request)
+            retention.on_finish(self, request, hashes, now)  # envs/core/retention.py
+        else:
+            self.bm.free(request)
         self.sim.record_departure(request, now)
 
 

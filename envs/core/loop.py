@@ -47,13 +47,15 @@ from typing import Any
 from servegym.envs.core.events import (
     INSTANCE_PRIORITY,
     RELEASE_PRIORITY,
+    RETAIN_EXPIRY_PRIORITY,
     TRANSFER_PRIORITY,
     EventKind,
 )
 from servegym.envs.protocol import Action, Decision, DecisionKind
 
 INSTANCE = EventKind.INSTANCE
-EVENT_PRIORITY = {EventKind.TRANSFER: TRANSFER_PRIORITY, EventKind.RELEASE: RELEASE_PRIORITY}
+EVENT_PRIORITY = {EventKind.RETAIN_EXPIRY: RETAIN_EXPIRY_PRIORITY,
+                  EventKind.TRANSFER: TRANSFER_PRIORITY, EventKind.RELEASE: RELEASE_PRIORITY}
 
 
 class DecisionLoop:

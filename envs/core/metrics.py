@@ -176,6 +176,7 @@ def build_report(sim: Simulator) -> ServingReport:
         ),
         **_kv_bound(instances, records),
         **_kv_tiers(bm),
+        **(sim.retention.stats() if getattr(sim, "retention", None) is not None else {}),
     }
     report = ServingReport(
         records=records,
@@ -340,7 +341,7 @@ def summarize(
     if "session" in r:
         out.update(_program_metrics(r, met, finished))
     for key, value in report.counters.items():
-        if key.startswith("kv_tier_"):  # only with a tiered KV cache
+        if key.startswith(("kv_tier_", "retain_")):  # only with tiers / retention
             out[f"serving/{key}"] = value
     cost = (float(sum(row["count"] * row["price_per_hour"] for row in report.pools))
             if report.pools else math.nan)

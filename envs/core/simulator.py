@@ -34,6 +34,7 @@ from servegym.envs.core.metrics import ServingReport, build_report
 from servegym.envs.core.occupancy import Occupancy
 from servegym.envs.core.release import Releases
 from servegym.envs.core.request import REJECTED, Request
+from servegym.envs.core.retention import Retention
 from servegym.envs.protocol import Decision, DecisionKind, Policy
 
 if TYPE_CHECKING:
@@ -82,6 +83,7 @@ class Simulator(DecisionLoop, Occupancy):
         debug_checks: bool = False,
         pools: Sequence[Pool] | None = None,
         network: Network | Mapping[str, float] | None = None,
+        retention: Any = None,
     ) -> None:
         if pools is None:
             if cost_model is None:
@@ -107,6 +109,9 @@ class Simulator(DecisionLoop, Occupancy):
         self.record_token_times = record_token_times
         self.decode_runs = decode_runs
         self.debug_checks = debug_checks
+        # KV retention between a session's calls (a policy with ttl(request, instance,
+        # now), envs/core/retention.py; agents/heuristics/retention.py); None: none.
+        self.retention = None if retention is None else Retention(retention)
         self.pool_kv_blocks = [_kv_blocks(pool) for pool in self.pools]
         self.pool_model_len = [pool.config.max_model_len or _model_context(pool.cost)
                                for pool in self.pools]
@@ -147,6 +152,9 @@ class Simulator(DecisionLoop, Occupancy):
         self.event_handlers = {EventKind.TRANSFER: self.disagg.on_transfer_end} \
             if self.disaggregated else {}
         self.requests: list[Request] = []
+        if self.retention is not None:
+            self.retention.reset(self, self.rng.spawn(1)[0])
+            self.event_handlers[EventKind.RETAIN_EXPIRY] = self.retention.on_expiry
         self.__dict__.pop("record_departure", None)  # a closed-loop run's hook, below
         if workload.parents is not None:  # closed loop: the cursor reads the roots only
             self.releases = Releases(self, workload)
@@ -249,6 +257,9 @@ class Simulator(DecisionLoop, Occupancy):
             self.disagg.check()  # reservations, transfers in flight, hand-offs
 
     def _on_drained(self) -> None:
+        if self.retention is not None and self.retention.pins:
+            raise RuntimeError(f"{len(self.retention.pins)} retention pins outlived the run "
+                               "(their expiry events should have released them)")
         for instance in self.instances:
             if instance.waiting or instance.running or instance.swapped:
                 raise RuntimeError(f"instance {instance.index} still holds requests at the end")

@@ -1,0 +1,117 @@
+"""KV retention heuristics: what happens to a finished call's KV when its session or
+program has a next call (envs/core/retention.py: None drops it, 0 leaves it to the LRU
+prefix cache, ttl > 0 pins it for ttl seconds).
+
+* `NoRetention` ("retain-none"): drop the call's cached prompt blocks at once.
+* `LRURetention` ("retain-lru"): leave them cached, unpinned; the cache evicts as needed.
+* `ContinuumTTL` ("retain-continuum"): Continuum's rule (Li et al., "Continuum: Efficient
+  and Robust Multi-Turn LLM Agent Scheduling with KV Cache Time-to-Live", 2025): pin for
+  a TTL set from the predicted duration of the tool call that follows. The prediction
+  never reads the true `next_delay`: per `tool_kind`, the policy keeps the delays it has
+  observed (a session's next call's arrival minus the previous call's finish, both seen
+  when that next call finishes) and predicts their `quantile` (default 0.9) times
+  `margin`; with fewer than `min_samples` observations of a kind it uses the pooled
+  observations, and before any, `default_ttl_s`. A TTL above `max_ttl_s` is not worth
+  the memory: the call is left to the LRU cache instead (Continuum also declines to pin
+  when the expected wait is long).
+* `OracleTTL` ("retain-oracle", an ORACLE: it reads the true `next_delay`): pin for
+  exactly the delay plus `slack_s` (time for the next call to be admitted).
+Our own code, after the paper's description; its public artefacts were not read here.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+
+class NoRetention:
+    name = "retain-none"
+
+    def ttl(self, request: Any, instance: Any, now: float) -> float | None:
+        return None
+
+
+class LRURetention:
+    name = "retain-lru"
+
+    def ttl(self, request: Any, instance: Any, now: float) -> float | None:
+        return 0.0
+
+
+class ContinuumTTL:
+    name = "retain-continuum"
+
+    def __init__(self, quantile: float = 0.9, margin: float = 1.2, default_ttl_s: float = 5.0,
+                 min_samples: int = 3, max_ttl_s: float = 60.0, history: int = 64) -> None:
+        if not 0 < quantile <= 1:
+            raise ValueError(f"quantile must be in (0, 1], got {quantile}")
+        for name, value in (("margin", margin), ("default_ttl_s", default_ttl_s),
+                            ("max_ttl_s", max_ttl_s)):
+            if not math.isfinite(value) or value < 0:
+                raise ValueError(f"{name} must be a finite number >= 0, got {value}")
+        if min_samples < 1 or history < 1:
+            raise ValueError("min_samples and history must be >= 1")
+        self.quantile, self.margin = quantile, margin
+        self.default_ttl_s, self.min_samples = default_ttl_s, min_samples
+        self.max_ttl_s, self.history = max_ttl_s, history
+        self.reset(None)
+
+    def reset(self, rng: np.random.Generator | None) -> None:
+        self.last: dict[int, tuple[float, int]] = {}  # session -> (finish, tool kind)
+        self.delays: dict[int, list[float]] = {}  # tool kind -> observed delays
+
+    def _observe(self, request: Any, now: float) -> None:
+        previous = self.last.get(request.session)
+        if previous is not None:
+            finish, kind = previous
+            seen = self.delays.setdefault(kind, [])
+            seen.append(max(0.0, request.arrival_time - finish))
+            if len(seen) > self.history:
+                del seen[0]
+        self.last[request.session] = (now, request.tool_kind)
+
+    def predict(self, tool_kind: int) -> float:
+        seen = self.delays.get(tool_kind, [])
+        if len(seen) < self.min_samples:
+            seen = [d for delays in self.delays.values() for d in delays]
+        if not seen:
+            return self.default_ttl_s
+        return float(np.quantile(seen, self.quantile)) * self.margin
+
+    def ttl(self, request: Any, instance: Any, now: float) -> float | None:
+        self._observe(request, now)
+        ttl = self.predict(request.tool_kind)
+        return 0.0 if ttl > self.max_ttl_s else ttl
+
+
+class OracleTTL:
+    """ORACLE: reads the true delay to the session's next call."""
+
+    name = "retain-oracle"
+
+    def __init__(self, slack_s: float = 2.0) -> None:
+        if not math.isfinite(slack_s) or slack_s < 0:
+            raise ValueError(f"slack_s must be a finite number >= 0, got {slack_s}")
+        self.slack_s = slack_s
+
+    def ttl(self, request: Any, instance: Any, now: float) -> float | None:
+        return float(request.next_delay) + self.slack_s
+
+
+RETENTION_POLICIES = {cls.name: cls for cls in (NoRetention, LRURetention, ContinuumTTL,
+                                                  OracleTTL)}
+
+
+def make_retention(name: str, **options: Any) -> Any:
+    """A retention policy by name (`RETENTION_POLICIES`); a clear error otherwise."""
+    if name not in RETENTION_POLICIES:
+        raise ValueError(f"unknown retention policy {name!r}; choose one of "
+                         f"{sorted(RETENTION_POLICIES)}")
+    return RETENTION_POLICIES[name](**options)
+
+
+__all__ = ["RETENTION_POLICIES", "ContinuumTTL", "LRURetention", "NoRetention", "OracleTTL",
+           "make_retention"]
