@@ -54,6 +54,7 @@ from typing import TYPE_CHECKING, Any
 from servegym.envs.core.events import EventKind
 from servegym.envs.core.instance import Instance, SimulationError
 from servegym.envs.core.request import Request
+from servegym.envs.core.tokens import DecodeTally
 from servegym.envs.protocol import Action, Decision, DecisionKind
 
 if TYPE_CHECKING:
@@ -175,10 +176,18 @@ class DecodeInstance(Instance):
     def on_event(self, now: float) -> bool:
         # Instance.on_event with the arrivals by transfer between finishing and planning.
         self._close_event(now)
-        if self.incoming:
-            self.running.extend(self.incoming)
+        incoming = self.incoming
+        if incoming:
+            tally = self.aggregates
+            if tally is not None and tally.count == len(self.running):
+                # The tally of the run or iteration that just ended, extended by the
+                # transferred requests (all decoding): what a pass over `running` would
+                # count (`TokenBookkeeping`'s rule), without the pass.
+                self.aggregates = joined_tally(tally, incoming, self.block_size)
+            else:
+                self.aggregates = None  # the tally no longer covers every running request
+            self.running.extend(incoming)
             self.incoming = []
-            self.aggregates = None  # the tally no longer covers every running request
         disagg = self.sim.disagg
         if disagg.waiting_handoffs():
             disagg.wake_senders(now)
@@ -201,6 +210,30 @@ class DecodeInstance(Instance):
 
     def live_requests(self) -> list[Request]:
         return self.waiting + self.running + self.swapped + self.incoming
+
+
+def joined_tally(tally: DecodeTally, joining: list[Request], block_size: int
+                 ) -> DecodeTally | None:
+    """`tally` (every running request decoding) with the `joining` requests counted in,
+    as `TokenBookkeeping` counts them (context: computed tokens + 1; whether the next
+    token needs a new block); None if one of them is not decoding."""
+    count, context, min_left, new_blocks = (tally.count, tally.context, tally.min_left,
+                                            tally.new_blocks)
+    for request in joining:
+        computed = request.num_computed
+        generated = request.num_generated
+        if not generated or computed + 1 != request.prompt_len + generated:
+            return None
+        left = request.output_len - generated
+        if left <= 0:
+            return None
+        count += 1
+        context += computed + 1
+        if left < min_left:
+            min_left = left
+        if computed + 1 > request.num_blocks * block_size:
+            new_blocks += 1
+    return DecodeTally(count, context, min_left, new_blocks)
 
 
 @dataclass(slots=True)
@@ -264,16 +297,24 @@ class Disaggregation:
         decodes = self.decodes
         for instance in decodes:
             # Placement sees each decode instance as of now, the iteration in flight
-            # holding its blocks (advance_to skips that when a run starts right now).
-            instance.advance_to(now)
-            if instance.run is not None:
+            # holding its blocks (advance_to does that itself, except when a run starts
+            # right now; without a run there is nothing in flight to advance).
+            run = instance.run
+            if run is None:
+                continue
+            if now > run.start:
+                instance.advance_to(now)
+            else:
                 instance.bm.catch_up(instance.running, ahead=1)
         pending = self.pending
         position = 0
         sim = self.sim
         while position < len(pending):
             request, source = pending[position]
-            if not any(instance.can_receive(request) for instance in decodes):
+            for instance in decodes:
+                if instance.can_receive(request):
+                    break
+            else:
                 position += 1
                 continue
             decision = Decision(DecisionKind.PLACE, now, decodes, instance=source,
