@@ -58,3 +58,23 @@ def test_no_cap_without_a_decoding_target_or_a_prefill_in_the_batch() -> None:
 def test_bad_slack_is_refused(slack: float) -> None:
     with pytest.raises(ValueError, match="slack must be a finite number > 0"):
         TPOTBudgetAdmission(slack=slack)
+
+
+def test_late_last_ranks_a_request_past_its_ttft_deadline_after_the_on_time_ones() -> None:
+    # at t=2: rid 2 (10 tokens) arrived at 0 with a 1 s TTFT target: lost; rid 3 (30
+    # tokens) arrived at 1.5 with the same target: can still make it
+    waiting = [Request(2, 0.0, 10, 10, ttft_slo=1.0), Request(3, 1.5, 30, 10, ttft_slo=1.0)]
+    def at_two(name: str) -> int:
+        decision = admit(waiting, [], budget=1000)
+        decision.time = 2.0
+        return make_policy(name).decide(decision)
+    assert at_two("spf") == 0 and at_two("spf-tpot-budget") == 0  # the shortest
+    assert at_two("spf-late-last") == 1 and at_two("spf-tpot-budget-late-last") == 1
+    # once both are late, shortest first again; and with the ageing guard in front
+    waiting[1].arrival_time = 0.5
+    assert at_two("spf-late-last") == 0
+    guard = TPOTBudgetAdmission(max_wait_s=1.8, late_last=True)  # rid 2 waited 2 s
+    waiting[1].arrival_time = 1.5
+    decision = admit(waiting, [], budget=1000)
+    decision.time = 2.0
+    assert guard.decide(decision) == 0

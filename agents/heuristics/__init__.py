@@ -99,6 +99,12 @@ def _entries() -> list[PolicyInfo]:
         PolicyInfo("spf-tpot-budget", ADMIT, TPOTBudgetAdmission,
                    "Sarathi-Serve: shortest prefill first while the iteration stays within "
                    "half the decoding requests' tightest TPOT target"),
+        PolicyInfo("spf-late-last", ADMIT, ShortestPromptFirst,
+                   "shortest prefill first, requests past their TTFT deadline last",
+                   {"late_last": True}),
+        PolicyInfo("spf-tpot-budget-late-last", ADMIT, TPOTBudgetAdmission,
+                   "spf-tpot-budget, requests past their TTFT deadline last",
+                   {"late_last": True}),
         # ----------------------------------------------------------------- preemption
         PolicyInfo("preempt-latest", PREEMPT, LatestArrivalPreemption,
                    "vLLM: latest arrival, recompute"),

@@ -88,27 +88,44 @@ class RankedAdmission:
             arrived outranks every request that has not, oldest first. None: no guard.
         backfill: when the best-ranked request does not fit, admit the best-ranked one that
             does instead of stopping (see `admit_by_rank`).
+        late_last: a request whose TTFT deadline (`arrival_time + ttft_slo`) has passed
+            without a first token ranks after every request that can still meet its target.
+            It can no longer count toward goodput, so under overload serving it first only
+            makes others late too (the "domino effect" of plain EDF; Andes, Qiu et al. 2024,
+            and SLOs-Serve, 2025, deprioritise requests that have already missed).
     """
 
-    def __init__(self, max_wait_s: float | None = None, backfill: bool = False) -> None:
+    def __init__(self, max_wait_s: float | None = None, backfill: bool = False,
+                 late_last: bool = False) -> None:
         if max_wait_s is not None and not max_wait_s > 0:
             raise ValueError(f"max_wait_s must be > 0 seconds or None, got {max_wait_s!r}")
         self.max_wait_s = max_wait_s
         self.backfill = bool(backfill)
+        self.late_last = bool(late_last)
 
     def key(self, request: Request, decision: Decision) -> Any:
         raise NotImplementedError
 
-    def decide(self, decision: Decision) -> int:
+    def ranking(self, decision: Decision) -> Callable[[Request], Any]:
+        """The rank of each candidate at this decision (smallest first): `key`, behind the
+        late-last split and the ageing guard when they are on."""
         key = self.key
-        if self.max_wait_s is None:
-            ranked = lambda r: key(r, decision)  # noqa: E731
-        else:
-            oldest = decision.time - self.max_wait_s
+        ranked = lambda r: key(r, decision)  # noqa: E731
+        if self.late_last:
+            now = decision.time
+            keyed = ranked
             ranked = lambda r: (  # noqa: E731
-                (0, r.arrival_time) if r.arrival_time <= oldest else (1, key(r, decision))
+                (not r.num_generated and r.arrival_time + r.ttft_slo < now), keyed(r))
+        if self.max_wait_s is not None:
+            oldest = decision.time - self.max_wait_s
+            inner = ranked
+            ranked = lambda r: (  # noqa: E731
+                (0, r.arrival_time) if r.arrival_time <= oldest else (1, inner(r))
             )
-        return admit_by_rank(decision, ranked, self.backfill)
+        return ranked
+
+    def decide(self, decision: Decision) -> int:
+        return admit_by_rank(decision, self.ranking(decision), self.backfill)
 
 
 def pick_max(candidates: list[Request], key: Callable[[Request], Any]) -> int:

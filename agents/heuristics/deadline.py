@@ -7,9 +7,9 @@ target (infinite) rank last, in canonical order. A request that already produced
 token (preempted by recompute mid-decode) has no TTFT at stake and goes first, as vLLM
 resumes preempted requests first.
 
-With `late_last=True`, requests whose deadline has already passed rank after every request
-that can still meet its target (plain EDF lets already-late requests delay the others
-under overload, the "domino effect").
+With `late_last=True` (`RankedAdmission`'s option), requests whose deadline has already
+passed rank after every request that can still meet its target (plain EDF lets
+already-late requests delay the others under overload, the "domino effect").
 """
 
 from __future__ import annotations
@@ -24,15 +24,7 @@ from servegym.envs.protocol import Decision
 class EarliestDeadlineFirst(RankedAdmission):
     """Admit the request with the earliest TTFT deadline (see the module docstring)."""
 
-    def __init__(self, late_last: bool = False, max_wait_s: float | None = None,
-                 backfill: bool = False) -> None:
-        super().__init__(max_wait_s, backfill)
-        self.late_last = bool(late_last)
-
     def key(self, request: Request, decision: Decision) -> tuple[int, float]:
         if request.num_generated:
             return (0, -math.inf)
-        deadline = request.arrival_time + request.ttft_slo
-        if self.late_last and deadline < decision.time:
-            return (2, deadline)
-        return (1, deadline)
+        return (1, request.arrival_time + request.ttft_slo)

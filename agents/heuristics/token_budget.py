@@ -15,7 +15,8 @@ where `target` is the tightest TPOT SLO of the decoding requests (seconds per ou
 after the first). Otherwise STOP: the candidate waits for an iteration with room. Nothing
 is capped when no request is decoding, no decoding request has a TPOT target, or the batch
 holds no prefill tokens yet (one chunk always joins, so every request makes progress).
-Candidates are ranked by `ShortestPromptFirst`'s key (shortest prefill first).
+Candidates are ranked by `ShortestPromptFirst`'s key (shortest prefill first), behind
+`RankedAdmission`'s ageing guard and late-last split when they are set.
 
 `slack` 0.5 by default: a TPOT target bounds the *mean* time per token, while the decode
 iterations that carry a prefill chunk are the slow ones, so each of them gets half the
@@ -44,14 +45,15 @@ def decoding(request: Any) -> bool:
 class TPOTBudgetAdmission(ShortestPromptFirst):
     """Shortest prefill first within the TPOT-derived prefill budget (module docstring)."""
 
-    def __init__(self, slack: float = 0.5, max_wait_s: float | None = None) -> None:
-        super().__init__(max_wait_s)
+    def __init__(self, slack: float = 0.5, max_wait_s: float | None = None,
+                 late_last: bool = False) -> None:
+        super().__init__(max_wait_s, late_last=late_last)
         if not (math.isfinite(slack) and slack > 0):
             raise ValueError(f"slack must be a finite number > 0, got {slack!r}")
         self.slack = float(slack)
 
     def decide(self, decision: Decision) -> int:
-        choice = admit_by_rank(decision, lambda r: self.key(r, decision))
+        choice = admit_by_rank(decision, self.ranking(decision))
         if choice == STOP or not decision.can_stop():
             return choice
         instance = decision.instance
