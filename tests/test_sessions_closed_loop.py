@@ -162,3 +162,134 @@ def test_program_metrics_by_hand() -> None:
     assert s["serving/jct_p99"] == pytest.approx(1.88)
     assert s["serving/jct_mean"] == pytest.approx((1.88 + 0.11) / 2)
     assert "serving/jct_p50" not in _sim(n=1).run(make_workload([0.0], [10], [2])).summary
+
+
+# ---------------------------------------------------------------------- workloads
+
+_SESSIONS = {
+    "kind": "sessions", "num_sessions": 20, "arrivals": {"process": "poisson", "rate": 1.0},
+    "turns": {"dist": "uniform", "low": 1, "high": 5},
+    "think_time": {"dist": "exponential", "mean": 3.0},
+    "first_prompt": {"dist": "lognormal", "mean": 300, "cv": 1.0, "high": 1500},
+    "user_prompt": {"dist": "lognormal", "mean": 50, "cv": 1.0, "high": 300},
+    "output": {"dist": "lognormal", "mean": 60, "cv": 0.8, "high": 300},
+    "system_prompt_len": 32,
+}
+_PROGRAMS = {
+    "kind": "programs", "num_programs": 25, "arrivals": {"process": "poisson", "rate": 1.0},
+    "stages": {"dist": "uniform", "low": 1, "high": 4},
+    "width": {"dist": "uniform", "low": 1, "high": 3}, "system_prompt_len": 64,
+    "task_prompt": {"dist": "lognormal", "mean": 200, "cv": 0.8, "high": 1000},
+    "instruction": {"dist": "lognormal", "mean": 30, "cv": 0.5, "high": 100},
+    "output": {"dist": "lognormal", "mean": 60, "cv": 0.8, "high": 300},
+    "tools": [
+        {"name": "search", "weight": 2.0, "duration": {"dist": "uniform", "low": 0.5, "high": 1},
+         "result": {"dist": "fixed", "value": 100}},
+        {"name": "code", "duration": {"dist": "fixed", "value": 3.0},
+         "result": {"dist": "fixed", "value": 40}},
+    ],
+}
+
+
+def _source(spec: dict, seed: int = 0) -> Workload:
+    from servegym.envs.workloads.sources import SourceContext, make_source
+
+    return make_source(spec, np.random.default_rng(seed), SourceContext())
+
+
+def test_sessions_closed_loop_option() -> None:
+    open_loop = _source(_SESSIONS)
+    closed = _source({**_SESSIONS, "closed_loop": True})
+    assert open_loop.parents is None and open_loop.session_id is None  # unchanged
+    np.testing.assert_array_equal(closed.prompt_len, open_loop.prompt_len)
+    np.testing.assert_array_equal(closed.arrival_time, open_loop.arrival_time)  # nominal
+    for i, parents in enumerate(closed.parents):
+        if closed.turn[i] == 0:
+            assert parents == ()
+            continue
+        (p,) = parents
+        assert closed.session_id[p] == closed.session_id[i] and closed.turn[p] == closed.turn[i] - 1
+        # open-loop think time (arrival to arrival) becomes the post-finish release delay
+        gap = closed.arrival_time[i] - closed.arrival_time[p]
+        assert closed.release_delay[i] == pytest.approx(gap)
+        assert closed.prompt_len[i] > closed.prompt_len[p] + closed.output_len[p]
+    with pytest.raises(WorkloadError, match="closed_loop"):
+        _source({**_SESSIONS, "closed_loop": "yes"})
+
+
+def test_agentic_programs_structure() -> None:
+    w = _source(_PROGRAMS)
+    assert w.closed_loop and len(np.unique(w.session_id)) == 25
+    block = w.prefix_block_size
+    for program in np.unique(w.session_id):
+        rows = np.flatnonzero(w.session_id == program)
+        stages = w.turn[rows]
+        widths = np.bincount(stages)
+        assert widths[0] == 1 and widths[-1] == 1
+        for i in rows:
+            parents = w.parents[i]
+            if w.turn[i] == 0:
+                assert parents == ()
+                continue
+            expected = set(rows[stages == w.turn[i] - 1].tolist())
+            assert set(parents) == expected  # fan-in from the whole stage before
+            kinds = {int(w.tool_kind[p]) for p in parents}
+            assert len(kinds) == 1 and kinds.pop() in (0, 1)  # one tool step per stage
+            delay = w.release_delay[i]
+            assert (0.5 <= delay <= 1.0) or delay == 3.0
+            # the prompt resends the stage before's context and outputs (a shared prefix)
+            parent = parents[0]
+            shared = sum(w.output_len[p] for p in parents)
+            assert w.prompt_len[i] > shared
+            ours, theirs = w.prefix_hashes[i], w.prefix_hashes[parent]
+            common = next((k for k, (a, b) in enumerate(zip(ours, theirs, strict=False))
+                           if a != b),
+                          min(len(ours), len(theirs)))
+            assert common >= (w.prompt_len[parent] - 100) // block - 1
+        assert (w.tool_kind[rows[stages == stages.max()]] == -1).all()
+    np.testing.assert_equal(_source(_PROGRAMS).prompt_len, w.prompt_len)  # deterministic
+    report = _sim().run(w)
+    assert report.summary["serving/programs"] == 25
+    assert report.summary["serving/finished"] == len(w)
+
+
+def test_mooncake_sessions_follow_block_ids() -> None:
+    from servegym.envs.workloads.mooncake import load_mooncake
+
+    w = load_mooncake(sessions=True)
+    dependent = np.array([len(p) > 0 for p in w.parents])
+    assert dependent.sum() == 3932 and (~dependent).sum() == len(np.unique(w.session_id))
+    for i in np.flatnonzero(dependent)[:300]:
+        (p,) = w.parents[i]
+        full = w.prompt_len[p] // 512 * 32  # the parent's full 512-token ids start i's
+        assert w.prefix_hashes[i][:full] == w.prefix_hashes[p][:full]
+        think = w.arrival_time[i] - w.arrival_time[p] - 0.02 * w.output_len[p]
+        assert w.release_delay[i] == pytest.approx(max(0.0, think))
+    assert len({p[0] for p in w.parents if p}) == dependent.sum()  # chains: one child each
+
+
+def test_build_keeps_programs_whole_and_merge_keeps_graphs() -> None:
+    from servegym.envs.workloads import build_workload, merge
+
+    for kwargs in ({"split": "test"}, {"split": "train"}, {"num_requests": 30},
+                   {"window": [5.0, 15.0]}):
+        part = build_workload(_PROGRAMS, seed=1, **kwargs)
+        full = build_workload(_PROGRAMS, seed=1)
+        sizes = np.bincount(full.session_id)
+        for program, count in zip(*np.unique(part.session_id, return_counts=True),
+                                  strict=True):
+            assert count == sizes[program]
+    a = build_workload(_PROGRAMS, seed=1)
+    b = build_workload({**_SESSIONS, "closed_loop": True}, seed=2)
+    both = merge([a.take(np.arange(len(a))), _renamed(b)])
+    assert len(np.unique(both.session_id)) == 25 + 20
+    for i, parents in enumerate(both.parents):
+        for p in parents:
+            assert both.session_id[p] == both.session_id[i] and both.turn[p] < both.turn[i]
+
+
+def _renamed(w: Workload) -> Workload:
+    """`w` with its one tenant named "chat" (merge needs unique tenant names)."""
+    import dataclasses
+
+    return dataclasses.replace(w, tenant_names=("chat",))

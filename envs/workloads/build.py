@@ -6,7 +6,8 @@ generator, :mod:`servegym.envs.workloads.sources`) and then applies, in this ord
 1. ``split``: ``"train"`` or ``"test"`` part by time (rule in
    :mod:`servegym.envs.workloads.transforms`: the first 70% of the source's time span is train);
 2. ``window``: ``[start, end]`` seconds of what is left, shifted to start at 0;
-3. ``num_requests``: the first N requests;
+3. ``num_requests``: the first N requests (closed loop: the programs lying wholly within
+   them; split and window keep programs whole, by their first call);
 4. ``rate``: compress or stretch time to this mean rate (burst shape kept);
 5. ``max_total_tokens``: clip prompt + output to the model's context (count reported);
 6. ``ttft_slo`` / ``tpot_slo``: the same targets for every request (None: keep).
@@ -162,6 +163,14 @@ def _head(workload: Workload, num_requests: int | None, steps: list[str]) -> Wor
     if num_requests is None:
         return workload
     n = positive_int("num_requests", num_requests)
+    if workload.parents is not None and n < len(workload):
+        # Closed loop: the programs lying wholly within the first n requests.
+        ids = workload.session_id
+        cut = np.unique(ids[n:][ids[n:] >= 0])
+        keep = np.flatnonzero(~np.isin(ids[:n], cut))
+        steps.append(f"num_requests: the programs wholly within the first {n:,} requests: "
+                     f"{keep.size:,} of {len(workload):,} requests")
+        return workload.take(keep)
     if n < len(workload):
         steps.append(f"num_requests: first {n:,} of {len(workload):,} requests")
     return workload.head(n)

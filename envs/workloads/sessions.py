@@ -10,9 +10,15 @@ Config of a ``sessions`` source::
     user_prompt: {dist: lognormal, mean: 120, cv: 1.0}
     output: {dist: lognormal, mean: 250, cv: 0.8}
     system_prompt_len: 0           # tokens shared by every session (a common system prompt)
+    closed_loop: false             # true: think_time counts from the previous turn's finish
 
-Turn ``k`` of a session arrives ``think_time`` after turn ``k-1`` arrived (the workload is
-open-loop: it cannot know when the answer finished). Its prompt is the previous prompt,
+Open loop (the default): turn ``k`` of a session arrives ``think_time`` after turn ``k-1``
+arrived (the workload cannot know when the answer finished). Closed loop
+(``closed_loop: true``, :mod:`servegym.envs.workloads.graph`): turn ``k`` waits for turn
+``k-1`` (``parents``) and is released ``think_time`` after it *finished*; the rows keep the
+open-loop times as their nominal ``arrival_time`` (ordering and splits only), every turn
+carries ``session_id`` and ``turn``, and the same seed draws the same lengths and think
+times either way. Its prompt is the previous prompt,
 the previous answer and the new user message: ``P_k = P_{k-1} + O_{k-1} + U_k`` with
 ``P_1 = system_prompt_len + first_prompt``. Every prompt is therefore a prefix of the next
 one, which the prefix hashes express: block ``j`` of any turn of session ``s`` has the
@@ -50,8 +56,11 @@ def multi_turn_workload(
     opts = options(
         spec, where, ("arrivals", "turns", "think_time", "first_prompt", "user_prompt", "output"),
         {"kind": "sessions", "num_sessions": None, "duration_s": None, "system_prompt_len": 0,
-         "name": None},
+         "name": None, "closed_loop": False},
     )
+    closed = opts["closed_loop"]
+    if not isinstance(closed, bool):
+        raise WorkloadError(f"{where}.closed_loop = {closed!r}: must be true or false")
     system = positive_int(f"{where}.system_prompt_len", opts["system_prompt_len"], minimum=0)
     start_rng, turn_rng, think_rng, first_rng, user_rng, out_rng = rng.spawn(6)
     sized = {"num_requests": opts["num_sessions"], "duration_s": opts["duration_s"],
@@ -83,10 +92,25 @@ def multi_turn_workload(
     prompt = system + before
     order = np.argsort(arrival, kind="stable")
     chains = _session_chains(session, prompt, system, starts.size, block_size)
+    program: dict[str, Any] = {}
+    if closed:
+        # Rows are sorted stably by nominal arrival, which grows along a session, so turn
+        # k-1 sits before turn k; its new row is the parent.
+        row = np.empty(session.size, dtype=np.int64)
+        row[order] = np.arange(session.size)
+        previous = np.where(is_first, -1, np.arange(session.size) - 1)
+        parent_row = np.where(is_first, -1, row[np.maximum(previous, 0)])[order]
+        program = {
+            "session_id": session[order],
+            "turn": (np.arange(session.size) - np.repeat(first_turn, turns))[order],
+            "parents": [() if p < 0 else (int(p),) for p in parent_row.tolist()],
+            "release_delay": np.where(is_first, np.nan, think)[order],
+        }
     return Workload.from_lengths(
         arrival[order], prompt[order], output[order],
         prefix_hashes=chains.take(order), prefix_block_size=block_size,
-        name=str(opts["name"] or "multi_turn"),
+        name=str(opts["name"] or ("sessions_closed" if closed else "multi_turn")),
+        **program,
     )
 
 

@@ -6,7 +6,9 @@ A source is a mapping with ``kind`` and that kind's options:
 kind     options (defaults)
 ======== ======================================================================
 azure    ``trace`` (conv | code), ``path`` (None: shipped), ``on_error`` (raise)
-mooncake ``arrivals`` (spread | batch), ``tick_s`` (3.0), ``path``, ``on_error``
+mooncake ``arrivals`` (spread | batch), ``tick_s`` (3.0), ``path``, ``on_error``,
+         ``sessions`` (false: open loop; true: closed-loop turns from the block ids),
+         ``decode_s_per_token`` (0.02), ``max_branching`` (16)
 sharegpt ``num_requests`` or ``duration_s``, ``arrivals`` (a process), ``order``
          (random | file): the ShareGPT length table paired with arrivals
 arxiv    as ``sharegpt``, with the arXiv-summarisation length table
@@ -16,7 +18,8 @@ servegen ``pool`` (None: from ``path``'s file name, else language/m-large),
          ``<category>_<model>_rates.csv[.gz|.xz]``, ``..._lengths.csv[.gz|.xz]`` or
          ``..._pmfs.csv[.xz]`` file, or a folder with ``pool``), ``on_error``
 synthetic see :mod:`servegym.envs.workloads.synthetic`
-sessions see :mod:`servegym.envs.workloads.sessions`
+sessions see :mod:`servegym.envs.workloads.sessions` (``closed_loop``: true for closed loop)
+programs see :mod:`servegym.envs.workloads.programs` (agentic programs, closed loop)
 mix      ``tenants``: a list of ``{name, source, priority (0), ttft_slo, tpot_slo}``
          (SLOs None: keep the source's); every tenant's source is any kind above
 ======== ======================================================================
@@ -34,6 +37,7 @@ import numpy as np
 
 from servegym.envs.workloads.azure import load_azure_2023_with_report
 from servegym.envs.workloads.mooncake import load_mooncake_with_report
+from servegym.envs.workloads.programs import agentic_program_workload
 from servegym.envs.workloads.servegen import generate_servegen_with_report
 from servegym.envs.workloads.sessions import multi_turn_workload
 from servegym.envs.workloads.spec import number, options, text
@@ -45,7 +49,7 @@ from servegym.envs.workloads.workload import Workload, WorkloadError
 __all__ = ["SOURCE_KINDS", "SourceContext", "make_source"]
 
 SOURCE_KINDS = ("azure", "mooncake", "sharegpt", "arxiv", "servegen", "synthetic", "sessions",
-                "mix")
+                "programs", "mix")
 
 
 @dataclass
@@ -81,10 +85,14 @@ def _azure(spec: Mapping, rng: np.random.Generator, context: SourceContext,
 def _mooncake(spec: Mapping, rng: np.random.Generator, context: SourceContext,
               where: str) -> Workload:
     opts = options(spec, where, ("kind",),
-                   {"arrivals": "spread", "tick_s": 3.0, "path": None, "on_error": "raise"})
+                   {"arrivals": "spread", "tick_s": 3.0, "path": None, "on_error": "raise",
+                    "sessions": False, "decode_s_per_token": 0.02, "max_branching": 16})
+    if not isinstance(opts["sessions"], bool):
+        raise WorkloadError(f"{where}.sessions = {opts['sessions']!r}: must be true or false")
     workload, report = load_mooncake_with_report(
         opts["path"], arrivals=opts["arrivals"], tick_s=opts["tick_s"], rng=rng,
-        block_size=context.block_size, on_error=opts["on_error"],
+        block_size=context.block_size, on_error=opts["on_error"], sessions=opts["sessions"],
+        decode_s_per_token=opts["decode_s_per_token"], max_branching=opts["max_branching"],
     )
     context.reports.append(report)
     return workload
@@ -124,6 +132,11 @@ def _synthetic(spec: Mapping, rng: np.random.Generator, context: SourceContext,
 def _sessions(spec: Mapping, rng: np.random.Generator, context: SourceContext,
               where: str) -> Workload:
     return multi_turn_workload(spec, rng, context.block_size, context.traces, where)
+
+
+def _programs(spec: Mapping, rng: np.random.Generator, context: SourceContext,
+              where: str) -> Workload:
+    return agentic_program_workload(spec, rng, context.block_size, context.traces, where)
 
 
 def _mix(spec: Mapping, rng: np.random.Generator, context: SourceContext,
@@ -170,5 +183,6 @@ _MAKERS = MappingProxyType({
     "servegen": _servegen,
     "synthetic": _synthetic,
     "sessions": _sessions,
+    "programs": _programs,
     "mix": _mix,
 })

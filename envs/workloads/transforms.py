@@ -8,6 +8,11 @@ the cut is ``t0 + TRAIN_FRACTION * (t_last - t0)`` over the workload's own time 
 (``t0`` and ``t_last`` its first and last arrival, ``TRAIN_FRACTION = 0.7``); requests
 arriving at or before the cut are ``"train"``, the others ``"test"``. Test arrival times
 are shifted by ``-cut`` so the held-out part starts near 0; train times are unchanged.
+
+Closed-loop workloads (sessions, agentic programs: ``Workload.parents``) are split and
+windowed by whole programs: a program goes where its first call (its root) arrives, with
+all its calls, so no dependency is cut (a program's later calls may lie past the cut or
+the window's end in nominal time).
 """
 
 from __future__ import annotations
@@ -40,8 +45,10 @@ def split_by_time(
     cut = float(times[0] + fraction * (times[-1] - times[0]))
     boundary = int(np.searchsorted(times, cut, side="right"))
     if part == "train":
-        return workload.take(np.arange(boundary), name=f"{workload.name}[train]")
-    test = workload.take(np.arange(boundary, len(workload)), name=f"{workload.name}[test]")
+        return workload.take(_programs_of(workload, np.arange(boundary)),
+                             name=f"{workload.name}[train]")
+    test = workload.take(_programs_of(workload, np.arange(boundary, len(workload))),
+                         name=f"{workload.name}[test]")
     return dataclasses.replace(test, arrival_time=np.maximum(test.arrival_time - cut, 0.0))
 
 
@@ -54,8 +61,13 @@ def time_window(workload: Workload, start: float, end: float | None) -> Workload
     first = int(np.searchsorted(times, lo, side="left"))
     last = len(workload) if hi is None else int(np.searchsorted(times, hi, side="left"))
     label = f"{workload.name}[{lo:g}:{'' if hi is None else f'{hi:g}'}]"
-    selected = workload.take(np.arange(first, last), name=label)
+    selected = workload.take(_programs_of(workload, np.arange(first, last)), name=label)
     return dataclasses.replace(selected, arrival_time=selected.arrival_time - lo)
+
+
+def _programs_of(workload: Workload, rows: np.ndarray) -> np.ndarray:
+    """``rows``, or for a closed-loop workload the whole programs whose roots they hold."""
+    return rows if workload.parents is None else workload.whole_programs(rows)
 
 
 def clip_to_context(workload: Workload, max_total_tokens: int) -> tuple[Workload, int]:
@@ -75,7 +87,10 @@ def merge(parts: Sequence[Workload], name: str = "merged") -> Workload:
     tenant names must be unique across parts. Prefix hashes of different parts never
     collide (see :meth:`BlockChains.concat`); parts with hashes must share a block size.
     The reasoning share (``reason_ratio``) is kept when any part has one, NaN (unknown)
-    for the requests of parts without it.
+    for the requests of parts without it. Sessions and programs (``session_id``,
+    ``parents``, ...) are kept when any part has them: each part's program ids are shifted
+    past the earlier parts', parents renumbered to the merged rows; requests of parts
+    without them have no program (-1) and no parents.
     """
     if not parts:
         raise WorkloadError("merge: give at least one workload")
@@ -97,6 +112,7 @@ def merge(parts: Sequence[Workload], name: str = "merged") -> Workload:
                                  else np.full(len(p), np.nan) for p in parts])[order]
     return Workload(
         **columns,
+        **_merged_programs(parts, order),
         reason_ratio=reason,
         tenant=tenant[order],
         tenant_names=names,
@@ -104,6 +120,37 @@ def merge(parts: Sequence[Workload], name: str = "merged") -> Workload:
         prefix_block_size=block_size,
         name=name,
     )
+
+
+def _merged_programs(parts: Sequence[Workload], order: np.ndarray) -> dict:
+    if all(p.session_id is None and p.parents is None for p in parts):
+        return {}
+    sessions, turns, tools, delays, parents = [], [], [], [], []
+    session_offset, row_offset = 0, 0
+    closed = any(p.parents is not None for p in parts)
+    for p in parts:
+        n = len(p)
+        ids = p.session_id if p.session_id is not None else np.full(n, -1)
+        sessions.append(np.where(ids >= 0, ids + session_offset, -1))
+        session_offset += int(ids.max(initial=-1)) + 1
+        turns.append(p.turn if p.turn is not None else np.zeros(n, dtype=np.int32))
+        tools.append(p.tool_kind if p.tool_kind is not None else np.full(n, -1))
+        delays.append(p.release_delay if p.release_delay is not None else np.full(n, np.nan))
+        rows = p.parents if p.parents is not None else ((),) * n
+        parents.extend(tuple(q + row_offset for q in r) for r in rows)
+        row_offset += n
+    new_row = np.empty(order.size, dtype=np.int64)
+    new_row[order] = np.arange(order.size)
+    merged: dict = {
+        "session_id": np.concatenate(sessions)[order],
+        "turn": np.concatenate(turns)[order],
+        "tool_kind": np.concatenate(tools)[order],
+    }
+    if closed:
+        merged["parents"] = tuple(tuple(int(new_row[q]) for q in parents[i])
+                                  for i in order.tolist())
+        merged["release_delay"] = np.concatenate(delays)[order]
+    return merged
 
 
 def _merged_hashes(parts: Sequence[Workload]) -> tuple[BlockChains | tuple | None, int]:
