@@ -16,6 +16,8 @@ a vLLM-free fake both do.
 | PLACE   | a prefilled request of a disaggregated      | decode        | index          | 1     |
 |         | cluster is handed off and some decode       | instances     |                |       |
 |         | instance has room for its KV now            |               |                |       |
+| RETAIN  | a call with a next call in its session or   | options: a    | index          | 1     |
+|         | program finishes (KV retention, Continuum)  | fixed menu    |                |       |
 
 Each kind's row in `KIND_SPECS` (a `KindSpec`) says what its candidates are, its arity and
 which answers it takes; the env, the observation encoder and the agents read only that row,
@@ -51,6 +53,8 @@ class DecisionKind(IntEnum):
     ADMIT = 1
     PREEMPT = 2
     PLACE = 3  # prefill/decode disaggregation: the decode instance of a prefilled request
+    MIGRATE = 4  # live migration (Llumnix): a running request and its destination instance
+    RETAIN = 5  # KV retention (Continuum): what becomes of a finished call's cached prompt
 
     @property
     def spec(self) -> KindSpec:
@@ -78,9 +82,10 @@ class DecisionKind(IntEnum):
 class KindSpec(NamedTuple):
     """What a decision kind's candidates are and which answers it takes.
 
-    candidates: "instances" (by index), "waiting" (an instance's waiting queue) or
-        "running" (an instance's running requests); the observation encoder picks its
-        slot encoding by it.
+    candidates: "instances" (by index), "waiting" (an instance's waiting queue),
+        "running" (an instance's running requests) or "options" (a fixed menu of answers,
+        each a number: RETAIN's TTLs, envs/core/retention.py); the observation encoder
+        picks its slot encoding by it.
     arity: indices per answer (2: a candidate and an `Action.target`).
     stoppable: STOP is an answer (ADMIT: refused while the instance would idle with a
         request that fits, `InstanceView.can_stop_admitting`).
@@ -96,12 +101,17 @@ class KindSpec(NamedTuple):
     receives_kv: bool = False
 
 
-CANDIDATE_SETS = ("instances", "waiting", "running")
+CANDIDATE_SETS = ("instances", "waiting", "running", "options")
 KIND_SPECS: Mapping[DecisionKind, KindSpec] = MappingProxyType({
     DecisionKind.ROUTE: KindSpec("instances"),
     DecisionKind.ADMIT: KindSpec("waiting", stoppable=True),
     DecisionKind.PREEMPT: KindSpec("running", swappable=True),
     DecisionKind.PLACE: KindSpec("instances", receives_kv=True),
+    # Candidates: the cluster's decoding requests; Action.target: a cluster.instances index.
+    DecisionKind.MIGRATE: KindSpec("running", arity=2, stoppable=True),
+    # Candidates: the retention menu (None: release now, 0.0: leave to LRU, ttl > 0: pin
+    # for ttl seconds); request: the finished call; instance: where its KV is.
+    DecisionKind.RETAIN: KindSpec("options"),
 })
 
 
@@ -240,7 +250,7 @@ class Decision:
     candidates: list[Any]
     instance: InstanceView | None = None  # ADMIT / PREEMPT / PLACE: the instance asking
     request: Any = None  # ROUTE: the arriving request; PREEMPT: the one short of KV;
-    # PLACE: the prefilled request whose KV moves
+    # PLACE: the prefilled request whose KV moves; RETAIN: the call that finished
     cluster: ClusterView | None = None  # ROUTE / PLACE: cluster-wide state
 
     def mask(self) -> np.ndarray:
@@ -251,7 +261,18 @@ class Decision:
         if spec.receives_kv:
             request = self.request
             return np.array([c.can_receive(request) for c in self.candidates], dtype=bool)
+        if spec.arity == 2:  # a candidate with some valid target
+            return np.array([self.target_mask(i).any() for i in range(len(self.candidates))],
+                            dtype=bool)
         return np.ones(len(self.candidates), dtype=bool)
+
+    def target_mask(self, choice: int) -> np.ndarray:
+        """Arity 2 (MIGRATE): the valid targets of candidate `choice`, one per instance of
+        `cluster.instances`: not the request's own instance, with room for its KV and a
+        sequence slot (`can_receive`)."""
+        request = self.candidates[choice]
+        return np.array([target.index != request.instance and target.can_receive(request)
+                         for target in self.cluster.instances], dtype=bool)
 
     def can_stop(self) -> bool:
         """Whether STOP is an answer now; an admission's STOP is refused when it would leave
@@ -304,6 +325,8 @@ class Decision:
             raise InvalidActionError(
                 f"{name}: instance {self.candidates[choice].index} has no room for "
                 f"request {self.request.rid}'s KV now; consult Decision.mask()")
+        if spec.arity == 2:
+            self._validate_target(choice, action.target)
         if action.swap and not self.can_swap():
             raise InvalidActionError(
                 f"{name}: swap requested but this instance has no swap space "
@@ -311,6 +334,28 @@ class Decision:
                 f"{[k.name for k in DecisionKind if k.spec.swappable]})"
             )
         return action
+
+
+    def _validate_target(self, choice: int, target: int | None) -> None:
+        name = self.kind.name
+        instances = self.cluster.instances
+        if target is None:
+            raise InvalidActionError(
+                f"{name}: an answer names a candidate and a target instance "
+                f"(Action(choice, target=j), j in 0..{len(instances) - 1}), or STOP")
+        if isinstance(target, bool) or not isinstance(target, (int, np.integer)) or \
+                not 0 <= target < len(instances):
+            raise InvalidActionError(f"{name}: target {target!r} is not an instance index "
+                                     f"(valid: 0..{len(instances) - 1})")
+        request = self.candidates[choice]
+        if target == request.instance:
+            raise InvalidActionError(
+                f"{name}: target instance {target} is request {request.rid}'s source; "
+                "a migration moves a request to another instance")
+        if not instances[target].can_receive(request):
+            raise InvalidActionError(
+                f"{name}: instance {target} has no room for request {request.rid}'s KV "
+                "or no sequence slot now; consult Decision.target_mask()")
 
 
 @runtime_checkable

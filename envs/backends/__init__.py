@@ -35,7 +35,8 @@ def build_backend(
     if kind == "live":
         from servegym.envs.backends.live import refuse_unsupported_topology
 
-        refuse_unsupported_topology(options.get("pools"), options.pop("network", None))
+        refuse_unsupported_topology(options.get("pools"), options.pop("network", None),
+                                    options.pop("migration", None))
         from servegym.envs.backends.live.backend import LiveBackend, live_instance_config
 
         if options.pop("pools", None):

@@ -78,6 +78,13 @@ class MostFreeKVPlacement:
         return best
 
 
+class NeverMigrate:
+    """MIGRATE default (live migration): migrate nothing (STOP)."""
+
+    def decide(self, decision: Decision) -> int:
+        return STOP
+
+
 def reset_policies(policies: dict[DecisionKind, Policy], rng: np.random.Generator) -> None:
     """Give each policy with a `reset` its own child generator of the episode's `rng`."""
     for policy, child in zip(policies.values(), rng.spawn(len(policies)), strict=True):
@@ -92,11 +99,13 @@ def default_policies() -> dict[DecisionKind, Policy]:
         DecisionKind.ADMIT: FCFSAdmission(),
         DecisionKind.PREEMPT: LatestArrivalPreemption(),
         DecisionKind.PLACE: MostFreeKVPlacement(),
+        DecisionKind.MIGRATE: NeverMigrate(),
     }
 
 
 __all__ = [
     "STOP", "Action", "Decision", "DecisionKind", "FCFSAdmission", "InvalidActionError",
-    "LatestArrivalPreemption", "MostFreeKVPlacement", "Policy", "RoundRobinRouting",
+    "LatestArrivalPreemption", "MostFreeKVPlacement", "NeverMigrate", "Policy",
+    "RoundRobinRouting",
     "default_policies", "reset_policies",
 ]

@@ -20,6 +20,14 @@ Kinds (`EventKind`):
               request's row in the workload, envs/core/release.py): its handler makes the
               request, which the loop routes like an arrival. Same priority as arrivals, so
               it is queued before any instance plans at that instant; never cancelled.
+    MIGRATION_STAGE  the end of one stage of a live migration's KV copy between mixed
+              instances (Llumnix; `target` is the migration's number,
+              envs/core/migration.py): its handler starts the next stage, stops the
+              request for the last one, completes or aborts the migration. Never cancelled.
+    MIGRATION_TICK  the migration controller's check (every `cluster.migration.
+              interval_s`): its handler asks MIGRATE decisions (a handler may return a
+              generator of decisions, which the loop yields from). Priority after the
+              instances of the instant, so it sees the batches they planned.
 
 Cancellation is lazy (as in SimPy's and many kernels' heaps): each target has a
 generation counter; an entry carries the generation it was pushed with, and an entry whose
@@ -41,14 +49,19 @@ TRANSFER_PRIORITY = 1  # a transfer ending at an instant lands before instances 
 RELEASE_PRIORITY = ARRIVAL_PRIORITY  # a released request is an arrival
 RETAIN_EXPIRY_PRIORITY = 1  # a pin's TTL ending at an instant frees KV before instances plan
 INSTANCE_PRIORITY = 2
+MIGRATION_STAGE_PRIORITY = 1  # like a transfer: lands before instances plan
+MIGRATION_TICK_PRIORITY = 3  # after the instances of the instant planned
 
 
 class EventKind(IntEnum):
     INSTANCE = 0
     TRANSFER = 1
+    MIGRATION_STAGE = 2
+    MIGRATION_TICK = 3
     RETAIN_EXPIRY = 5  # a retention pin's TTL ran out (envs/core/retention.py)
-    RELEASE = 4  # 2 and 3: live migration's stage and tick (envs/core/migration.py)
+    RELEASE = 4
 
 
-__all__ = ["ARRIVAL_PRIORITY", "INSTANCE_PRIORITY", "RELEASE_PRIORITY",
-           "RETAIN_EXPIRY_PRIORITY", "TRANSFER_PRIORITY", "EventKind"]
+__all__ = ["ARRIVAL_PRIORITY", "INSTANCE_PRIORITY", "MIGRATION_STAGE_PRIORITY",
+           "MIGRATION_TICK_PRIORITY", "RELEASE_PRIORITY", "RETAIN_EXPIRY_PRIORITY",
+           "TRANSFER_PRIORITY", "EventKind"]

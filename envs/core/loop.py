@@ -31,7 +31,8 @@ nothing to plan), the generator `build_next(now)`, `enqueue(request, now)` and
 `event_handlers` for typed events of other kinds (`schedule_event`: a KV transfer's end,
 envs/core/disagg.py), each a plain call `handler(target, now)` that may return a
 generator of decisions to yield from (a closed-loop release routes the request it makes,
-envs/core/release.py); and, optionally,
+envs/core/release.py; a migration tick asks MIGRATE, envs/core/migration.py), the first
+ones pushed by `seed_events()`; and, optionally,
 `after_arrival()`, `check_invariants(now)` and `_on_drained()` (called once when the loop
 ends).
 """
@@ -46,6 +47,8 @@ from typing import Any
 
 from servegym.envs.core.events import (
     INSTANCE_PRIORITY,
+    MIGRATION_STAGE_PRIORITY,
+    MIGRATION_TICK_PRIORITY,
     RELEASE_PRIORITY,
     RETAIN_EXPIRY_PRIORITY,
     TRANSFER_PRIORITY,
@@ -55,7 +58,10 @@ from servegym.envs.protocol import Action, Decision, DecisionKind
 
 INSTANCE = EventKind.INSTANCE
 EVENT_PRIORITY = {EventKind.RETAIN_EXPIRY: RETAIN_EXPIRY_PRIORITY,
-                  EventKind.TRANSFER: TRANSFER_PRIORITY, EventKind.RELEASE: RELEASE_PRIORITY}
+                  EventKind.TRANSFER: TRANSFER_PRIORITY,
+                  EventKind.MIGRATION_STAGE: MIGRATION_STAGE_PRIORITY,
+                  EventKind.MIGRATION_TICK: MIGRATION_TICK_PRIORITY,
+                  EventKind.RELEASE: RELEASE_PRIORITY}
 
 
 class DecisionLoop:
@@ -117,6 +123,7 @@ class DecisionLoop:
         self._counter = itertools.count()
         self._generation = [0] * len(self.instances)  # per instance: pending entries' validity
         self.route_targets = self.routable_instances()
+        self.seed_events()
         arrivals = self.arrival_times
         self.next_arrival_time = arrivals[0] if arrivals else math.inf
         self._loop = self._main_loop()
@@ -126,6 +133,10 @@ class DecisionLoop:
     def routable_instances(self) -> list[Any]:
         """The instances ROUTE chooses among (all, unless the backend says otherwise)."""
         return self.instances
+
+    def seed_events(self) -> None:
+        """Push the backend's first typed events (a migration controller's first tick)
+        once the heap exists, before the loop runs; none by default."""
 
     def after_arrival(self) -> None:
         """Called after each arrival is routed (the live backend retries stalled engines)."""
@@ -159,7 +170,7 @@ class DecisionLoop:
                 if kind is not INSTANCE:  # a typed event with its own handler
                     self.now = time
                     asks = self.event_handlers[kind](index, time)
-                    if asks is not None:  # a generator of decisions (a release's ROUTE)
+                    if asks is not None:  # decisions (a release's ROUTE, a migration tick)
                         yield from asks
                     if self.debug_checks:
                         self.check_invariants(time)

@@ -31,6 +31,12 @@ from servegym.envs.core.events import EventKind
 from servegym.envs.core.instance import Instance, InstanceConfig
 from servegym.envs.core.loop import DecisionLoop
 from servegym.envs.core.metrics import ServingReport, build_report
+from servegym.envs.core.migration import (
+    MigratingInstance,
+    Migration,
+    build_migration,
+    migration_from_config,
+)
 from servegym.envs.core.occupancy import Occupancy
 from servegym.envs.core.release import Releases
 from servegym.envs.core.request import REJECTED, Request
@@ -69,7 +75,11 @@ class Simulator(DecisionLoop, Occupancy):
         debug_checks: after every event, check KV invariants and that time never goes back.
         network: a disaggregated cluster's link between prefill and decode instances
             (`Network` or {bandwidth_gbps, latency_s}); None: the prefill pool's cost
-            model prices transfers (envs/core/disagg.py).
+            model prices transfers (envs/core/disagg.py); with `migration`, the link
+            live migrations copy over.
+        migration: live migration between mixed instances (Llumnix;
+            `cluster.migration: {interval_s, trigger_free_kv, last_stage_blocks,
+            max_stages, max_per_tick}`, envs/core/migration.py); None: none.
     """
 
     def __init__(
@@ -84,6 +94,7 @@ class Simulator(DecisionLoop, Occupancy):
         pools: Sequence[Pool] | None = None,
         network: Network | Mapping[str, float] | None = None,
         retention: Any = None,
+        migration: Mapping[str, Any] | None = None,
     ) -> None:
         if pools is None:
             if cost_model is None:
@@ -97,9 +108,19 @@ class Simulator(DecisionLoop, Occupancy):
         self.pools = check_pools(pools)
         self.network = network_from_config(network)
         self.disaggregated = any(pool.role != "mixed" for pool in self.pools)
-        if self.network is not None and not self.disaggregated:
+        self.migration_config = migration_from_config(migration)
+        if self.migration_config is not None and self.disaggregated:
+            raise ValueError("cluster.migration moves requests between mixed instances; "
+                             "migration in a prefill/decode cluster is not modelled (drop "
+                             "migration or use mixed pools)")
+        if self.migration_config is not None and sum(p.count for p in self.pools) < 2:
+            raise ValueError("cluster.migration needs at least 2 instances to migrate "
+                             "between; this cluster has 1")
+        if self.network is not None and not self.disaggregated and \
+                self.migration_config is None:
             raise ValueError("cluster.network prices KV transfers between prefill and decode "
-                             "pools; this cluster has none (drop network or set pool roles)")
+                             "pools or live migrations; this cluster has none (drop "
+                             "network, set pool roles or cluster.migration)")
         self.cost = self.pools[0].cost
         self.config = self.pools[0].config
         self.num_instances = sum(pool.count for pool in self.pools)
@@ -120,6 +141,7 @@ class Simulator(DecisionLoop, Occupancy):
         self.workload: Workload | None = None
         self.disagg: Disaggregation | None = None
         self.releases: Releases | None = None
+        self.migration: Migration | None = None
         self._decision: Decision | None = None
         self._done = True
 
@@ -144,6 +166,8 @@ class Simulator(DecisionLoop, Occupancy):
         self.instances = []
         for number, pool in enumerate(self.pools):
             kind = ROLE_CLASSES[pool.role]
+            if self.migration_config is not None:
+                kind = MigratingInstance
             for _ in range(pool.count):
                 self.instances.append(kind(
                     len(self.instances), pool.config, pool.cost, self.pool_kv_blocks[number],
@@ -151,6 +175,10 @@ class Simulator(DecisionLoop, Occupancy):
         self.disagg = Disaggregation(self, self.network) if self.disaggregated else None
         self.event_handlers = {EventKind.TRANSFER: self.disagg.on_transfer_end} \
             if self.disaggregated else {}
+        self.migration = build_migration(self, self.migration_config)
+        if self.migration is not None:
+            self.event_handlers[EventKind.MIGRATION_STAGE] = self.migration.on_stage_end
+            self.event_handlers[EventKind.MIGRATION_TICK] = self.migration.on_tick
         self.requests: list[Request] = []
         if self.retention is not None:
             self.retention.reset(self, self.rng.spawn(1)[0])
@@ -191,6 +219,10 @@ class Simulator(DecisionLoop, Occupancy):
         if self.disagg is not None:
             return list(self.disagg.prefills)
         return self.instances
+
+    def seed_events(self) -> None:
+        if self.migration is not None:
+            self.migration.seed()  # the controller's first tick
 
     def interrupt(self, instance: Instance) -> float | None:
         """Cut `instance`'s decode run short at its first iteration boundary at or after
@@ -255,6 +287,8 @@ class Simulator(DecisionLoop, Occupancy):
                 raise RuntimeError("more KV blocks used than exist")
         if self.disagg is not None:
             self.disagg.check()  # reservations, transfers in flight, hand-offs
+        if self.migration is not None:
+            self.migration.check()  # reservations, migrations in flight, places
 
     def _on_drained(self) -> None:
         if self.retention is not None and self.retention.pins:
@@ -266,6 +300,8 @@ class Simulator(DecisionLoop, Occupancy):
             instance.bm.check([])
         if self.disagg is not None:
             self.disagg.check_drained()
+        if self.migration is not None:
+            self.migration.check_drained()
         for request in self.requests:
             if request.status == REJECTED:
                 continue

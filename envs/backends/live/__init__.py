@@ -40,10 +40,20 @@ def vllm_available() -> bool:
     return True
 
 
-def refuse_unsupported_topology(pools: object = None, network: object = None) -> None:
+def refuse_unsupported_topology(pools: object = None, network: object = None,
+                                migration: object = None) -> None:
     """Raise, naming what is missing, if a cluster asks the live backend for a topology it
-    does not run: prefill/decode pools (disaggregation) or a transfer network. Never
+    does not run: prefill/decode pools (disaggregation), a transfer network or live
+    migration. Never
     silently runs something else."""
+    if migration is not None and migration is not False:
+        raise ValueError(
+            "the live backend does not run live migration (cluster.migration, Llumnix): it "
+            "drives colocated vLLM v1 engines in one process, and what is missing is moving "
+            "a running request's KV between engines while it decodes (a staged block copy "
+            "between the engines' KV caches, the request stopped on one engine's scheduler "
+            "and resumed on the other's under servegym's MIGRATE decisions); use backend=sim "
+            "or drop cluster.migration")
     roles = sorted({str(dict(pool).get("role", "mixed")) if isinstance(pool, dict)
                     else str(getattr(pool, "role", "mixed")) for pool in (pools or ())})
     if set(roles) & {"prefill", "decode"} or network is not None:
