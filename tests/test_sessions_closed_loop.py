@@ -293,3 +293,39 @@ def _renamed(w: Workload) -> Workload:
     import dataclasses
 
     return dataclasses.replace(w, tenant_names=("chat",))
+
+
+# ---------------------------------------------------------------------- program-aware admission
+
+
+def _admitted_order(workload: Workload, name: str) -> list[int]:
+    from servegym.agents.heuristics import make_policy
+
+    policies = default_policies()
+    policies[DecisionKind.ADMIT] = make_policy(name)
+    sim = Simulator(AffineCost(), InstanceConfig(max_model_len=4096, num_kv_blocks=400,
+                                                 max_num_seqs=1), policies=policies)
+    sim.run(workload)
+    return [r.rid for r in sorted(sim.requests, key=lambda r: (r.first_scheduled, r.rid))]
+
+
+def test_critical_path_first_serves_the_deep_program_first() -> None:
+    # Row 0: a lone call; row 1: the root of a 3-call chain; both waiting at t = 0.
+    w = make_workload([0.0, 0.0, 1.0, 2.0], [100, 100, 100, 100], [20, 20, 20, 20],
+                      session_id=[0, 1, 1, 1], parents=[(), (), (1,), (2,)],
+                      release_delay=[NAN, 0.0, 0.0, 0.0])
+    assert _admitted_order(w, "fcfs")[:2] == [0, 1]
+    assert _admitted_order(w, "critical-path-first")[:2] == [1, 0]
+    assert _admitted_order(w, "program-las")[:2] == [0, 1]  # no service yet: FCFS
+
+
+def test_program_las_serves_the_program_with_least_service_first() -> None:
+    # Row 0 (program 0) runs first; row 1 (program 2, long) then holds the only slot while
+    # program 0's second call (row 3, released at row 0's finish, ~0.07 s) and program 1's
+    # first call (row 2, arriving at 0.5 s) wait for it.
+    w = make_workload([0.0, 0.0, 0.5, 0.5], [50, 400, 100, 100], [2, 200, 5, 5],
+                      session_id=[0, 2, 1, 0], parents=[(), (), (), (0,)],
+                      release_delay=[NAN, NAN, NAN, 0.0])
+    assert _admitted_order(w, "fcfs") == [0, 1, 3, 2]  # row 3 was released first
+    assert _admitted_order(w, "program-las") == [0, 1, 2, 3]  # program 1 has no service yet
+    assert _admitted_order(w, "critical-path-first") == [0, 1, 3, 2]  # paths all 1 now

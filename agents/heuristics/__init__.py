@@ -45,6 +45,7 @@ from servegym.agents.heuristics.preemption import (
 )
 from servegym.agents.heuristics.prefix_affinity import PrefixAffinity
 from servegym.agents.heuristics.priority import StrictPriority
+from servegym.agents.heuristics.programs import CriticalPathFirst, ProgramLeastAttainedService
 from servegym.agents.heuristics.swap import CostAwareSwap
 from servegym.agents.heuristics.token_budget import TPOTBudgetAdmission
 from servegym.agents.heuristics.ttft_routing import MinPredictedTTFT
@@ -105,6 +106,12 @@ def _entries() -> list[PolicyInfo]:
         PolicyInfo("spf-tpot-budget-late-last", ADMIT, TPOTBudgetAdmission,
                    "spf-tpot-budget, requests past their TTFT deadline last",
                    {"late_last": True}),
+        PolicyInfo("program-las", ADMIT, ProgramLeastAttainedService,
+                   "Autellix PLAS: the call whose program has the least attained service "
+                   "(tokens of its finished calls) first, FCFS within"),
+        PolicyInfo("critical-path-first", ADMIT, CriticalPathFirst,
+                   "the call with the longest remaining critical path (calls) of its "
+                   "program first, then arrival"),
         # ----------------------------------------------------------------- preemption
         PolicyInfo("preempt-latest", PREEMPT, LatestArrivalPreemption,
                    "vLLM: latest arrival, recompute"),
