@@ -18,7 +18,7 @@ POOL_KEYS = ("name", "count", "role", "instance", "cost", "price_per_hour")
 # schema (`ClusterConfig`, a field of the same name) and the evaluation harness pass the
 # whole mapping through `simulator_kwargs`, untouched.
 CLUSTER_LAYOUT_KEYS = ("num_instances", "instance", "pools")
-CLUSTER_OPTIONS = ("network",)
+CLUSTER_OPTIONS = ("network", "retain_ttls", "migration")
 COST_KEYS = ("model", "gpu", "tensor_parallel", "source")
 
 

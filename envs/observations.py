@@ -9,7 +9,9 @@ The encoding of a decision follows its kind's `KindSpec` (envs/protocol.py), not
 `candidates` "waiting" gets the ADMIT slots below, "running" the PREEMPT slots, "instances"
 (arity 1) the instance slots, and `receives_kv` kinds the room features 9-10 and the
 `Decision.mask` of the instances; so a new kind of an existing candidate set needs no edit
-here (an arity-2 kind needs an encoding of its pairs, and says so).
+here (an arity-2 kind needs an encoding of its pairs, and says so). `candidates`
+"options" (a fixed menu of answers, each a number or None: RETAIN's retention menu) gets
+the option slots below, one slot per option in menu order (K >= the menu's length).
 
 Candidate slots (candidate sets, observation layout version `OBS_LAYOUT_VERSION`):
     ADMIT    up to K waiting requests that fit into the batch now, drawn round-robin from
@@ -23,6 +25,7 @@ Candidate slots (candidate sets, observation layout version `OBS_LAYOUT_VERSION`
              cluster's prefill instances only (envs/core/disagg.py)
     PLACE    a disaggregated cluster's decode instances, by index; valid: those with
              room for the request's KV now (`Decision.mask`)
+    RETAIN   the menu's options, in order (candidate set "options"; every one valid)
 Sort keys (ties: queue order): see `ADMIT_KEYS` and `PREEMPT_KEYS`. `admit_keys=("oldest",)`
 gives the first K fitting requests in queue order (layout version 1's candidates).
 
@@ -40,10 +43,11 @@ Global features (the deciding instance; for ROUTE, the cluster):
     7  recent arrival rate      squash(arrivals in the last 10 s / 10, rate_scale)
     8  progress                 requests arrived / requests in the episode
     9  requests in system       squash(n, max_num_seqs)
-    10-12 decision kind         one-hot ROUTE, ADMIT, PREEMPT; all 0: PLACE (a kind added
-                                after layout 3, kept out of the one-hot so that layout's
-                                features keep their positions and meaning)
-    13 request prompt length    squash(tokens, 1024)  (ROUTE: arriving; PREEMPT: short of KV)
+    10-12 decision kind         one-hot ROUTE, ADMIT, PREEMPT; all 0: PLACE, RETAIN and
+                                later kinds (added after layout 3, kept out of the one-hot
+                                so that layout's features keep their positions and meaning)
+    13 request prompt length    squash(tokens, 1024)  (ROUTE: arriving; PREEMPT: short of KV;
+                                RETAIN: the call that finished)
     14 request output estimate  squash(tokens, 256)
     15 request prefix hits      cached fraction of its prompt blocks (ROUTE: best instance)
 
@@ -65,6 +69,15 @@ Slot features for instances (ROUTE, PLACE):
     9 receives_kv kinds (PLACE): the instance has room for the request now (1) or not
     (0); ROUTE: 0  10 receives_kv kinds: free KV fraction left after taking the
     request's blocks; ROUTE: 0  11-20 0
+Slot features for options ("options": RETAIN's menu; the decision's request is the call
+that finished, its features are the same in every slot):
+    0 valid  1 the option's value squashed: squash(ttl, 10) (0 for None and 0.0)
+    2 the option is None (release now)  3 the option is 0.0 (leave to LRU)
+    4 the request's full prompt blocks / KV capacity (what a pin holds)
+    5 the request's turn squash(turn, 8)  6 its program's remaining critical path
+    squash(calls, 4)  7 the option's value / the menu's largest  8 0
+    9-14 the tool kind that follows the request, one-hot (kinds 0-5; none for -1 or >= 6)
+    15-20 0
 """
 
 from __future__ import annotations
@@ -237,6 +250,11 @@ class ObservationEncoder:
             else:
                 mask[: len(slots)] = True
             mask[self.stop_action] = decision.can_stop()
+        elif spec.candidates == "options" and spec.arity == 1:
+            slots = list(range(min(len(decision.candidates), self.num_slots)))
+            features = self._global(decision.instance, sim, kind, decision.request)
+            features += self._option_slots(decision, slots)
+            mask[: len(slots)] = True
         else:
             raise NotImplementedError(
                 f"{kind.name}: no observation encoding for candidates={spec.candidates!r} "
@@ -408,4 +426,34 @@ class ObservationEncoder:
                 out += [0.0] * (SLOT_FEATURES - BASE_SLOT_FEATURES - 2)
             else:
                 out += [0.0] * (SLOT_FEATURES - BASE_SLOT_FEATURES)
+        return out
+
+    @staticmethod
+    def _option_slots(decision: Decision, slots: list[int]) -> list[float]:
+        request = decision.request
+        bm = decision.instance.bm
+        options = decision.candidates
+        largest = max((value for value in options if value), default=0.0)
+        common = (
+            (request.prompt_len // bm.block_size) / bm.num_blocks,
+            squash(request.turn, 8),
+            squash(request.critical_path, 4),
+        )
+        tool = [0.0] * MAX_ROLES
+        if 0 <= request.tool_kind < MAX_ROLES:
+            tool[request.tool_kind] = 1.0
+        out: list[float] = []
+        for index in slots:
+            value = options[index]
+            out += (
+                1.0,
+                squash(value or 0.0, 10.0),
+                float(value is None),
+                float(value == 0.0),
+                *common,
+                (value or 0.0) / largest if largest else 0.0,
+                0.0,
+            )
+            out += tool
+            out += [0.0] * MAX_ROLES
         return out

@@ -118,7 +118,9 @@ class ServingEnv(gym.Env):
     `serving/cost_per_hour` and `serving/goodput_per_dollar`, the report each pool's GPU,
     count, price and cost source). Keyword arguments to `gym.make` override them.
     control: decisions the agent answers, any of "admit", "preempt", "route", "place"
-        (a disaggregated cluster's decode placement, envs/core/disagg.py).
+        (a disaggregated cluster's decode placement, envs/core/disagg.py), "retain" (KV
+        retention between a session's calls; needs `cluster.retain_ttls`,
+        envs/core/retention.py).
     workload: a `Workload`, `build_workload` arguments (a mapping, as in conf/workload/),
     or "azure_conv" / "azure_code". rate: target mean req/s.
     episode_requests, episode_seconds (a window of trace time instead, before `rate`
@@ -213,6 +215,14 @@ class ServingEnv(gym.Env):
                                  **dict(live_options or {}))
         if backend == "live":  # the small engine's context: clip rather than reject
             self.source = clip_to_context(self.source, self.sim.max_model_len)[0]
+        menu = [k.control for k in self.controlled if k.spec.candidates == "options"]
+        if menu and getattr(self.sim, "retention", None) is None:
+            raise ValueError(f"control={menu} needs retention on: set cluster.retain_ttls "
+                             "(the RETAIN menu's TTLs, e.g. [1, 2, 5, 10, 30])")
+        if menu and len(self.sim.retention.options) > num_slots:
+            raise ValueError(f"num_slots ({num_slots}) must be >= the RETAIN menu's "
+                             f"{len(self.sim.retention.options)} options (release, LRU and "
+                             "the TTLs of cluster.retain_ttls)")
         options = dict(reward_options or {})
         self.rewards = RewardTracker(RewardConfig(kind=reward, **options))
         self.encoder = ObservationEncoder(num_slots, self.rewards.config.default_ttft_slo,
@@ -268,7 +278,10 @@ class ServingEnv(gym.Env):
         super().reset(seed=seed)
         rng = self.np_random
         for _ in range(10):
-            episode = self.source.take(self._slice(rng))
+            rows = self._slice(rng)
+            if self.source.parents is not None:  # closed loop: whole programs only
+                rows = self.source.whole_programs(rows)
+            episode = self.source.take(rows)
             episode = dataclasses.replace(
                 episode, arrival_time=episode.arrival_time - episode.arrival_time[0])
             if self.rate is not None:

@@ -19,7 +19,9 @@ from servegym.agents.heuristics.retention import (  # noqa: E402
     OracleTTL,
     make_retention,
 )
+from servegym.envs.core.instance import InstanceConfig  # noqa: E402
 from servegym.envs.core.retention import check_ttl  # noqa: E402
+from servegym.envs.core.simulator import Simulator  # noqa: E402
 
 
 @pytest.mark.parametrize("bad", [-1.0, math.nan, math.inf, "5", True])
@@ -100,3 +102,109 @@ def test_the_continuum_predictor_learns_delays_without_the_truth() -> None:
         OracleTTL().ttl(NoTruth(0, 1, 0.0), None, 0.0)  # the oracle does read it
     with pytest.raises(ValueError, match="unknown retention policy"):
         make_retention("retain-forever")
+
+
+# ------------------------------------------------------------------ RETAIN as a decision
+from servegym.agents.heuristics import make_policy  # noqa: E402
+from servegym.envs.core.retention import option_for, retain_options  # noqa: E402
+from servegym.envs.protocol import DecisionKind  # noqa: E402
+
+
+def test_the_menu_and_its_rounding() -> None:
+    options = retain_options((1, 2, 5))
+    assert options == (None, 0.0, 1.0, 2.0, 5.0)
+    assert [option_for(t, options) for t in (None, 0.0, 0.5, 1.0, 1.5, 4.0, 99.0)] == \
+        [0, 1, 2, 2, 3, 4, 4]
+    for bad in ((), (2, 1), (0, 1), (1, math.nan), "5", (1, 1)):
+        with pytest.raises(ValueError, match="retain_ttls"):
+            retain_options(bad)
+
+
+def _records(report) -> tuple:
+    r = report.records
+    return tuple(np.asarray(r[f]).tolist() for f in ("rid", "first_token", "finish",
+                                                     "prefix_hit_tokens"))
+
+
+@pytest.mark.parametrize("name", ["retain-continuum", "retain-none", "retain-oracle"])
+def test_a_stepped_run_answers_retain_as_the_inline_run(name) -> None:
+    workload = continuum.agentic_sessions(24, 4, rate=2.0, seed=3)
+    inline = continuum.build_simulator(make_policy(name), num_kv_blocks=900)
+    expected = inline.run(workload, seed=5)
+    from servegym.envs.core.decisions import default_policies
+
+    policies = default_policies()
+    del policies[DecisionKind.RETAIN]
+    sim = Simulator(inline.cost, inline.config, policies=policies, retain_ttls=(1, 2, 5, 10, 30),
+                    debug_checks=True)
+    sim.reset(workload, seed=5)
+    policy = make_policy(name)
+    policy.reset(None) if hasattr(policy, "reset") else None
+    asked = 0
+    while (decision := sim.next_decision()) is not None:
+        assert decision.kind == DecisionKind.RETAIN and decision.request.session >= 0
+        assert decision.mask().all() and len(decision.candidates) == 7
+        sim.apply(policy.decide(decision))
+        asked += 1
+    report = sim.report()
+    assert asked == expected.summary["serving/retain_asked"] > 0
+    assert _records(report) == _records(expected)
+    assert report.summary["serving/retain_pinned"] == expected.summary["serving/retain_pinned"]
+
+
+def test_retention_is_off_unless_asked_for() -> None:
+    workload = continuum.agentic_sessions(8, 3, rate=2.0, seed=0)
+    from servegym.envs.costs import build_cost_model
+
+    cost = build_cost_model("Llama-3-8B", "H100-80GB", source="roofline")
+    sim = Simulator(cost, InstanceConfig(enable_prefix_caching=True, num_kv_blocks=900))
+    report = sim.run(workload, seed=0)
+    assert sim.retention is None and "serving/retain_asked" not in report.summary
+    lru = continuum.build_simulator(make_policy("retain-lru"), num_kv_blocks=900).run(
+        workload, seed=0)
+    assert _records(lru) == _records(report)  # retain-lru is the plain prefix cache
+    assert lru.summary["serving/retain_lru"] == lru.summary["serving/retain_asked"] > 0
+    with pytest.raises(ValueError, match="not both"):
+        Simulator(cost, InstanceConfig(), policies={DecisionKind.RETAIN: make_policy(
+            "retain-none")}, retention=make_policy("retain-lru"))
+
+
+def test_the_memory_bound_pins_less_on_a_tight_cache() -> None:
+    workload = continuum.agentic_sessions(60, 5, rate=1.0, seed=0)
+    rows = {}
+    for name in ("retain-continuum", "retain-continuum-unbounded"):
+        report = continuum.build_simulator(make_policy(name), num_kv_blocks=1500).run(
+            workload, seed=0)
+        rows[name] = report.summary
+    bounded, unbounded = rows["retain-continuum"], rows["retain-continuum-unbounded"]
+    assert bounded["serving/retain_pinned"] < unbounded["serving/retain_pinned"]
+    assert bounded["serving/jct_p50"] < unbounded["serving/jct_p50"]
+
+
+def test_the_env_encodes_retain_from_its_spec() -> None:
+    from servegym.envs.serving_env import ServingEnv
+
+    workload = continuum.agentic_sessions(40, 4, rate=2.0, seed=0)
+    cluster = {"instance": {"enable_prefix_caching": True, "num_kv_blocks": 1500},
+               "retain_ttls": [1, 2, 5, 10, 30]}
+    env = ServingEnv(control=("retain",), workload=workload, rate=None, episode_requests=80,
+                     split="all", cluster=cluster, reward="goodput", num_slots=8)
+    obs, info = env.reset(seed=0)
+    assert info["decision"] == "RETAIN"
+    assert info["action_mask"][:7].all() and not info["action_mask"][7:].any()
+    slots = obs[16:16 + 8 * 21].reshape(8, 21)
+    assert slots[0, 2] == 1.0 and slots[1, 3] == 1.0 and slots[6, 7] == 1.0  # none, LRU, 30 s
+    assert (slots[2:7, 1] > 0).all() and np.all(np.diff(slots[2:7, 1]) > 0)
+    assert not slots[7].any()
+    steps = 0
+    done = False
+    while not done:
+        obs, _, term, trunc, info = env.step(6)  # always the longest pin
+        done, steps = term or trunc, steps + 1
+    assert steps > 10
+    with pytest.raises(ValueError, match="retain_ttls"):
+        ServingEnv(control=("retain",), workload=workload, rate=None, episode_requests=80,
+                   split="all", cluster={"instance": {"enable_prefix_caching": True}})
+    with pytest.raises(ValueError, match="num_slots"):
+        ServingEnv(control=("retain",), workload=workload, rate=None, episode_requests=80,
+                   split="all", cluster=cluster, num_slots=4)

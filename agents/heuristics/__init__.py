@@ -46,6 +46,12 @@ from servegym.agents.heuristics.preemption import (
 from servegym.agents.heuristics.prefix_affinity import PrefixAffinity
 from servegym.agents.heuristics.priority import StrictPriority
 from servegym.agents.heuristics.programs import CriticalPathFirst, ProgramLeastAttainedService
+from servegym.agents.heuristics.retention import (
+    ContinuumTTL,
+    LRURetention,
+    NoRetention,
+    OracleTTL,
+)
 from servegym.agents.heuristics.swap import CostAwareSwap
 from servegym.agents.heuristics.token_budget import TPOTBudgetAdmission
 from servegym.agents.heuristics.ttft_routing import MinPredictedTTFT
@@ -55,6 +61,7 @@ from servegym.envs.protocol import DecisionKind, Policy
 
 ADMIT, PREEMPT, ROUTE = DecisionKind.ADMIT, DecisionKind.PREEMPT, DecisionKind.ROUTE
 PLACE = DecisionKind.PLACE
+RETAIN = DecisionKind.RETAIN
 
 
 @dataclass(frozen=True)
@@ -160,6 +167,19 @@ def _entries() -> list[PolicyInfo]:
                    "DistServe: least-loaded decode instance with room (fewest running)"),
         PolicyInfo("place-first-fit", PLACE, FirstFitPlacement,
                    "lowest-indexed decode instance with room (packs)"),
+        # ----------------------------------------------------------------- KV retention
+        PolicyInfo("retain-lru", RETAIN, LRURetention,
+                   "leave a finished call's prompt KV to the LRU prefix cache (the default)"),
+        PolicyInfo("retain-none", RETAIN, NoRetention,
+                   "release a finished call's prompt KV at once (no retention)"),
+        PolicyInfo("retain-continuum", RETAIN, ContinuumTTL,
+                   "Continuum: pin for the predicted tool-call time (per tool kind, "
+                   "observed delays) while KV memory allows"),
+        PolicyInfo("retain-continuum-unbounded", RETAIN, ContinuumTTL,
+                   "Continuum's TTL without the memory bound (pins whatever it predicts)",
+                   {"memory_cap": False}),
+        PolicyInfo("retain-oracle", RETAIN, OracleTTL,
+                   "ORACLE: pin for the true delay to the next call plus 2 s"),
     ]
 
 

@@ -85,6 +85,16 @@ class NeverMigrate:
         return STOP
 
 
+class LeaveToLRU:
+    """RETAIN default ("retain-lru", vLLM's behaviour): leave a finished call's cached
+    prompt to the LRU prefix cache (choice 1 of the menu, envs/core/retention.py)."""
+
+    name = "retain-lru"
+
+    def decide(self, decision: Decision) -> int:
+        return 1
+
+
 def reset_policies(policies: dict[DecisionKind, Policy], rng: np.random.Generator) -> None:
     """Give each policy with a `reset` its own child generator of the episode's `rng`."""
     for policy, child in zip(policies.values(), rng.spawn(len(policies)), strict=True):
@@ -100,12 +110,13 @@ def default_policies() -> dict[DecisionKind, Policy]:
         DecisionKind.PREEMPT: LatestArrivalPreemption(),
         DecisionKind.PLACE: MostFreeKVPlacement(),
         DecisionKind.MIGRATE: NeverMigrate(),
+        DecisionKind.RETAIN: LeaveToLRU(),  # asked only with retention on
     }
 
 
 __all__ = [
     "STOP", "Action", "Decision", "DecisionKind", "FCFSAdmission", "InvalidActionError",
-    "LatestArrivalPreemption", "MostFreeKVPlacement", "NeverMigrate", "Policy",
+    "LatestArrivalPreemption", "LeaveToLRU", "MostFreeKVPlacement", "NeverMigrate", "Policy",
     "RoundRobinRouting",
     "default_policies", "reset_policies",
 ]

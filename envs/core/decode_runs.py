@@ -112,6 +112,7 @@ class DecodeRuns:
     run_aggregates: DecodeTally | None
     decode_coeffs: list[tuple[float, float] | None]
     event_pending: bool
+    retain_queue: list[Any]  # RETAIN questions of the event just closed (retention.py)
     arrivals_cut_runs = True
     num_iterations: int
     num_decode_runs: int
@@ -128,8 +129,8 @@ class DecodeRuns:
         """
         running = self.running
         n = len(running)
-        if n == 0 or self.swapped or not self.sim.decode_runs:
-            return False
+        if n == 0 or self.swapped or not self.sim.decode_runs or self.retain_queue:
+            return False  # (RETAIN questions pending: build_next asks them first)
         if self.waiting and n < self.config.max_num_seqs:
             # Would a waiting request fit into a batch of these decodes?
             plan = self.plan

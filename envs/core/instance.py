@@ -134,6 +134,7 @@ class Instance(Lifecycle, BatchBuilding, TokenBookkeeping, DecodeRuns):
         )
         # KV retention between a session's calls (envs/core/retention.py), or None.
         self.retention = getattr(simulator, "retention", None)
+        self.retain_queue: list[tuple[Request, list[int]]] = []  # RETAIN questions to ask
         self.block_size = config.block_size
         self.v0 = config.mode == "vllm_v0"
         self.watermark_blocks = int(config.watermark * num_kv_blocks)
@@ -188,6 +189,8 @@ class Instance(Lifecycle, BatchBuilding, TokenBookkeeping, DecodeRuns):
         the common events cost a plain call, not a generator.
         """
         self._close_event(now)
+        if self.retain_queue:
+            return False  # build_next asks the RETAIN decisions, then plans
         if not (self.running or self.waiting or self.swapped):
             return True
         return self._plan_decode_run(now)
@@ -206,10 +209,18 @@ class Instance(Lifecycle, BatchBuilding, TokenBookkeeping, DecodeRuns):
                 else:
                     self._finish_iteration_reference(now)
         self.event_pending = False
+        if self.retain_queue and self.retention.policy is not None:
+            self.retention.answer_inline(self, now)  # RETAIN by its policy, before planning
 
     def build_next(self, now: float) -> Generator[Any, Any, None]:
         """Build and start the next iteration at `now` (after `on_event` returned False)."""
         plan = self.plan
+        if self.retain_queue:  # surfaced RETAIN decisions (on_event returned early)
+            yield from self.retention.ask(self, now)
+            if not (self.running or self.waiting or self.swapped):
+                return
+            if self._plan_decode_run(now):
+                return
         attempts = 0
         while attempts < 3:
             yield from self._build_batch(now)

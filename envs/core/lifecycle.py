@@ -141,7 +141,8 @@ class Lifecycle:
                 request.next_delay == request.next_delay:  # a next call (NaN: none)
             hashes = list(request.cached_hashes or ())
             self.bm.free(request)
-            retention.on_finish(self, request, hashes, now)  # envs/core/retention.py
+            # Its RETAIN question, asked when the event closes (envs/core/retention.py).
+            retention.on_finish(self, request, hashes)
         else:
             self.bm.free(request)
         self.sim.record_departure(request, now)

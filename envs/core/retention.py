@@ -2,19 +2,32 @@
 
 Spec. When a request that has a next call (`request.session >= 0` and a finite
 `request.next_delay`: closed-loop sessions and programs, envs/core/release.py) finishes, a
-retention policy (`RetentionPolicy`, agents/heuristics/retention.py) answers what happens
+RETAIN decision is asked (`DecisionKind.RETAIN`, candidate set "options"): what happens
 to its KV (the prefix-cache blocks of its prompt, `cached_hashes`; the answer's own tokens
-are private blocks and always freed):
+are private blocks and always freed). Its candidates are the retention menu
+(`retain_options(ttls)`, the simulator's `retain_ttls`, default `DEFAULT_TTLS_S`):
 
-    DROP (None)   no retention: its unreferenced cached blocks leave the cache at once
-                  (freed, not kept for reuse; a lower tier does not get them either)
-    0.0 (LRU)     the plain prefix cache: the blocks stay cached, unreferenced, in LRU
-                  order, evicted (down a tier, envs/core/kv_tiers.py) when space is needed
-    ttl > 0       pin them for `ttl` seconds: they stay referenced (they cost GPU
-                  capacity: admissions and growth see fewer free blocks) until the
-                  session's next call is admitted (its own references then hold them),
-                  the TTL expires, or the instance would otherwise idle with a waiting
-                  request that does not fit (pressure release: a pin never deadlocks)
+    choice 0: None   release now: its unreferenced cached blocks leave the cache at once
+                     (freed, not kept for reuse; a lower tier does not get them either)
+    choice 1: 0.0    leave them to LRU (the plain prefix cache): cached, unreferenced, in
+                     LRU order, evicted (down a tier, envs/core/kv_tiers.py) when needed
+    choice 2..: ttl  pin them for `ttl` seconds: they stay referenced (they cost GPU
+                     capacity: admissions and growth see fewer free blocks) until the
+                     session's next call is admitted (its own references then hold them),
+                     the TTL expires, or the instance would otherwise idle with a waiting
+                     request that does not fit (pressure release: a pin never deadlocks)
+
+The decision is asked once the event in which the call finished is closed and before the
+instance plans its next batch (`Instance.on_event` / `build_next`): every call finishing
+at that event first frees its blocks, then each is asked in finish order. An inline policy
+(`Simulator(policies={RETAIN: ...})`) is answered there by a plain call
+(`answer_inline`); without one the decision surfaces through `next_decision()` (the
+instance's `build_next` yields it) at the same point, so a stepped run and an inline run
+with the same answers are identical. Retention is on when the simulator has a menu
+(`retain_ttls`, or a legacy `retention=` policy); off (the default), nothing is asked and
+the prefix cache is plain LRU. `RetentionPolicy` (a `ttl(request, instance, now)` method)
+is the older answer form, adapted by `TTLAnswers` to the menu: a TTL is rounded up to the
+next option (capped at the longest).
 
 A TTL that is negative, NaN or infinite is refused with a message (`check_ttl`). Expiry is
 a typed event (`EventKind.RETAIN_EXPIRY`, target: the pin's number) handled by
@@ -34,17 +47,25 @@ prefill/decode instances of a disaggregated cluster (retention runs on mixed ins
 and Continuum's scheduler changes beyond the TTL (its queue ordering by program).
 
 Writers: `BlockManager.pin` / `unpin` / `drop_cached` change KV state; this module keeps
-only the table of pins and its statistics.
+only the table of pins, the questions of the event being closed and its statistics.
+Not modelled for the surfaced (agent) form: instances of other roles (disaggregated
+prefill/decode, live migration) whose `on_event` returns before planning when idle leave
+their questions to their next event.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Generator, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 from servegym.envs.core.events import EventKind
+from servegym.envs.protocol import Action, Decision, DecisionKind
 
 DROP = None  # answer: no retention
+RELEASE_NOW, LEAVE_TO_LRU = 0, 1  # the menu's first two choices
+DEFAULT_TTLS_S = (1.0, 2.0, 5.0, 10.0, 30.0)
+RETAIN = DecisionKind.RETAIN
 
 
 def check_ttl(ttl: Any, who: str = "retention policy") -> float | None:
@@ -61,48 +82,131 @@ def check_ttl(ttl: Any, who: str = "retention policy") -> float | None:
     return ttl
 
 
+def retain_options(ttls: Sequence[float] = DEFAULT_TTLS_S) -> tuple[float | None, ...]:
+    """The RETAIN menu: (None: release now, 0.0: leave to LRU, *ttls); `ttls` finite,
+    > 0 and increasing (a clear error otherwise)."""
+    if isinstance(ttls, (str, bytes)) or not isinstance(ttls, Sequence):
+        raise ValueError(f"retain_ttls = {ttls!r}: give a list of TTLs in seconds, e.g. "
+                         f"{list(DEFAULT_TTLS_S)}")
+    values = []
+    for ttl in ttls:
+        value = check_ttl(ttl, "retain_ttls")
+        if value is None or value <= 0:
+            raise ValueError(f"retain_ttls = {list(ttls)}: every TTL must be > 0 (release "
+                             "now and leave to LRU are always the menu's first two choices)")
+        values.append(value)
+    if not values or any(b <= a for a, b in zip(values, values[1:], strict=False)):
+        raise ValueError(f"retain_ttls = {list(ttls)}: give at least one TTL, strictly "
+                         "increasing")
+    return (DROP, 0.0, *values)
+
+
+def option_for(ttl: float | None, options: Sequence[float | None]) -> int:
+    """The menu choice for a wanted TTL: None -> release, 0 -> LRU, ttl > 0 -> the first
+    option >= ttl (the longest if none is)."""
+    if ttl is None:
+        return RELEASE_NOW
+    if ttl == 0.0:
+        return LEAVE_TO_LRU
+    for choice in range(2, len(options)):
+        if options[choice] >= ttl:
+            return choice
+    return len(options) - 1
+
+
 @runtime_checkable
 class RetentionPolicy(Protocol):
-    """Answers what happens to a finished call's KV (the module docstring)."""
+    """The older answer form: a TTL for a finished call (None drop, 0 LRU, > 0 pin)."""
 
     def ttl(self, request: Any, instance: Any, now: float) -> float | None: ...
 
 
-class Retention:
-    """The simulator's side of retention: asks the policy, keeps the pins, expires them."""
+class TTLAnswers:
+    """A `RetentionPolicy` as a RETAIN policy: its TTL, checked, rounded up to the menu."""
 
     def __init__(self, policy: RetentionPolicy) -> None:
         if not callable(getattr(policy, "ttl", None)):
-            raise ValueError(f"a retention policy needs a ttl(request, instance, now) method; "
-                             f"got {type(policy).__name__}")
+            raise ValueError(f"a retention policy needs a decide(decision) or a "
+                             f"ttl(request, instance, now) method; got {type(policy).__name__}")
         self.policy = policy
+        self.name = getattr(policy, "name", type(policy).__name__)
+
+    def reset(self, rng: Any = None) -> None:
+        reset = getattr(self.policy, "reset", None)
+        if reset is not None:
+            reset(rng)
+
+    def decide(self, decision: Decision) -> int:
+        ttl = check_ttl(self.policy.ttl(decision.request, decision.instance, decision.time),
+                        type(self.policy).__name__)
+        return option_for(ttl, decision.candidates)
+
+
+def as_retain_policy(policy: Any) -> Any:
+    """`policy` as a RETAIN policy: one with `decide` as is, a `ttl`-only one adapted."""
+    if callable(getattr(policy, "decide", None)):
+        return policy
+    return TTLAnswers(policy)
+
+
+class Retention:
+    """The simulator's side of retention: asks RETAIN, keeps the pins, expires them."""
+
+    def __init__(self, ttls: Sequence[float] = DEFAULT_TTLS_S) -> None:
+        self.options = retain_options(ttls)
         self.sim: Any = None
+        self.policy: Any = None  # the inline RETAIN policy, or None (surfaced)
         self.pins: dict[int, tuple[Any, int, float]] = {}  # pin -> (instance, session, expiry)
         self.by_session: dict[int, int] = {}  # session -> its pin
         self.next_pin = 0
+        self._reset_stats()
+
+    def _reset_stats(self) -> None:
         # Statistics (the report's serving/retain_*).
         self.asked = self.pinned = self.dropped = self.lru = 0
         self.pinned_blocks = 0
         self.consumed = self.expired = self.pressure_released = 0
 
-    def reset(self, sim: Any, rng: Any) -> None:
+    def reset(self, sim: Any) -> None:
         self.sim = sim
+        self.policy = sim.policies.get(RETAIN)
         self.pins.clear()
         self.by_session.clear()
         self.next_pin = 0
-        self.asked = self.pinned = self.dropped = self.lru = self.pinned_blocks = 0
-        self.consumed = self.expired = self.pressure_released = 0
-        reset = getattr(self.policy, "reset", None)
-        if reset is not None:
-            reset(rng)
+        self._reset_stats()
 
     # ------------------------------------------------------------ called by the instance
-    def on_finish(self, instance: Any, request: Any, hashes: list[int], now: float) -> None:
+    def on_finish(self, instance: Any, request: Any, hashes: list[int]) -> None:
         """`request` finished on `instance` and its blocks were freed; `hashes` were its
-        cached prompt blocks. Ask the policy and apply its answer."""
+        cached prompt blocks. Its RETAIN question waits for the end of the event."""
+        instance.retain_queue.append((request, hashes))
+
+    def answer_inline(self, instance: Any, now: float) -> None:
+        """Answer `instance`'s questions with the inline policy (a plain call)."""
+        queue = instance.retain_queue
+        policy = self.policy
+        options = self.options
+        for request, hashes in queue:
+            decision = Decision(RETAIN, now, options, instance=instance, request=request,
+                                cluster=self.sim)
+            action = decision.validate(policy.decide(decision))
+            self._apply(instance, request, hashes, options[action.choice], now)
+        queue.clear()
+
+    def ask(self, instance: Any, now: float) -> Generator[Decision, Action, None]:
+        """Ask `instance`'s questions through the simulator (surfaced: `next_decision`)."""
+        queue = instance.retain_queue
+        options = self.options
+        while queue:
+            request, hashes = queue.pop(0)
+            decision = Decision(RETAIN, now, options, instance=instance, request=request,
+                                cluster=self.sim)
+            action = yield from self.sim.ask(decision)
+            self._apply(instance, request, hashes, options[action.choice], now)
+
+    def _apply(self, instance: Any, request: Any, hashes: list[int], ttl: float | None,
+               now: float) -> None:
         self.asked += 1
-        ttl = check_ttl(self.policy.ttl(request, instance, now),
-                        type(self.policy).__name__)
         bm = instance.bm
         if ttl is None:
             self.dropped += 1
@@ -125,7 +229,6 @@ class Retention:
         self.pins[pin] = (instance, request.session, now + ttl)
         self.by_session[request.session] = pin
         self.sim.schedule_event(now + ttl, EventKind.RETAIN_EXPIRY, pin)
-
     def on_admit(self, request: Any) -> None:
         """The session's next call was admitted (it references its cached prefix now)."""
         pin = self.by_session.pop(request.session, None)
@@ -177,4 +280,6 @@ class Retention:
                 "retain_pressure_released": float(self.pressure_released)}
 
 
-__all__ = ["DROP", "Retention", "RetentionPolicy", "check_ttl"]
+__all__ = ["DEFAULT_TTLS_S", "DROP", "LEAVE_TO_LRU", "RELEASE_NOW", "Retention",
+           "RetentionPolicy", "TTLAnswers", "as_retain_policy", "check_ttl", "option_for",
+           "retain_options"]

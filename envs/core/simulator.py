@@ -40,7 +40,7 @@ from servegym.envs.core.migration import (
 from servegym.envs.core.occupancy import Occupancy
 from servegym.envs.core.release import Releases
 from servegym.envs.core.request import REJECTED, Request
-from servegym.envs.core.retention import Retention
+from servegym.envs.core.retention import Retention, as_retain_policy
 from servegym.envs.protocol import Decision, DecisionKind, Policy
 
 if TYPE_CHECKING:
@@ -77,6 +77,13 @@ class Simulator(DecisionLoop, Occupancy):
             (`Network` or {bandwidth_gbps, latency_s}); None: the prefill pool's cost
             model prices transfers (envs/core/disagg.py); with `migration`, the link
             live migrations copy over.
+        retention: KV retention between a session's calls (Continuum,
+            envs/core/retention.py): the RETAIN policy (one with `decide`, or the older
+            `ttl(request, instance, now)` form, rounded up to the menu); shorthand for
+            `policies[RETAIN]` with retention on. None: as `retain_ttls` says.
+        retain_ttls: the RETAIN menu's TTLs in seconds (`cluster.retain_ttls`); given (or
+            with `retention`), RETAIN is asked when a call with a next call finishes,
+            answered by `policies[RETAIN]` or surfaced; None and no `retention`: off.
         migration: live migration between mixed instances (Llumnix;
             `cluster.migration: {interval_s, trigger_free_kv, last_stage_blocks,
             max_stages, max_per_tick}`, envs/core/migration.py); None: none.
@@ -95,6 +102,7 @@ class Simulator(DecisionLoop, Occupancy):
         network: Network | Mapping[str, float] | None = None,
         retention: Any = None,
         migration: Mapping[str, Any] | None = None,
+        retain_ttls: Sequence[float] | None = None,
     ) -> None:
         if pools is None:
             if cost_model is None:
@@ -130,9 +138,16 @@ class Simulator(DecisionLoop, Occupancy):
         self.record_token_times = record_token_times
         self.decode_runs = decode_runs
         self.debug_checks = debug_checks
-        # KV retention between a session's calls (a policy with ttl(request, instance,
-        # now), envs/core/retention.py; agents/heuristics/retention.py); None: none.
-        self.retention = None if retention is None else Retention(retention)
+        # KV retention between a session's calls (RETAIN, envs/core/retention.py;
+        # agents/heuristics/retention.py); None: off.
+        if retention is not None:
+            if policies is not None and DecisionKind.RETAIN in policies:
+                raise ValueError("give the RETAIN policy once: retention= or "
+                                 "policies[DecisionKind.RETAIN], not both")
+            self.policies[DecisionKind.RETAIN] = as_retain_policy(retention)
+        on = retention is not None or retain_ttls is not None
+        self.retention = Retention(*(() if retain_ttls is None else (retain_ttls,))) \
+            if on else None
         self.pool_kv_blocks = [_kv_blocks(pool) for pool in self.pools]
         self.pool_model_len = [pool.config.max_model_len or _model_context(pool.cost)
                                for pool in self.pools]
@@ -181,7 +196,7 @@ class Simulator(DecisionLoop, Occupancy):
             self.event_handlers[EventKind.MIGRATION_TICK] = self.migration.on_tick
         self.requests: list[Request] = []
         if self.retention is not None:
-            self.retention.reset(self, self.rng.spawn(1)[0])
+            self.retention.reset(self)
             self.event_handlers[EventKind.RETAIN_EXPIRY] = self.retention.on_expiry
         self.__dict__.pop("record_departure", None)  # a closed-loop run's hook, below
         if workload.parents is not None:  # closed loop: the cursor reads the roots only
