@@ -14,6 +14,11 @@ Settings:
      decode instances of (b), round-robin routing among the prefill ones, decode placement
      by most free KV, KV transfers priced by the cost model's interconnect; at twice (b)'s
      rate (90% of two colocated instances' saturation).
+  e) Closed-loop multi-turn sessions (envs/workloads/sessions.py, ``closed_loop: true``;
+     envs/core/release.py): four instances of (b) with prefix caching behind round-robin,
+     1-6 turns per session, each released 2 s (exponential mean) after the previous turn
+     finished, every turn resending the conversation (shared prefix hashes); session
+     starts at (c)'s request rate divided by the mean turns per session.
 
 Each case runs in its own subprocess on one core, so peak RSS is per case.
 
@@ -104,6 +109,24 @@ def saturation_rate(cost: CostModel, config: InstanceConfig, requests: int) -> f
     return Simulator(cost, config).run(burst).summary["serving/throughput_rps"]
 
 
+def sessions_workload(requests: int, rate: float, seed: int) -> Workload:
+    """Closed-loop sessions of case (e): about `requests` turns, `rate` turns/s offered."""
+    from servegym.envs.workloads.sessions import multi_turn_workload
+
+    mean_turns = 3.5  # uniform 1..6
+    spec = {
+        "kind": "sessions", "closed_loop": True, "system_prompt_len": 256,
+        "num_sessions": max(1, round(requests / mean_turns)),
+        "arrivals": {"process": "poisson", "rate": rate / mean_turns},
+        "turns": {"dist": "uniform", "low": 1, "high": 6},
+        "think_time": {"dist": "exponential", "mean": 2.0},
+        "first_prompt": {"dist": "lognormal", "mean": 400, "cv": 1.0, "high": 1500},
+        "user_prompt": {"dist": "lognormal", "mean": 100, "cv": 1.0, "high": 300},
+        "output": {"dist": "lognormal", "mean": 200, "cv": 0.8, "high": 600},
+    }
+    return multi_turn_workload(spec, np.random.default_rng(seed), block_size=16)
+
+
 def run_case(case: str, requests: int) -> dict:
     if case == "a":
         cost, config = vidur_setting()
@@ -115,6 +138,14 @@ def run_case(case: str, requests: int) -> dict:
         workload = poisson_workload(requests, rate, 8192, SEED)
         sim = Simulator(pools=[Pool("prefill", config, cost, 2, "prefill"),
                                Pool("decode", config, cost, 2, "decode")])
+    elif case == "e":
+        cost, config = h100_setting()
+        instances = 4
+        rate = 0.9 * saturation_rate(cost, config, 2000) * instances
+        workload = sessions_workload(requests, rate, SEED)
+        requests = len(workload)
+        config = InstanceConfig(mode="vllm_v1", max_num_seqs=256, max_num_batched_tokens=8192,
+                                enable_prefix_caching=True)
     else:
         cost, config = h100_setting()
         instances = 1 if case == "b" else 4
@@ -145,11 +176,15 @@ def run_case(case: str, requests: int) -> dict:
         "preemptions": summary["serving/preemptions"],
         "kv_blocks": report.counters["num_kv_blocks"],
         "cost_source": report.cost_source,
+        "rejected": summary["serving/rejected"],
+        "prefix_cache_hit_rate": summary["serving/prefix_cache_hit_rate"],
+        "jct_p99_s": summary.get("serving/jct_p99", float("nan")),
     }
 
 
-CASES = (("a", 10_000), ("a", 50_000), ("b", 20_000), ("c", 40_000), ("d", 40_000))
-QUICK = (("a", 2_000), ("b", 2_000), ("c", 4_000), ("d", 4_000))
+CASES = (("a", 10_000), ("a", 50_000), ("b", 20_000), ("c", 40_000), ("d", 40_000),
+         ("e", 40_000))
+QUICK = (("a", 2_000), ("b", 2_000), ("c", 4_000), ("d", 4_000), ("e", 4_000))
 
 
 def format_table(rows: list[dict]) -> str:
@@ -208,7 +243,7 @@ def main() -> None:
         wanted = set(args.only.split(","))
         unknown = wanted - {case for case, _ in CASES}
         if unknown:
-            raise SystemExit(f"--only: unknown case(s) {sorted(unknown)}; cases: a, b, c, d")
+            raise SystemExit(f"--only: unknown case(s) {sorted(unknown)}; cases: a, b, c, d, e")
         cases = tuple((case, n) for case, n in cases if case in wanted)
     for case, requests in cases:
         # One core, as the target is stated for one core of this machine.

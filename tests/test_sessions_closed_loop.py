@@ -329,3 +329,17 @@ def test_program_las_serves_the_program_with_least_service_first() -> None:
     assert _admitted_order(w, "fcfs") == [0, 1, 3, 2]  # row 3 was released first
     assert _admitted_order(w, "program-las") == [0, 1, 2, 3]  # program 1 has no service yet
     assert _admitted_order(w, "critical-path-first") == [0, 1, 3, 2]  # paths all 1 now
+
+
+@pytest.mark.parametrize("instances", [1, 3])
+def test_decode_runs_agree_with_the_reference_path(instances: int) -> None:
+    # A release landing on an instance in a decode run cuts the run (as an arrival does).
+    w = _chain_sessions(sessions=25, turns=5, seed=7)
+    fast = _sim(instances, enable_prefix_caching=True).run(w, seed=1)
+    reference = Simulator(AffineCost(), InstanceConfig(max_model_len=4096, num_kv_blocks=400,
+                                                       enable_prefix_caching=True),
+                          num_instances=instances, decode_runs=False,
+                          debug_checks=True).run(w, seed=1)
+    for field in ("rid", "arrival", "first_token", "finish", "instance"):
+        np.testing.assert_allclose(fast.records[field], reference.records[field], rtol=1e-9,
+                                   atol=1e-9, err_msg=field)

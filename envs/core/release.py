@@ -11,7 +11,10 @@ parents) from the arrival cursor; every other request is released by a typed eve
 al., OSDI 2024; Continuum's tool-call gaps). The event's handler makes the request with
 that arrival time and returns its routing (the loop yields from it), so a released
 request is routed exactly like an arrival (ROUTE asked with 2+ instances). Releases have
-the arrivals' priority: at an instant they are queued before any instance plans.
+the arrivals' priority: at an instant they are queued before any instance plans. A decode
+run in flight where a released request lands is cut at its first iteration boundary at or
+after the release (`Simulator.interrupt`), as runs end at the next arrival; so closed-form
+decode runs and the reference path (`decode_runs=False`) agree (tested).
 
 Failure: when a parent is rejected (it can never be served: above the context or the KV
 capacity, or itself cut off), each of its children not yet released is made at that
@@ -39,7 +42,7 @@ import numpy as np
 
 from servegym.envs.core.events import EventKind
 from servegym.envs.core.occupancy import Occupancy
-from servegym.envs.core.request import FINISHED, REJECTED, ProgramState, Request
+from servegym.envs.core.request import FINISHED, REJECTED, WAITING, ProgramState, Request
 from servegym.envs.workloads.graph import flat_parents
 
 if TYPE_CHECKING:
@@ -138,6 +141,15 @@ class Releases:
                 stack.append(child)
 
     def on_release(self, index: int, time: float) -> Generator[Any, Any, None]:
-        """The RELEASE handler: make request `index` arriving now and route it."""
+        """The RELEASE handler (a generator the loop yields from): make request `index`
+        arriving now and route it; a decode run in flight on its instance is cut at its
+        first iteration boundary at or after now, as a run planned before an arrival ends
+        there (envs/core/decode_runs.py), so the request is admitted when it would be
+        without decode runs."""
         sim = self.sim
-        return sim._route(sim._make_request(index, time))
+        request = sim._make_request(index, time)
+        yield from sim._route(request)
+        if request.status == WAITING:
+            instance = sim.instances[request.instance]
+            if instance.run is not None:
+                sim.interrupt(instance)

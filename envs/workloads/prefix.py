@@ -26,6 +26,7 @@ __all__ = ["BLOCK_INDEX_BITS", "BlockChains", "mooncake_segment_ends"]
 BLOCK_INDEX_BITS = 24  # up to 16.7M blocks per request: 268M tokens at 16-token blocks
 _MULTIPLIER = 1 << BLOCK_INDEX_BITS
 _MAX_KEY = (2**63 - 1) // _MULTIPLIER - 1  # hashes stay inside int64
+_FEW_SEGMENTS = 4  # up to this many segments a request is expanded without numpy
 
 
 class BlockChains(Sequence[tuple[int, ...]]):
@@ -172,10 +173,23 @@ class BlockChains(Sequence[tuple[int, ...]]):
         if n == 0:
             return ()
         s, e = int(self._start[i]), int(self._stop[i])
-        ends = np.minimum(self._ends[s:e], n)  # segments past the prompt contribute nothing
-        lengths = np.diff(ends, prepend=0)
-        keys = np.repeat(self._keys[s:e], lengths)
-        return tuple((keys * _MULTIPLIER + np.arange(n, dtype=np.int64)).tolist())
+        if e - s > _FEW_SEGMENTS:
+            ends = np.minimum(self._ends[s:e], n)  # segments past the prompt add nothing
+            lengths = np.diff(ends, prepend=0)
+            keys = np.repeat(self._keys[s:e], lengths)
+            return tuple((keys * _MULTIPLIER + np.arange(n, dtype=np.int64)).tolist())
+        # A few segments (sessions, programs): plain ints beat numpy's per-call overhead.
+        out: list[int] = []
+        done = 0  # blocks expanded so far
+        for key, end in zip(self._keys[s:e].tolist(), self._ends[s:e].tolist(), strict=True):
+            if end > done:
+                end = min(end, n)
+                base = key * _MULTIPLIER
+                out.extend(range(base + done, base + end))
+                done = end
+                if done >= n:
+                    break
+        return tuple(out)
 
     def _validate(self) -> None:
         n = self._start.shape[0]
