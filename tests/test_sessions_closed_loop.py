@@ -343,3 +343,13 @@ def test_decode_runs_agree_with_the_reference_path(instances: int) -> None:
     for field in ("rid", "arrival", "first_token", "finish", "instance"):
         np.testing.assert_allclose(fast.records[field], reference.records[field], rtol=1e-9,
                                    atol=1e-9, err_msg=field)
+
+
+def test_live_backend_refuses_closed_loop_workloads() -> None:
+    from servegym.envs.backends import build_backend
+
+    backend = build_backend("live", None, 1, None)  # no engine is built before the check
+    w = make_workload([0.0, 1.0], [10, 10], [2, 2], session_id=[0, 0], parents=[(), (0,)],
+                      release_delay=[NAN, 1.0])
+    with pytest.raises(ValueError, match="closed loop.*use backend='sim'"):
+        backend.reset(w)

@@ -52,7 +52,7 @@ an id followed by more than ``max_branching`` (16) distinct ids in the trace: a 
 shared across conversations (in the shipped trace only id 0, the common head of all 12,031
 prompts; every other id is followed by at most 11), not a turn. The shipped trace has
 3,932 dependent turns among 12,031 requests (8,099 start sessions), gaps between a
-turn's and its parent's arrival of 6 s to 20 min (median about 2 min). The trace gives
+turn's and its parent's arrival of 6 s to 50 min (median 123 s). The trace gives
 that gap from arrival to arrival; the think time after the parent *finished* is taken as
 ``max(0, gap - decode_s_per_token * parent's output tokens)`` (default 0.02 s per token,
 an 8B model's decode step at moderate batch), i.e. the recorded gap minus an estimate of

@@ -514,6 +514,11 @@ class LiveBackend(DecisionLoop, Occupancy):
 
     # ------------------------------------------------------------ protocol
     def reset(self, workload: Any, seed: int = 0) -> None:
+        if getattr(workload, "parents", None) is not None:
+            raise ValueError(
+                f"workload {workload.name!r} is closed loop (sessions or programs whose calls "
+                "wait for earlier ones); the live backend replays arrival times only and "
+                "does not release calls by their dependencies: use backend='sim'")
         if not self.instances:
             self._build_engines()
         self._drain_engines()
