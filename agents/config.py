@@ -112,6 +112,7 @@ class ClusterConfig:
     instance: InstanceSchema = field(default_factory=InstanceSchema)  # type: ignore[valid-type]
     pools: list[PoolConfig] = field(default_factory=list)
     network: Any = None  # Any: OmegaConf 2.3 cannot merge a dict into a None Optional[Dict]
+    retain_ttls: Any = None  # KV retention's TTL menu in s (envs/core/retention.py); null: off
 
 
 # ============================================================================ env

@@ -315,9 +315,62 @@ DISAGGREGATED = replace(
     )},
 )
 
+# KV retention between the calls of agentic programs (Continuum, Li et al., 2025;
+# envs/core/retention.py): when an LLM call whose program has a next call finishes, the
+# agent answers RETAIN: release its prompt's KV now, leave it to the LRU prefix cache
+# (whose evictions move down to a host tier), or pin it on the GPU for 1, 2, 5, 10 or 30 s
+# (`cluster.retain_ttls`). Closed-loop agentic programs (envs/workloads/programs.py): chains
+# of 3-8 calls (a planner, middle steps, an aggregator; `width` 1), a 512-token system
+# prompt shared by all, a task of ~3000 tokens (log-normal, cv 0.5), and after each call
+# one tool step of three kinds (search ~1.5 s log-normal, code ~6 s exponential, sql
+# 0.2-1 s uniform) whose result (~200-600 tokens) joins the context, so prompts grow to
+# ~5k tokens on average; the next call is released when the tool returns. 1500 programs
+# starting at 1 per second (8272 calls); the episode keeps the workload's own rate (its
+# release times are the closed loop's). One vLLM v1 instance of Llama-3-8B on an H100
+# with prefix caching and 3000 KV blocks (48k tokens: about ten programs' contexts) above
+# a host tier of 20000 blocks (25 GB/s). The rewards' default SLOs (TTFT 2 s, TPOT 0.1 s).
+# Measured (results/headroom_sessions.md, goodput on the test split, 5 windows of 991
+# calls): retain-lru 4.30, retain-continuum (memory-bounded) 4.12, retain-none 1.10 req/s
+# (every call recomputes its context), the unbounded TTL 0.10 and the oracle TTL 0.09
+# (pins hold the cache until admissions stall): spread 0.979; ceiling 5.78 (envs/bounds.py).
+# What there is to learn: when a pin pays for its memory (a short tool, a long context, a
+# cache with room) and when releasing or leaving to LRU is better.
+SESSIONS = replace(
+    ADMISSION,
+    id="servegym/Sessions-v0",
+    control=("retain",),
+    workload={"source": {
+        "kind": "programs", "name": "agentic_sessions", "num_programs": 1500,
+        "arrivals": {"process": "poisson", "rate": 1.0},       # program starts per second
+        "stages": {"dist": "uniform", "low": 3, "high": 8},   # LLM calls per program
+        "width": {"dist": "uniform", "low": 1, "high": 1},    # chains (one call per stage)
+        "system_prompt_len": 512,
+        "task_prompt": {"dist": "lognormal", "mean": 3000, "cv": 0.5, "high": 12000},
+        "instruction": {"dist": "lognormal", "mean": 40, "cv": 0.5, "high": 400},
+        "output": {"dist": "lognormal", "mean": 150, "cv": 0.8, "high": 1000},
+        "tools": (
+            {"name": "search", "weight": 0.4,
+             "duration": {"dist": "lognormal", "mean": 1.5, "cv": 1.0},
+             "result": {"dist": "lognormal", "mean": 600, "cv": 1.0, "high": 3000}},
+            {"name": "code", "weight": 0.3,
+             "duration": {"dist": "exponential", "mean": 6.0},
+             "result": {"dist": "lognormal", "mean": 300, "cv": 1.0, "high": 2000}},
+            {"name": "sql", "weight": 0.3,
+             "duration": {"dist": "uniform", "low": 0.2, "high": 1.0},
+             "result": {"dist": "lognormal", "mean": 200, "cv": 0.8, "high": 1000}},
+        ),
+    }},
+    rate=None,
+    cluster={"num_instances": 1,
+             "instance": {"enable_prefix_caching": True, "num_kv_blocks": 3000,
+                          "kv_tiers": ({"name": "host", "capacity_blocks": 20000,
+                                        "bandwidth_gb_s": 25.0, "latency_s": 1e-5},)},
+             "retain_ttls": (1.0, 2.0, 5.0, 10.0, 30.0)},
+)
+
 TASKS: Mapping[str, TaskSpec] = MappingProxyType({
     task.id: task for task in (ADMISSION, PREEMPTION, ROUTING, SERVING, ADMISSION_INTERVAL,
-                               HETEROGENEOUS, DISAGGREGATED)})
+                               HETEROGENEOUS, DISAGGREGATED, SESSIONS)})
 DEFAULT_TASK = ADMISSION  # `python train.py`'s (conf/config.yaml: env=admission)
 
 
@@ -357,6 +410,6 @@ __all__ = [
     "HETEROGENEOUS", "HETEROGENEOUS_RATE",
     "INTERVAL_ENTRY_POINT",
     "PER_DECISION_SETTINGS", "PREEMPTION", "PREEMPTION_RATE", "RESOLVER", "ROUTING", "SERVING",
-    "SERVING_ENTRY_POINT", "TASKS", "TaskSpec", "freeze", "register_resolver", "task_setting",
-    "thaw",
+    "SERVING_ENTRY_POINT", "SESSIONS", "TASKS", "TaskSpec", "freeze", "register_resolver",
+    "task_setting", "thaw",
 ]

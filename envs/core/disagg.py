@@ -35,9 +35,10 @@ the handoff wait and the transfer (TPOT and token gaps see it).
 
 Not modelled: the decode instance's own prefix cache (transferred blocks are private),
 layer-by-layer pipelining of the transfer with the prefill, contention of concurrent
-transfers on a link (each transfer gets the link's full bandwidth), and DistServe's
-placement search (pool sizes and TP are inputs). A request preempted by recompute on a
-decode instance recomputes there.
+transfers on a link (each transfer gets the link's full bandwidth). Pool sizes and TP are
+inputs here; DistServe's placement search, which chooses them with this simulator as its
+evaluator, is agents/heuristics/distserve.py. A request preempted by recompute on a decode
+instance recomputes there.
 
 Invariants (`Disaggregation.check`, run by `Simulator.check_invariants`): every request
 in a handoff queue or in flight holds its prefill-side blocks; every transfer in flight has
