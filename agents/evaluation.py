@@ -77,7 +77,10 @@ def evaluation_episodes(source: Workload, episodes: int, num_requests: int,
     out = []
     for index in range(episodes):
         start = int(rng.integers(0, len(source) - num_requests + 1))
-        episode = source.take(np.arange(start, start + num_requests))
+        rows = np.arange(start, start + num_requests)
+        if source.parents is not None:  # closed loop: the whole programs of the window
+            rows = source.whole_programs(rows)
+        episode = source.take(rows)
         episode = dataclasses.replace(
             episode, arrival_time=episode.arrival_time - episode.arrival_time[0],
             ttft_slo=np.where(np.isinf(episode.ttft_slo), ttft_slo, episode.ttft_slo),
