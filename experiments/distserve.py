@@ -28,7 +28,7 @@ same measurement in the simulator (envs/core/disagg.py):
 
     python experiments/distserve.py                  # writes results/distserve.{md,json,png}
     python experiments/distserve.py --requests 300 --bisect 4 --search-bisect 3 \
-        --name distserve_quick
+        --scales 1,0.5 --name distserve_quick
 
 Writes results atomically and never overwrites (`--name` picks another stem); the plot
 (goodput per GPU vs SLO scale, one line per system) goes beside the table.
@@ -166,18 +166,27 @@ def plot(path: Path, rows: list[dict[str, Any]], caption: str) -> None:
     save_png(figure, path)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--requests", type=int, default=1000)
     parser.add_argument("--bisect", type=int, default=8)
     parser.add_argument("--search-bisect", type=int, default=6,
                         help="bisection steps per candidate inside the placement search")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--scales", default=",".join(f"{x:g}" for x in SCALES),
+                        help="comma-separated SLO scales, loosest first")
     parser.add_argument("--name", default="distserve")
     parser.add_argument("--out", default=str(ROOT / "results"))
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.requests < 50 or args.bisect < 1 or args.search_bisect < 1:
         raise SystemExit("--requests must be >= 50, --bisect and --search-bisect >= 1")
+    try:
+        scales = [float(x) for x in args.scales.split(",")]
+    except ValueError:
+        raise SystemExit(f"--scales must be comma-separated numbers, got {args.scales!r}") \
+            from None
+    if not scales or min(scales) <= 0:
+        raise SystemExit(f"--scales must be positive numbers, got {args.scales!r}")
     paths, existing = result_paths(args.out, args.name)
     png = Path(args.out) / f"{args.name}.png"
     if png.exists():
@@ -191,7 +200,7 @@ def main() -> None:
     start = time.perf_counter()
     rows = []
     searches = []
-    for scale in SCALES:
+    for scale in scales:
         row: dict[str, Any] = {"slo_scale": scale, "ttft_slo_s": BASE_TTFT_S * scale,
                                "tpot_slo_s": BASE_TPOT_S * scale}
         for system in SYSTEMS[:-1]:
@@ -209,7 +218,8 @@ def main() -> None:
         print(json.dumps(row), flush=True)
         rows.append(row)
     wall = time.perf_counter() - start
-    command = "python experiments/distserve.py " + shlex.join(sys.argv[1:])
+    command = "python experiments/distserve.py " + shlex.join(
+        sys.argv[1:] if argv is None else argv)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     header = ("| SLO scale | TTFT / TPOT SLO (s) | " + " | ".join(SYSTEMS) +
               " | searched placement | " + " | ".join(f"search / {s}" for s in COLOCATED)

@@ -120,3 +120,28 @@ def test_tighter_slo_never_raises_goodput():
                              bisect_steps=4, rate_range=(1.0, 200.0))
     assert tight.best.goodput_per_gpu < loose.best.goodput_per_gpu
     assert loose.best.goodput_per_gpu > 1.0
+
+
+def test_reproduction_script_writes_table_json_and_plot_and_never_overwrites(tmp_path):
+    import json
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
+    import distserve
+
+    args = ["--requests", "50", "--bisect", "1", "--search-bisect", "1", "--scales", "1",
+            "--out", str(tmp_path), "--name", "smoke"]
+    distserve.main(args)
+    payload = json.loads((tmp_path / "smoke.json").read_text())
+    (row,) = payload["rows"]
+    assert set(distserve.SYSTEMS) <= set(row)
+    assert row["searched_placement"] == payload["searches"][0]["chosen"]
+    assert len(payload["searches"][0]["candidates"]) == 11  # 4 GPUs, TP 1 and 2
+    text = (tmp_path / "smoke.md").read_text()
+    assert "distserve-search" in text and "7.4x" in text and "smoke.png" in text
+    assert (tmp_path / "smoke.png").stat().st_size > 1000
+    with pytest.raises(SystemExit, match="never overwritten"):
+        distserve.main(args)
+    with pytest.raises(SystemExit, match="--scales"):
+        distserve.main([*args[:-1], "other", "--scales", "1,x"])
