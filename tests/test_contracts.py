@@ -170,7 +170,8 @@ class FakeCluster:
                                  self.cluster if real.cluster is not None else None)
 
 
-HEURISTICS = {DecisionKind.ADMIT: ["spf", "fcfs", "edf-late-last", "sjf-oracle", "vtc"],
+HEURISTICS = {DecisionKind.ADMIT: ["spf", "fcfs", "edf-late-last", "sjf-oracle", "vtc",
+                                   "program-las", "critical-path-first"],
               DecisionKind.PREEMPT: ["preempt-least-progress", "preempt-most-blocks",
                                      "swap-cost-aware"],
               DecisionKind.ROUTE: ["jsq", "lor", "llumnix", "prefix-affinity", "min-ttft"]}

@@ -29,6 +29,7 @@ from servegym.envs.workloads.length_tables import (
 )
 from servegym.envs.workloads.mooncake import load_mooncake, load_mooncake_with_report
 from servegym.envs.workloads.prefix import BlockChains
+from servegym.envs.workloads.programs import agentic_program_workload
 from servegym.envs.workloads.servegen import (
     SERVEGEN_POOLS,
     generate_servegen,
@@ -60,6 +61,7 @@ __all__ = [
     "Workload",
     "WorkloadError",
     "WorkloadWarning",
+    "agentic_program_workload",
     "build_workload",
     "build_workload_with_report",
     "clip_to_context",
