@@ -106,12 +106,15 @@ class ClusterConfig:
     """`conf/cluster/*.yaml`: instances behind the router and `InstanceConfig`'s fields;
     or `pools` (then `num_instances` is their total; conf/cluster/hetero_h100_a100.yaml).
     `network`: a disaggregated cluster's prefill-to-decode link, {bandwidth_gbps,
-    latency_s} (servegym.envs.core.disagg.Network); null: the cost model prices it."""
+    latency_s} (servegym.envs.core.disagg.Network); null: the cost model prices it.
+    `migration`: live migration between mixed instances (Llumnix), {interval_s,
+    trigger_free_kv, last_stage_blocks, max_stages, max_per_tick}; null: none."""
 
     num_instances: int = 1
     instance: InstanceSchema = field(default_factory=InstanceSchema)  # type: ignore[valid-type]
     pools: list[PoolConfig] = field(default_factory=list)
     network: Any = None  # Any: OmegaConf 2.3 cannot merge a dict into a None Optional[Dict]
+    migration: Any = None  # live migration, {interval_s, ...} (envs/core/migration.py)
     retain_ttls: Any = None  # KV retention's TTL menu in s (envs/core/retention.py); null: off
 
 
@@ -595,9 +598,16 @@ def _validate_cluster(cluster: ClusterConfig) -> None:
         from servegym.envs.core.disagg import network_from_config
 
         network_from_config(cluster.network)  # its own message: zero bandwidth, bad keys
-        if not any(pool.role in ("prefill", "decode") for pool in cluster.pools):
+        if not any(pool.role in ("prefill", "decode") for pool in cluster.pools) and \
+                cluster.migration is None:
             raise ValueError("cluster.network prices KV transfers between prefill and decode "
                              "pools; this cluster has none (drop network or set pool roles)")
+
+
+    if cluster.migration is not None:
+        from servegym.envs.core.migration import migration_from_config
+
+        migration_from_config(dict(cluster.migration))  # its own message: bad keys, values
 
 
 def _validate_specs(cfg: TrainConfig) -> None:

@@ -11,6 +11,9 @@ registers the Gymnasium ids.
     servegym/Disaggregated-v0  prefill/decode disaggregation (DistServe): the agent routes
                             arrivals among 2 prefill instances and places each prefilled
                             request on one of 2 decode instances (its KV moves there)
+    servegym/Migration-v0   live migration (Llumnix): every 0.1 s the agent moves nothing
+                            or one decoding request of the least free of 4 KV-bound
+                            instances (round-robin dispatch, a bursty load) elsewhere
 
 Each id's complete setting is its task in `envs/tasks.py` (`TASKS`), registered with every
 setting as a keyword argument: `gymnasium.make(id)` builds what `python train.py env=<name>`

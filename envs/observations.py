@@ -12,6 +12,14 @@ The encoding of a decision follows its kind's `KindSpec` (envs/protocol.py), not
 here (an arity-2 kind needs an encoding of its pairs, and says so). `candidates`
 "options" (a fixed menu of answers, each a number or None: RETAIN's retention menu) gets
 the option slots below, one slot per option in menu order (K >= the menu's length).
+The one arity-2 kind, MIGRATE ("running", the cluster's decoding requests), gets
+PREEMPT-style request slots of one source, each slot a (request, target) pair:
+    MIGRATE  the source is the least free instance (Llumnix's freeness: free KV blocks
+             after its queue's demand, per running request) among those with a request
+             some other instance can take; its slots are up to K of those requests drawn
+             as PREEMPT's (`preempt_keys`), each paired with the instance with the most
+             free KV blocks that can take it (`Decision.target_mask`); STOP: migrate
+             nothing. Global features are the source's; the kind one-hot is all zero.
 
 Candidate slots (candidate sets, observation layout version `OBS_LAYOUT_VERSION`):
     ADMIT    up to K waiting requests that fit into the batch now, drawn round-robin from
@@ -89,13 +97,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from servegym.envs.protocol import STOP, Action, DecisionKind
+from servegym.envs.protocol import STOP, Action, Decision, DecisionKind
 
 if TYPE_CHECKING:
     from servegym.envs.core.instance import Instance
     from servegym.envs.core.request import Request
     from servegym.envs.core.simulator import Simulator
-    from servegym.envs.protocol import Decision
 
 GLOBAL_FEATURES = 16
 BASE_SLOT_FEATURES = 9
@@ -204,6 +211,8 @@ class ObservationEncoder:
         self.rate_scale = rate_scale
         self.output_estimate = output_estimate  # request -> expected output tokens
         self.slot_choice: list[int] = []  # slot -> index into decision.candidates
+        self.slot_target: list[int] = []  # arity 2 (MIGRATE): slot -> target instance
+        self.pair_index: list[int] = []
         self.mask = np.zeros(self.num_actions, dtype=bool)
         self.buffer = np.zeros(self.size, dtype=np.float32)
         self.episode_requests = 1
@@ -216,6 +225,8 @@ class ObservationEncoder:
         k = self.num_slots
         if action == self.stop_action:
             return Action(STOP)
+        if decision.kind.spec.arity == 2:
+            return Action(self.slot_choice[action], target=self.slot_target[action])
         if action >= k:
             return Action(self.slot_choice[action - k], swap=True)
         return Action(self.slot_choice[action])
@@ -232,7 +243,7 @@ class ObservationEncoder:
             features += self._request_slots(decision, slots, kind)
             mask[: len(slots)] = True
             mask[self.stop_action] = decision.can_stop()
-        elif spec.candidates == "running":
+        elif spec.candidates == "running" and spec.arity == 1:
             slots = self._preempt_slots(decision)
             features = self._global(decision.instance, sim, kind, decision.request)
             features += self._request_slots(decision, slots, kind)
@@ -241,6 +252,13 @@ class ObservationEncoder:
                 bm = decision.instance.bm
                 for slot, index in enumerate(slots):
                     mask[self.num_slots + slot] = bm.can_swap_out(decision.candidates[index])
+        elif spec.candidates == "running" and spec.arity == 2:
+            source, view, slots = self._pair_slots(decision, sim)
+            features = self._global(source, sim, kind, None)
+            features += self._request_slots(view, slots, kind) if slots else []
+            slots = [self.pair_index[i] for i in slots]
+            mask[: len(slots)] = True
+            mask[self.stop_action] = decision.can_stop()
         elif spec.candidates == "instances" and spec.arity == 1:
             slots = list(range(len(decision.candidates)))
             features = self._global(None, sim, kind, decision.request)
@@ -276,6 +294,43 @@ class ObservationEncoder:
     def _preempt_slots(self, decision: Decision) -> list[int]:
         newest_first = list(range(len(decision.candidates) - 1, -1, -1))
         return self._ranked_slots(decision, newest_first, self._preempt_sorts)
+
+    def _pair_slots(self, decision: Decision,
+                    sim: Simulator) -> tuple[Instance | None, Decision, list[int]]:
+        """MIGRATE (module docstring): the source, a view of the decision restricted to
+        its movable requests, and the slots (indices into the view's candidates);
+        `pair_index` maps them to the decision's candidates, `slot_target` to targets."""
+        by_source: dict[int, list[int]] = {}
+        for index, request in enumerate(decision.candidates):
+            by_source.setdefault(request.instance, []).append(index)
+        instances = sim.instances
+
+        def freeness(inst: Any) -> float:
+            bm = inst.bm
+            demand = sum(bm.blocks_for(r.prompt_len + r.num_generated) for r in inst.waiting)
+            return (bm.num_free - demand) / max(1, len(inst.running))
+
+        by_free = sorted(range(len(instances)), key=lambda t: (-instances[t].bm.num_free, t))
+        for source in sorted(by_source, key=lambda s: (freeness(instances[s]), s)):
+            movable, targets = [], []
+            for index in by_source[source]:
+                valid = decision.target_mask(index)
+                best = next((t for t in by_free if valid[t]), None)
+                if best is not None:
+                    movable.append(index)
+                    targets.append(best)
+            if not movable:
+                continue
+            view = Decision(decision.kind, decision.time,
+                            [decision.candidates[i] for i in movable],
+                            instance=instances[source], cluster=sim)
+            slots = self._preempt_slots(view)
+            self.pair_index = movable
+            self.slot_target = [targets[i] for i in slots]
+            return instances[source], view, slots
+        self.pair_index, self.slot_target = [], []
+        view = Decision(decision.kind, decision.time, [], cluster=sim)
+        return None, view, []
 
     def _ranked_slots(self, decision: Decision, indices: list[int],
                       sorts: Sequence[Callable[..., float]]) -> list[int]:

@@ -315,6 +315,32 @@ DISAGGREGATED = replace(
     )},
 )
 
+# Live migration (Llumnix, Sun et al., OSDI 2024; envs/core/migration.py): every 0.1 s
+# (`cluster.migration.interval_s`, up to 2 moves per tick) the agent moves nothing or one
+# decoding request of the least free instance to another instance; the KV is copied in
+# stages while it keeps decoding, then a short stop. Four vLLM v1 instances of Llama-3-8B
+# on H100s with 1200 KV blocks each (19k tokens: KV-bound, as Llumnix's setting is),
+# round-robin dispatch (the default router: blind to output lengths, so load drifts
+# apart), a bursty load: gamma arrivals (cv 3) at 20 req/s, prompts log-normal mean 600
+# (cv 1.5, <= 6000), outputs mean 400 (cv 1.5, <= 3000); the rewards' default SLOs (TTFT
+# 2 s, TPOT 0.1 s).
+# Measured: results/headroom_migration.md (experiments/bench_headroom.py).
+MIGRATION_RATE = 20.0
+MIGRATION = replace(
+    ADMISSION,
+    id="servegym/Migration-v0",
+    control=("migrate",),
+    workload={"source": {
+        "kind": "synthetic", "name": "bursty_long_tail", "duration_s": 3600,
+        "arrivals": {"process": "gamma", "rate": MIGRATION_RATE, "cv": 3.0},
+        "prompt": {"dist": "lognormal", "mean": 600, "cv": 1.5, "high": 6000},
+        "output": {"dist": "lognormal", "mean": 400, "cv": 1.5, "high": 3000},
+    }},
+    rate=MIGRATION_RATE,
+    cluster={"num_instances": 4, "instance": {"num_kv_blocks": 1200},
+             "migration": {"interval_s": 0.1, "max_per_tick": 2}},
+)
+
 # KV retention between the calls of agentic programs (Continuum, Li et al., 2025;
 # envs/core/retention.py): when an LLM call whose program has a next call finishes, the
 # agent answers RETAIN: release its prompt's KV now, leave it to the LRU prefix cache
@@ -370,7 +396,7 @@ SESSIONS = replace(
 
 TASKS: Mapping[str, TaskSpec] = MappingProxyType({
     task.id: task for task in (ADMISSION, PREEMPTION, ROUTING, SERVING, ADMISSION_INTERVAL,
-                               HETEROGENEOUS, DISAGGREGATED, SESSIONS)})
+                               HETEROGENEOUS, DISAGGREGATED, MIGRATION, SESSIONS)})
 DEFAULT_TASK = ADMISSION  # `python train.py`'s (conf/config.yaml: env=admission)
 
 
@@ -407,7 +433,7 @@ def register_resolver() -> None:
 
 __all__ = [
     "ADMISSION", "ADMISSION_INTERVAL", "DEFAULT_TASK", "DISAGGREGATED", "DISAGGREGATED_RATE",
-    "HETEROGENEOUS", "HETEROGENEOUS_RATE",
+    "HETEROGENEOUS", "HETEROGENEOUS_RATE", "MIGRATION", "MIGRATION_RATE",
     "INTERVAL_ENTRY_POINT",
     "PER_DECISION_SETTINGS", "PREEMPTION", "PREEMPTION_RATE", "RESOLVER", "ROUTING", "SERVING",
     "SERVING_ENTRY_POINT", "SESSIONS", "TASKS", "TaskSpec", "freeze", "register_resolver",

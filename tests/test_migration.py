@@ -296,3 +296,86 @@ def test_same_seed_same_migrations() -> None:
     assert stats_a == stats_b
     for column in first.records:
         np.testing.assert_array_equal(first.records[column], second.records[column])
+
+
+def test_migration_env_steps_and_moves_requests() -> None:
+    """servegym/Migration-v0: each MIGRATE observation is one source's requests paired with
+    targets; choosing a slot migrates that request there (the env's Action has a target)."""
+    import gymnasium as gym
+
+    import servegym  # noqa: F401  (registers the ids)
+
+    env = gym.make("servegym/Migration-v0", episode_requests=120).unwrapped
+    obs, info = env.reset(seed=0)
+    moved = steps = 0
+    done = False
+    while not done and steps < 400:
+        mask = info["action_mask"]
+        slots = np.flatnonzero(mask[: env.encoder.num_slots])
+        decision = env.sim.next_decision()
+        assert decision.kind == DecisionKind.MIGRATE and mask[env.encoder.stop_action]
+        if len(slots):
+            action = env.encoder.to_action(int(slots[0]), decision)
+            request = decision.candidates[action.choice]
+            assert action.target != request.instance
+            assert decision.target_mask(action.choice)[action.target]
+            moved += 1
+        obs, _, terminated, truncated, info = env.step(int(slots[0]) if len(slots)
+                                                       else env.encoder.stop_action)
+        assert np.all(np.abs(obs) <= 1.0)
+        steps += 1
+        done = terminated or truncated
+    assert moved > 0 and env.sim.migration.num_started >= moved
+
+
+class ToFirst:
+    def decide(self, decision):
+        return 0
+
+
+def loaded_first_instance(prompts, outputs, blocks=100) -> Simulator:
+    """Every request routed to instance 0 of 2; MIGRATE decisions surfaced."""
+    policies = {**default_policies(), DecisionKind.ROUTE: ToFirst()}
+    del policies[DecisionKind.MIGRATE]
+    sim = Simulator(CopyCost(), InstanceConfig(num_kv_blocks=blocks), num_instances=2,
+                    policies=policies, migration={"interval_s": 0.1})
+    sim.reset(make_workload([0.0] * len(prompts), prompts, outputs), seed=0)
+    return sim
+
+
+def test_balance_moves_the_shortest_request_to_the_freest_instance() -> None:
+    from servegym.agents.heuristics import make_policy
+
+    sim = loaded_first_instance([300, 40, 200], [400, 400, 400])
+    decision = sim.next_decision()
+    assert [r.instance for r in decision.candidates] == [0, 0, 0]
+    action = make_policy("migrate-balance").decide(decision)
+    shortest = min(range(3), key=lambda i: decision.candidates[i].num_blocks)
+    assert action == Action(shortest, target=1)
+    assert decision.candidates[shortest].prompt_len == 40
+    assert make_policy("migrate-never").decide(decision) == STOP
+    # Balanced already (nothing on instance 0 but one request): balance stops.
+    single = loaded_first_instance([40], [400])
+    assert make_policy("migrate-balance").decide(single.next_decision()) == STOP
+
+
+def test_defrag_makes_room_for_a_queued_request_that_does_not_fit() -> None:
+    from servegym.agents.heuristics import make_policy
+
+    # 60 blocks: the 300- and 280-token prompts (19 and 18 blocks) run; the 600-token
+    # third (38 blocks) waits. Defrag moves the running request whose blocks cover the
+    # shortfall alone, the smallest such (the 280-token one).
+    sim = loaded_first_instance([300, 280, 600], [400, 400, 50], blocks=60)
+    decision = sim.next_decision()
+    waiting = sim.instances[0].waiting
+    assert waiting and waiting[0].prompt_len == 600
+    action = make_policy("migrate-defrag").decide(decision)
+    assert action != STOP and action.target == 1
+    need = 38 - sim.instances[0].bm.num_free
+    chosen = decision.candidates[action.choice]
+    assert chosen.num_blocks >= need
+    assert all(r.num_blocks >= chosen.num_blocks for r in decision.candidates
+               if r.num_blocks >= need)
+    assert chosen.prompt_len == 280
+    assert make_policy("migrate-defrag").decide(
+        loaded_first_instance([40], [400]).next_decision()) == STOP

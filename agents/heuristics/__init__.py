@@ -28,6 +28,12 @@ from servegym.agents.heuristics.length import (
     ShortestPromptFirst,
     ShortestRemainingFirst,
 )
+from servegym.agents.heuristics.llumnix import (
+    Defragmentation,
+    NeverMigrate,
+    PriorityHeadroom,
+    VirtualUsageBalance,
+)
 from servegym.agents.heuristics.load_balance import (
     JoinShortestQueue,
     LeastKVLoad,
@@ -60,7 +66,7 @@ from servegym.envs.core.decisions import FCFSAdmission, LatestArrivalPreemption,
 from servegym.envs.protocol import DecisionKind, Policy
 
 ADMIT, PREEMPT, ROUTE = DecisionKind.ADMIT, DecisionKind.PREEMPT, DecisionKind.ROUTE
-PLACE = DecisionKind.PLACE
+PLACE, MIGRATE = DecisionKind.PLACE, DecisionKind.MIGRATE
 RETAIN = DecisionKind.RETAIN
 
 
@@ -167,6 +173,16 @@ def _entries() -> list[PolicyInfo]:
                    "DistServe: least-loaded decode instance with room (fewest running)"),
         PolicyInfo("place-first-fit", PLACE, FirstFitPlacement,
                    "lowest-indexed decode instance with room (packs)"),
+        # ----------------------------------------------------------------- live migration
+        PolicyInfo("migrate-never", MIGRATE, NeverMigrate, "never migrate (the default)"),
+        PolicyInfo("migrate-balance", MIGRATE, VirtualUsageBalance,
+                   "Llumnix: shortest request from the least to the most free instance "
+                   "(virtual usage), when it narrows the gap"),
+        PolicyInfo("migrate-defrag", MIGRATE, Defragmentation,
+                   "Llumnix: make room for a queued request that does not fit (the "
+                   "smallest decoding request that covers the shortfall)"),
+        PolicyInfo("migrate-priority-headroom", MIGRATE, PriorityHeadroom,
+                   "Llumnix: balance with KV headroom kept for urgent requests"),
         # ----------------------------------------------------------------- KV retention
         PolicyInfo("retain-lru", RETAIN, LRURetention,
                    "leave a finished call's prompt KV to the LRU prefix cache (the default)"),

@@ -1,0 +1,204 @@
+"""Llumnix's migration policies: answers to MIGRATE decisions (live migration).
+
+Llumnix (B. Sun et al., "Llumnix: Dynamic Scheduling for Large Language Model Serving",
+OSDI 2024; the rules as its public code states them: `global_scheduler/migration_policy.py`,
+`load_computation.py`, `llumlet/local_migration_scheduler.py`, github.com/AlibabaPAI/llumnix)
+schedules by each instance's **virtual usage**: the KV blocks it uses plus the blocks its
+queue will need, plus headroom reserved for high-priority requests; its **freeness** is
+`(capacity - virtual usage) / max(1, batch size)`, roughly how many decode iterations the
+instance can sustain before it must preempt. A periodic pass pairs the least free
+instances (sources) with the freest (destinations) and moves one request per pair; the
+request is the source's shortest running one (Llumnix's default `SR`: the fewest blocks,
+the cheapest to move).
+
+* `NeverMigrate` ("migrate-never", the default, envs/core/decisions.py): STOP.
+* `VirtualUsageBalance` ("migrate-balance"): source = the least free instance, destination
+  = the freest that can take the request; migrate only if the source's freeness is below
+  `busy_freeness` and the move narrows the gap without inverting it (Llumnix's `Balanced`
+  pairing check: 0 < freeness gap after < gap before).
+* `Defragmentation` ("migrate-defrag"): an instance whose waiting head does not fit in its
+  free KV is the source (the most blocks short first); the request moved is the smallest
+  decoding one whose blocks cover the shortfall alone (else the largest), to the freest
+  instance that can take it: room is made for the queued large request (Llumnix's
+  de-fragmentation: the queue head's demand counted in the virtual usage).
+* `PriorityHeadroom` ("migrate-priority-headroom"): `VirtualUsageBalance` whose virtual
+  usage adds `headroom` x capacity for every urgent request (priority value below the
+  least urgent class present; lower is more urgent, vLLM's convention) running or waiting
+  on the instance, and which moves normal-priority requests first: instances serving
+  urgent requests are kept lightly loaded. With one priority class it is
+  `VirtualUsageBalance`.
+
+All read the views only (instances' queues and KV counts, requests' lengths and priorities).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from servegym.envs.protocol import STOP, Action, Decision
+
+
+def queue_demand(instance: Any) -> int:
+    """Blocks the instance's queue needs on admission (waiting prompts + output so far)."""
+    bm = instance.bm
+    return sum(bm.blocks_for(r.prompt_len + r.num_generated) for r in instance.waiting)
+
+
+def virtual_freeness(instance: Any, extra_usage: float = 0.0) -> float:
+    """(capacity - (used + queue demand + `extra_usage`)) / max(1, running)."""
+    bm = instance.bm
+    usage = bm.num_used + queue_demand(instance) + extra_usage
+    return (bm.num_blocks - usage) / max(1, len(instance.running))
+
+
+def _by_source(decision: Decision) -> dict[int, list[int]]:
+    """Candidate indices grouped by their request's instance."""
+    groups: dict[int, list[int]] = {}
+    for index, request in enumerate(decision.candidates):
+        groups.setdefault(request.instance, []).append(index)
+    return groups
+
+
+def _fits(decision: Decision, request: Any, target: Any) -> bool:
+    return target.index != request.instance and target.can_receive(request)
+
+
+class NeverMigrate:
+    """Migrate nothing."""
+
+    def decide(self, decision: Decision) -> int:
+        return STOP
+
+
+class VirtualUsageBalance:
+    """Llumnix's load balancing over virtual usage (module docstring)."""
+
+    def __init__(self, busy_freeness: float = 64.0, prefer: str = "shortest") -> None:
+        if not busy_freeness > 0:
+            raise ValueError(f"busy_freeness is blocks per running request, > 0; got "
+                             f"{busy_freeness!r}")
+        if prefer not in ("shortest", "longest"):
+            raise ValueError(f"prefer is 'shortest' (Llumnix's SR, the cheapest to move) or "
+                             f"'longest' (the most load per move), got {prefer!r}")
+        self.busy_freeness = float(busy_freeness)
+        self.prefer = prefer
+
+    def extra_usage(self, instance: Any, urgent_below: int | None) -> float:
+        return 0.0
+
+    def order(self, decision: Decision, indices: list[int],
+              urgent_below: int | None) -> list[int]:
+        """The source's candidates in the order they are tried: fewest blocks first."""
+        candidates = decision.candidates
+        sign = 1 if self.prefer == "shortest" else -1
+        return sorted(indices, key=lambda i: (sign * candidates[i].num_blocks, i))
+
+    def urgent_below(self, decision: Decision) -> int | None:
+        return None
+
+    def decide(self, decision: Decision) -> int | Action:
+        instances = decision.cluster.instances
+        urgent = self.urgent_below(decision)
+        free = [virtual_freeness(i, self.extra_usage(i, urgent)) for i in instances]
+        groups = _by_source(decision)
+        if not groups:
+            return STOP
+        source = min(groups, key=lambda s: (free[s], s))
+        if free[source] >= self.busy_freeness:
+            return STOP
+        targets = sorted((t for t in range(len(instances)) if t != source),
+                         key=lambda t: (-free[t], t))
+        candidates = decision.candidates
+        for index in self.order(decision, groups[source], urgent):
+            request = candidates[index]
+            blocks = request.num_blocks
+            for target in targets:
+                gap = free[target] - free[source]
+                if gap <= 0:
+                    break
+                instance = instances[target]
+                if not _fits(decision, request, instance):
+                    continue
+                after_source = virtual_freeness(instances[source],
+                                                self.extra_usage(instances[source], urgent)
+                                                - blocks)
+                after_target = virtual_freeness(instance,
+                                                self.extra_usage(instance, urgent) + blocks)
+                if 0 < after_target - after_source < gap:
+                    return Action(index, target=target)
+                break  # the freest fitting target does not help: try a smaller request
+        return STOP
+
+
+class Defragmentation:
+    """Make room for a queued request that does not fit (module docstring)."""
+
+    def decide(self, decision: Decision) -> int | Action:
+        instances = decision.cluster.instances
+        groups = _by_source(decision)
+        short: list[tuple[int, int]] = []  # (blocks short, instance)
+        for source in groups:
+            instance = instances[source]
+            if not instance.waiting:
+                continue
+            head = instance.waiting[0]
+            bm = instance.bm
+            need = bm.blocks_for(head.prompt_len + head.num_generated) + \
+                instance.watermark_blocks - bm.num_free
+            if need > 0:
+                short.append((need, source))
+        if not short:
+            return STOP
+        short.sort(key=lambda item: (-item[0], item[1]))
+        free = [virtual_freeness(i) for i in instances]
+        candidates = decision.candidates
+        for need, source in short:
+            indices = groups[source]
+            covering = sorted((i for i in indices if candidates[i].num_blocks >= need),
+                              key=lambda i: (candidates[i].num_blocks, i))
+            rest = sorted((i for i in indices if candidates[i].num_blocks < need),
+                          key=lambda i: (-candidates[i].num_blocks, i))
+            targets = sorted((t for t in range(len(instances)) if t != source),
+                             key=lambda t: (-free[t], t))
+            for index in covering + rest:
+                for target in targets:
+                    if free[target] <= free[source]:
+                        break
+                    if _fits(decision, candidates[index], instances[target]):
+                        return Action(index, target=target)
+        return STOP
+
+
+class PriorityHeadroom(VirtualUsageBalance):
+    """Virtual usage with headroom for urgent requests (module docstring)."""
+
+    def __init__(self, busy_freeness: float = 64.0, headroom: float = 0.15) -> None:
+        super().__init__(busy_freeness)
+        if not 0 <= headroom <= 1:
+            raise ValueError(f"headroom is a fraction of an instance's KV blocks per urgent "
+                             f"request, in [0, 1]; got {headroom!r}")
+        self.headroom = float(headroom)
+
+    def urgent_below(self, decision: Decision) -> int | None:
+        classes = {r.priority for i in decision.cluster.instances for r in i.running}
+        classes.update(r.priority for i in decision.cluster.instances for r in i.waiting)
+        return max(classes) if len(classes) > 1 else None
+
+    def extra_usage(self, instance: Any, urgent_below: int | None) -> float:
+        if urgent_below is None:
+            return 0.0
+        urgent = sum(1 for r in instance.running if r.priority < urgent_below)
+        urgent += sum(1 for r in instance.waiting if r.priority < urgent_below)
+        return min(1.0, self.headroom * urgent) * instance.bm.num_blocks
+
+    def order(self, decision: Decision, indices: list[int],
+              urgent_below: int | None) -> list[int]:
+        candidates = decision.candidates
+        if urgent_below is None:
+            return super().order(decision, indices, urgent_below)
+        return sorted(indices, key=lambda i: (candidates[i].priority < urgent_below,
+                                              candidates[i].num_blocks, i))
+
+
+__all__ = ["Defragmentation", "NeverMigrate", "PriorityHeadroom", "VirtualUsageBalance",
+           "queue_demand", "virtual_freeness"]
