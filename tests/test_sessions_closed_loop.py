@@ -353,3 +353,15 @@ def test_live_backend_refuses_closed_loop_workloads() -> None:
                       release_delay=[NAN, 1.0])
     with pytest.raises(ValueError, match="closed loop.*use backend='sim'"):
         backend.reset(w)
+
+
+def test_arrivals_since_counts_releases() -> None:
+    w = make_workload([0.0, 5.0, 5.0], [100, 100, 100], [5, 5, 5], session_id=[0, 0, 1],
+                      parents=[(), (0,), ()], release_delay=[NAN, 3.0, NAN])
+    sim = _sim(n=1)
+    sim.run(w)
+    released = next(r for r in sim.requests if r.rid == 1)
+    assert 3.0 < released.arrival_time < 5.0  # request 0's finish + 3 s
+    assert sim.arrivals_since(0.0) == 3
+    assert sim.arrivals_since(released.arrival_time) == 3 - 1  # the release and row 2
+    assert sim.arrivals_since(5.0 + 1e-9) == 0

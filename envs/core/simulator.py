@@ -17,7 +17,6 @@ event when its parents have finished.
 
 from __future__ import annotations
 
-import bisect
 import math
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -255,8 +254,7 @@ class Simulator(DecisionLoop, Occupancy):
         """Requests that arrived at or after `time` (so far), releases included."""
         releases = self.releases
         if releases is None:
-            arrived = self.arrived_count
-            return arrived - bisect.bisect_left(self.arrival_times, time, 0, arrived)
+            return Occupancy.arrivals_since(self, time)
         return releases.arrivals_since(time)
 
     def _record_departure_closed(self, request: Request, time: float) -> None:
