@@ -19,6 +19,12 @@ Settings:
      1-6 turns per session, each released 2 s (exponential mean) after the previous turn
      finished, every turn resending the conversation (shared prefix hashes); session
      starts at (c)'s request rate divided by the mean turns per session.
+  g) Live migration (envs/core/migration.py): (c) with servegym/Migration-v0's controller
+     on (MIGRATE every 0.1 s answered by migrate-balance, up to 2 moves per tick); the
+     issue's migration speed case.
+  h) Migration-v0's own KV-bound setting: four instances of (b) with 1200 KV blocks each,
+     round-robin, the controller of (g), its bursty long-tailed load (gamma arrivals, cv 3)
+     at 16 req/s: many migrations, and short decode runs (little free KV per request).
 
 Each case runs in its own subprocess on one core, so peak RSS is per case.
 
@@ -146,12 +152,36 @@ def run_case(case: str, requests: int) -> dict:
         requests = len(workload)
         config = InstanceConfig(mode="vllm_v1", max_num_seqs=256, max_num_batched_tokens=8192,
                                 enable_prefix_caching=True)
+    elif case in ("g", "h"):
+        from servegym.agents.heuristics import make_policy
+        from servegym.envs.core.decisions import default_policies
+        from servegym.envs.protocol import DecisionKind
+        from servegym.envs.tasks import TASKS
+
+        task = TASKS["servegym/Migration-v0"]
+        cost, config = h100_setting()
+        instances = 4
+        if case == "g":
+            rate = 0.9 * saturation_rate(cost, config, 2000) * instances
+            workload = poisson_workload(requests, rate, 8192, SEED)
+        else:
+            from servegym.envs.workloads import build_workload
+
+            rate = 16.0
+            config = InstanceConfig(mode="vllm_v1", max_num_seqs=256,
+                                    max_num_batched_tokens=8192,
+                                    num_kv_blocks=task.cluster["instance"]["num_kv_blocks"])
+            workload = build_workload(dict(task.workload["source"]), rate=rate,
+                                      num_requests=requests, seed=SEED)
+        policies = {**default_policies(), DecisionKind.MIGRATE: make_policy("migrate-balance")}
+        sim = Simulator(cost, config, num_instances=instances, policies=policies,
+                        migration=dict(task.cluster["migration"]))
     else:
         cost, config = h100_setting()
         instances = 1 if case == "b" else 4
         rate = 0.9 * saturation_rate(cost, config, 2000) * instances
         workload = poisson_workload(requests, rate, 8192, SEED)
-    if case != "d":
+    if case not in ("d", "g", "h"):
         sim = Simulator(cost, config, num_instances=instances)
     wall0, cpu0 = time.perf_counter(), time.process_time()
     report = sim.run(workload, seed=SEED)
@@ -178,13 +208,15 @@ def run_case(case: str, requests: int) -> dict:
         "cost_source": report.cost_source,
         "rejected": summary["serving/rejected"],
         "prefix_cache_hit_rate": summary["serving/prefix_cache_hit_rate"],
+        "migrations": sim.migration.num_completed if sim.migration is not None else 0,
         "jct_p99_s": summary.get("serving/jct_p99", float("nan")),
     }
 
 
 CASES = (("a", 10_000), ("a", 50_000), ("b", 20_000), ("c", 40_000), ("d", 40_000),
-         ("e", 40_000))
-QUICK = (("a", 2_000), ("b", 2_000), ("c", 4_000), ("d", 4_000), ("e", 4_000))
+         ("e", 40_000), ("g", 40_000), ("h", 40_000))
+QUICK = (("a", 2_000), ("b", 2_000), ("c", 4_000), ("d", 4_000), ("e", 4_000), ("g", 4_000),
+         ("h", 4_000))
 
 
 def format_table(rows: list[dict]) -> str:
@@ -243,7 +275,8 @@ def main() -> None:
         wanted = set(args.only.split(","))
         unknown = wanted - {case for case, _ in CASES}
         if unknown:
-            raise SystemExit(f"--only: unknown case(s) {sorted(unknown)}; cases: a, b, c, d, e")
+            raise SystemExit(f"--only: unknown case(s) {sorted(unknown)}; cases: "
+                             "a, b, c, d, e, g, h")
         cases = tuple((case, n) for case, n in cases if case in wanted)
     for case, requests in cases:
         # One core, as the target is stated for one core of this machine.
