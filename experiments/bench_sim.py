@@ -19,6 +19,11 @@ Settings:
      1-6 turns per session, each released 2 s (exponential mean) after the previous turn
      finished, every turn resending the conversation (shared prefix hashes); session
      starts at (c)'s request rate divided by the mean turns per session.
+  f) (e) with the KV tiers and retention on: 4000 GPU KV blocks per instance (64k tokens,
+     so contexts compete for the cache) above a host tier of 16000 blocks (25 GB/s,
+     envs/core/kv_tiers.py), RETAIN asked at every turn that has a next one and answered
+     by retain-continuum (memory-bounded TTL, agents/heuristics/retention.py; menu 1, 2,
+     5, 10, 30 s); the issue's sessions speed case.
   g) Live migration (envs/core/migration.py): (c) with servegym/Migration-v0's controller
      on (MIGRATE every 0.1 s answered by migrate-balance, up to 2 moves per tick); the
      issue's migration speed case.
@@ -55,6 +60,7 @@ import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -152,6 +158,20 @@ def run_case(case: str, requests: int) -> dict:
         requests = len(workload)
         config = InstanceConfig(mode="vllm_v1", max_num_seqs=256, max_num_batched_tokens=8192,
                                 enable_prefix_caching=True)
+    elif case == "f":
+        from servegym.agents.heuristics import make_policy
+
+        cost, config = h100_setting()
+        instances = 4
+        rate = 0.9 * saturation_rate(cost, config, 2000) * instances
+        workload = sessions_workload(requests, rate, SEED)
+        requests = len(workload)
+        config = InstanceConfig(mode="vllm_v1", max_num_seqs=256, max_num_batched_tokens=8192,
+                                enable_prefix_caching=True, num_kv_blocks=4000,
+                                kv_tiers=({"name": "host", "capacity_blocks": 16000,
+                                           "bandwidth_gb_s": 25.0, "latency_s": 1e-5},))
+        sim = Simulator(cost, config, num_instances=instances,
+                        retention=make_policy("retain-continuum"))
     elif case in ("g", "h"):
         from servegym.agents.heuristics import make_policy
         from servegym.envs.core.decisions import default_policies
@@ -181,7 +201,7 @@ def run_case(case: str, requests: int) -> dict:
         instances = 1 if case == "b" else 4
         rate = 0.9 * saturation_rate(cost, config, 2000) * instances
         workload = poisson_workload(requests, rate, 8192, SEED)
-    if case not in ("d", "g", "h"):
+    if case not in ("d", "f", "g", "h"):
         sim = Simulator(cost, config, num_instances=instances)
     wall0, cpu0 = time.perf_counter(), time.process_time()
     report = sim.run(workload, seed=SEED)
@@ -208,15 +228,31 @@ def run_case(case: str, requests: int) -> dict:
         "cost_source": report.cost_source,
         "rejected": summary["serving/rejected"],
         "prefix_cache_hit_rate": summary["serving/prefix_cache_hit_rate"],
-        "migrations": sim.migration.num_completed if sim.migration is not None else 0,
         "jct_p99_s": summary.get("serving/jct_p99", float("nan")),
+        "retain_pinned": summary.get("serving/retain_pinned", 0.0),
+        "kv_tier_hits": summary.get("serving/kv_tier_hit_blocks", 0.0),
+        "digest": result_digest(report),
+        "migrations": sim.migration.num_completed if sim.migration is not None else 0,
     }
 
 
+def result_digest(report: Any) -> str:
+    """A digest of every request's record (times, instance, prefix hits): equal digests
+    mean a speed change moved no number."""
+    import hashlib
+
+    records = report.records
+    h = hashlib.sha256()
+    for column in ("rid", "first_token", "finish", "instance", "prefix_hit_tokens",
+                   "preemptions"):
+        h.update(np.ascontiguousarray(records[column]).tobytes())
+    return h.hexdigest()[:16]
+
+
 CASES = (("a", 10_000), ("a", 50_000), ("b", 20_000), ("c", 40_000), ("d", 40_000),
-         ("e", 40_000), ("g", 40_000), ("h", 40_000))
-QUICK = (("a", 2_000), ("b", 2_000), ("c", 4_000), ("d", 4_000), ("e", 4_000), ("g", 4_000),
-         ("h", 4_000))
+         ("e", 40_000), ("f", 40_000), ("g", 40_000), ("h", 40_000))
+QUICK = (("a", 2_000), ("b", 2_000), ("c", 4_000), ("d", 4_000), ("e", 4_000), ("f", 4_000),
+         ("g", 4_000), ("h", 4_000))
 
 
 def format_table(rows: list[dict]) -> str:
@@ -276,7 +312,7 @@ def main() -> None:
         unknown = wanted - {case for case, _ in CASES}
         if unknown:
             raise SystemExit(f"--only: unknown case(s) {sorted(unknown)}; cases: "
-                             "a, b, c, d, e, g, h")
+                             "a, b, c, d, e, f, g, h")
         cases = tuple((case, n) for case, n in cases if case in wanted)
     for case, requests in cases:
         # One core, as the target is stated for one core of this machine.

@@ -208,3 +208,33 @@ def test_the_env_encodes_retain_from_its_spec() -> None:
     with pytest.raises(ValueError, match="num_slots"):
         ServingEnv(control=("retain",), workload=workload, rate=None, episode_requests=80,
                    split="all", cluster=cluster, num_slots=4)
+
+
+def test_the_quantile_is_numpys_bit_for_bit() -> None:
+    from servegym.agents.heuristics.retention import linear_quantile
+
+    rng = np.random.default_rng(0)
+    for trial in range(3000):
+        n = int(rng.integers(1, 70))
+        q = (0.9, 0.5, 1.0, 0.1, float(rng.uniform()))[trial % 5]
+        values = (rng.lognormal(0, 1, n) if trial % 2 else rng.integers(0, 5, n)).tolist()
+        assert linear_quantile(values, q) == float(np.quantile(values, q))
+
+
+def test_a_batch_of_demotions_is_one_at_a_time() -> None:
+    from servegym.envs.core.kv_tiers import TierStore, tiers_from_config
+
+    tiers = tiers_from_config((
+        {"name": "host", "capacity_blocks": 5, "bandwidth_gb_s": 10.0, "latency_s": 0.0},
+        {"name": "ssd", "capacity_blocks": 3, "bandwidth_gb_s": 1.0, "latency_s": 0.0}))
+    one, batch = TierStore(tiers, 1024), TierStore(tiers, 1024)
+    rng = np.random.default_rng(1)
+    for _ in range(40):
+        hashes = [int(h) for h in rng.integers(0, 30, int(rng.integers(1, 6)))]
+        hashes = list(dict.fromkeys(h for h in hashes if h not in one.where))
+        for h in hashes:
+            one.demote(h)
+        batch.demote_all(hashes)
+        assert [list(lru) for lru in one.levels] == [list(lru) for lru in batch.levels]
+        assert one.where == batch.where and (one.demoted, one.dropped) == \
+            (batch.demoted, batch.dropped)

@@ -101,11 +101,17 @@ class BlockManager:
         if count > len(self.evictable):
             raise KVCacheError(f"out of KV blocks: {count} more needed, none free")
         tiers = self.tiers
-        for _ in range(count):  # reuse the least recently used cached blocks
-            block_hash, _ = self.evictable.popitem(last=False)
-            del self.refcount[block_hash]
-            if tiers is not None:
-                tiers.demote(block_hash)  # down a tier instead of gone
+        popitem, refcount = self.evictable.popitem, self.refcount
+        if tiers is None:
+            for _ in range(count):  # reuse the least recently used cached blocks
+                del refcount[popitem(last=False)[0]]
+            return
+        evicted = []
+        for _ in range(count):
+            block_hash = popitem(last=False)[0]
+            del refcount[block_hash]
+            evicted.append(block_hash)
+        tiers.demote_all(evicted)  # down a tier instead of gone, in eviction order
 
     # ----------------------------------------------------------------- grow a request
     def blocks_needed(self, request: Request, num_new_tokens: int) -> int:
@@ -339,15 +345,27 @@ class BlockManager:
         full = min(len(hashes), request.num_computed // self.block_size)
         refcount = self.refcount
         tiers = self.tiers
+        if tiers is None:
+            for index in range(len(cached), full):
+                block_hash = hashes[index]
+                if block_hash in refcount:
+                    # Another request published it meanwhile; the chain must stay a prefix.
+                    break
+                refcount[block_hash] = 1
+                cached.append(block_hash)
+            return
+        where, levels = tiers.where, tiers.levels
         for index in range(len(cached), full):
             block_hash = hashes[index]
             if block_hash in refcount:
-                # Another request published it meanwhile; the chain must stay a prefix.
-                break
+                break  # as above
             refcount[block_hash] = 1
             cached.append(block_hash)
-            if tiers is not None:
-                tiers.discard(block_hash)  # recomputed here: a copy below is redundant
+            # Recomputed here: a copy below is redundant (TierStore.discard, inlined).
+            level = where.pop(block_hash, None)
+            if level is not None:
+                del levels[level][block_hash]
+                tiers.discarded += 1
 
     # ----------------------------------------------------------------- release
     def free(self, request: Request) -> None:

@@ -202,6 +202,31 @@ class TierStore:
                 self.dropped += 1
                 return
 
+    def demote_all(self, hashes: list[int]) -> None:
+        """`demote(h)` for each of `hashes` in order (the GPU's evictions of one take)."""
+        levels, capacity, where = self.levels, self.capacity, self.where
+        top, room, bottom = levels[0], capacity[0], len(levels)
+        self.demoted += len(hashes)
+        for block_hash in hashes:
+            top[block_hash] = None
+            where[block_hash] = 0
+            if len(top) <= room:
+                continue
+            block_hash, _ = top.popitem(last=False)
+            level = 1
+            while True:
+                if level == bottom:
+                    del where[block_hash]
+                    self.dropped += 1
+                    break
+                lru = levels[level]
+                lru[block_hash] = None
+                where[block_hash] = level
+                if len(lru) <= capacity[level]:
+                    break
+                block_hash, _ = lru.popitem(last=False)
+                level += 1
+
     def discard(self, block_hash: int) -> None:
         """Drop the copy of `block_hash`, if any (it was recomputed on the GPU)."""
         level = self.where.pop(block_hash, None)
