@@ -11,14 +11,22 @@ alternating old and new for `--rounds` rounds. Measured:
 
 * speed: experiments/bench_sim.py case (d) (two prefill and two decode instances of
   Llama-3-8B on H100, roofline costs, Azure conversation lengths, Poisson at 90% of two
-  instances' saturation) with `--requests` requests: simulated requests per CPU second of
-  the loop, and the process's peak RSS;
-* equality: a digest of disaggregated runs (the report's summary and counters, every
-  request's status, instance and token times, every instance's KV samples) at 300 and 3000
-  requests, case (d)'s setting plus an overloaded one with least-running placement: the
-  same digest in both trees means the change moved no number.
+  instances' saturation) with `--requests` requests, and any other `--cases` (colocated
+  a, b, c: a at 10,000 and b at 20,000 requests as in bench_sim): simulated requests per
+  CPU second of the loop, and the process's peak RSS;
+* equality: a digest per run (the report's summary and counters, every request's status,
+  instance and token times, every instance's KV samples, token gaps, busy time and
+  iteration count; token timestamps where recorded) of disaggregated runs at 300 to 3000
+  requests (case (d)'s setting, overloaded ones with least-running and first-fit
+  placement, debug checks on some, token times on one) and colocated ones (4 instances,
+  1 instance with token times, case (a)'s Vidur setting): the same digests in both
+  trees mean the change moved no number.
 
-Writes `results/bench_disagg_change.md` and `.json` (and copies under `results/history/`).
+Writes `results/<--name>.md` and `.json` (default bench_disagg_change; an existing file is
+not overwritten) and a copy under `results/history/`.
+
+    python experiments/bench_disagg_change.py --before 69603e2 --cases d,a,b,c \\
+        --requests 40000 --name bench_disagg_lazy
 """
 
 from __future__ import annotations
@@ -38,6 +46,8 @@ from servegym.envs.core.metrics import atomic_write
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_BEFORE = "9c9792d"  # before the hand-off fast paths in envs/core/disagg.py
+# Requests per timed case other than --requests (bench_sim's CASES sizes).
+CASE_REQUESTS = {"a": 10_000, "b": 20_000}
 
 CHILD = r"""
 import hashlib, importlib.abc, importlib.machinery, importlib.util, json, pathlib, resource
@@ -68,34 +78,53 @@ from servegym.envs.core.simulator import Simulator
 from servegym.envs.protocol import DecisionKind
 if not pathlib.Path(disagg.__file__).resolve().is_relative_to(tree.resolve()):
     raise SystemExit(f"measured {disagg.__file__}, not the tree {tree}")
-if kind == "speed":
-    row = bench_sim.run_case("d", requests)
+if kind.startswith("speed"):
+    row = bench_sim.run_case(kind.split(":")[1], requests)
     print(json.dumps({"value": row["requests_per_s"], "peak_rss_mb": row["peak_rss_mb"]}))
 else:
     cost, config = bench_sim.h100_setting()
-    digest = hashlib.sha256()
-    for n, rate, place in ((300, 32.5, None), (3000, 32.5, None),
-                           (2000, 60.0, "place-least-running")):
+    digests = {}
+    # (requests, rate, PLACE policy or None; None = default; "mixed:k" = k colocated
+    # instances, round-robin; "vidur" = case (a)'s setting), debug checks, token times
+    runs = ((300, 32.5, None, True, False), (3000, 32.5, None, False, False),
+            (2000, 60.0, "place-least-running", False, False),
+            (300, 60.0, "place-first-fit", True, False), (600, 40.0, None, False, True),
+            (300, 100.0, "mixed:4", True, False), (3000, 100.0, "mixed:4", False, False),
+            (2000, 30.0, "mixed:1", False, True), (1000, 1.0, "vidur", False, False))
+    for n, rate, place, debug, token_times in runs:
         rng = np.random.default_rng(1)
-        prompts, outputs = bench_sim.azure_conv_lengths(n, 8192)
+        setting = (cost, config) if place != "vidur" else bench_sim.vidur_setting()
+        prompts, outputs = bench_sim.azure_conv_lengths(n, 8192 if place != "vidur" else 4096)
         workload = bench_sim.Workload.from_lengths(
             np.cumsum(rng.exponential(1 / rate, n)), prompts, outputs, ttft_slo=0.5,
             tpot_slo=0.05)
         policies = default_policies()
-        if place:
+        if place and place.startswith("place-"):
             policies[DecisionKind.PLACE] = make_policy(place)
-        sim = Simulator(pools=[Pool("p", config, cost, 2, "prefill"),
-                               Pool("d", config, cost, 2, "decode")], policies=policies,
-                        debug_checks=n <= 300)
+        if place is None or place.startswith("place-"):
+            pools = [Pool("p", config, cost, 2, "prefill"), Pool("d", config, cost, 2, "decode")]
+        else:
+            count = int(place.split(":")[1]) if ":" in place else 1
+            pools = [Pool("m", setting[1], setting[0], count)]
+        sim = Simulator(pools=pools, policies=policies, debug_checks=debug,
+                        record_token_times=token_times)
         report = sim.run(workload, seed=0)
+        digest = hashlib.sha256()
         digest.update(repr(sorted(report.summary.items())).encode())
         digest.update(repr(sorted(report.counters.items())).encode())
         for r in sim.requests:
             digest.update(repr((r.rid, r.status, r.instance, r.first_token_time,
-                                r.last_token_time, r.num_generated)).encode())
+                                r.last_token_time, r.num_generated,
+                                r.token_times if token_times else None)).encode())
         for instance in sim.instances:
-            digest.update(repr((list(instance.kv_times), list(instance.kv_used))).encode())
-    print(json.dumps({"digest": digest.hexdigest()[:20]}))
+            gaps = instance.gaps
+            digest.update(repr((list(instance.kv_times), list(instance.kv_used),
+                                list(gaps.run_first), list(gaps.run_last),
+                                list(gaps.run_count), list(gaps.run_weight),
+                                list(gaps.singles), instance.busy_time,
+                                instance.num_iterations)).encode())
+        digests[f"{n}/{rate:g}/{place or 'place-most-free-kv'}"] = digest.hexdigest()[:16]
+    print(json.dumps({"digest": digests}))
 """
 
 
@@ -125,52 +154,75 @@ def main() -> None:
     parser.add_argument("--after", default="HEAD")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--requests", type=int, default=40_000)
+    parser.add_argument("--cases", default="d",
+                        help="bench_sim cases timed, comma-separated (d first: the target)")
     parser.add_argument("--out", default=str(ROOT / "results"))
+    parser.add_argument("--name", default="bench_disagg_change",
+                        help="results file stem (an existing one is not overwritten)")
     args = parser.parse_args()
-    if args.rounds < 1 or args.requests < 100:
-        raise SystemExit("--rounds must be >= 1 and --requests >= 100")
+    cases = [case.strip() for case in args.cases.split(",") if case.strip()]
+    if args.rounds < 1 or args.requests < 100 or not cases or \
+            not set(cases) <= set("abcde"):
+        raise SystemExit("--rounds must be >= 1, --requests >= 100, --cases some of a,b,c,d,e")
+    out = Path(args.out)
+    if (out / f"{args.name}.md").exists():
+        raise SystemExit(f"{out / args.name}.md exists; results are never overwritten: pass "
+                         "a new --name")
     before, after = short(args.before), short(args.after)
     with tempfile.TemporaryDirectory() as scratch:
         trees = {"old": worktree(before, Path(scratch) / "old"),
                  "new": worktree(after, Path(scratch) / "new")}
         try:
             digests = {side: measure(tree, "digest", 0)["digest"] for side, tree in trees.items()}
-            samples: dict[str, list[dict]] = {"old": [], "new": []}
+            samples: dict[str, dict[str, list[dict]]] = {
+                case: {"old": [], "new": []} for case in cases}
             for _ in range(args.rounds):
-                for side, tree in trees.items():
-                    samples[side].append(measure(tree, "speed", args.requests))
-                    print(side, f"{samples[side][-1]['value']:,.0f} req/s", flush=True)
+                for case in cases:
+                    for side, tree in trees.items():
+                        row = measure(tree, f"speed:{case}", CASE_REQUESTS.get(
+                            case, args.requests))
+                        samples[case][side].append(row)
+                        print(case, side, f"{row['value']:,.0f} req/s", flush=True)
         finally:
             for tree in trees.values():
                 subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force",
                                 str(tree)], capture_output=True)
-    median = {side: statistics.median(s["value"] for s in runs) for side, runs in samples.items()}
-    peak = {side: max(s["peak_rss_mb"] for s in runs) for side, runs in samples.items()}
+    lines = ["| measure | old | new | new / old |", "|---|---|---|---|"]
+    median: dict[str, dict[str, float]] = {}
+    for case in cases:
+        runs = samples[case]
+        median[case] = {side: statistics.median(s["value"] for s in runs[side])
+                        for side in runs}
+        peak = {side: max(s["peak_rss_mb"] for s in runs[side]) for side in runs}
+        count = CASE_REQUESTS.get(case, args.requests)
+        lines += [
+            f"| case {case} sim req/s ({count:,} requests, median of {args.rounds}) | "
+            f"{median[case]['old']:,.0f} | {median[case]['new']:,.0f} | "
+            f"{median[case]['new'] / median[case]['old']:.3f} |",
+            f"| case {case} every round (req/s) | "
+            + ", ".join(f"{s['value']:,.0f}" for s in runs["old"]) + " | "
+            + ", ".join(f"{s['value']:,.0f}" for s in runs["new"]) + " | |",
+            f"| case {case} peak RSS (MB) | {peak['old']:.0f} | {peak['new']:.0f} | |"]
     equal = digests["old"] == digests["new"]
-    table = "\n".join([
-        "| measure | old | new | new / old |", "|---|---|---|---|",
-        f"| case d sim req/s ({args.requests:,} requests, median of {args.rounds}) | "
-        f"{median['old']:,.0f} | {median['new']:,.0f} | {median['new'] / median['old']:.3f} |",
-        "| every round (req/s) | " + ", ".join(f"{s['value']:,.0f}" for s in samples["old"])
-        + " | " + ", ".join(f"{s['value']:,.0f}" for s in samples["new"]) + " | |",
-        f"| peak RSS (MB) | {peak['old']:.0f} | {peak['new']:.0f} | |",
-        f"| result digest (300, 3000, 2000-overload runs) | {digests['old']} | "
-        f"{digests['new']} | {'equal' if equal else 'DIFFERENT'} |"])
+    for run, old in digests["old"].items():
+        new = digests["new"].get(run)
+        lines.append(f"| result digest {run} | {old} | {new} | "
+                     f"{'equal' if old == new else 'DIFFERENT'} |")
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     command = "python experiments/bench_disagg_change.py " + " ".join(sys.argv[1:])
     text = (f"# Disaggregated path, side by side ({stamp})\n\nCommand: `{command.strip()}`\n\n"
             f"Old: `{before}`; new: `{after}`. {args.rounds} alternating rounds, each "
-            "measurement a fresh process on one core, CPU time of the loop.\n\n"
-            f"{table}\n")
+            "measurement a fresh process on one core, CPU time of the loop. Result digests: "
+            "requests/rate/setting (place-*: 2 prefill + 2 decode instances with that PLACE "
+            "policy; mixed:k: k colocated instances; vidur: case a's setting).\n\n"
+            + "\n".join(lines) + "\n")
     print(text)
     payload = {"created": stamp, "before": before, "after": after, "median": median,
-               "peak_rss_mb": peak, "digests": digests, "equal": equal,
-               "samples": samples, "requests": args.requests}
-    out = Path(args.out)
-    atomic_write(out / "history" / f"bench_disagg_change_{stamp}.md", lambda h: h.write(text))
-    atomic_write(out / "bench_disagg_change.md", lambda h: h.write(text), overwrite=True)
-    atomic_write(out / "bench_disagg_change.json", lambda h: json.dump(payload, h, indent=2),
-                 overwrite=True)
+               "digests": digests, "equal": equal, "samples": samples,
+               "requests": args.requests, "command": command.strip()}
+    atomic_write(out / "history" / f"{args.name}_{stamp}.md", lambda h: h.write(text))
+    atomic_write(out / f"{args.name}.md", lambda h: h.write(text))
+    atomic_write(out / f"{args.name}.json", lambda h: json.dump(payload, h, indent=2))
 
 
 if __name__ == "__main__":

@@ -55,6 +55,8 @@ class LeastPrefillTokens:
 class LeastRunningPlacement:
     """PLACE: the fewest running requests among decode instances with room."""
 
+    reads_token_state = False  # queue lengths and bm only (envs/core/decisions.py)
+
     def decide(self, decision: Decision) -> int:
         request = decision.request
         best, key = -1, None
@@ -71,6 +73,8 @@ class LeastRunningPlacement:
 
 class FirstFitPlacement:
     """PLACE: the lowest-indexed decode instance with room."""
+
+    reads_token_state = False  # queue lengths and bm only (envs/core/decisions.py)
 
     def decide(self, decision: Decision) -> int:
         request = decision.request

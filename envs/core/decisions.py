@@ -27,6 +27,11 @@ class FCFSAdmission:
     # simulator then skips decode-only stretches whenever the head does not fit.
     head_of_line = True
 
+    # decide() reads no running request's token state (num_computed, num_generated,
+    # num_blocks, token times) beyond its own instance's counts: lazily advanced decode
+    # runs need not be synced before asking it (DecisionLoop.ask).
+    reads_token_state = False
+
     def decide(self, decision: Decision) -> int:
         if decision.instance.can_admit(decision.candidates[0]):
             return 0
@@ -37,6 +42,8 @@ class FCFSAdmission:
 
 class LatestArrivalPreemption:
     """vLLM's victim: the latest-arrived running request (by recompute)."""
+
+    reads_token_state = False  # (see FCFSAdmission)
 
     def decide(self, decision: Decision) -> int:
         candidates = decision.candidates
@@ -51,6 +58,8 @@ class LatestArrivalPreemption:
 
 class RoundRobinRouting:
     """Instances in turn; the counter lives on the policy object, reset per episode."""
+
+    reads_token_state = False  # (see FCFSAdmission)
 
     def __init__(self) -> None:
         self.next_index = 0
@@ -67,6 +76,8 @@ class RoundRobinRouting:
 class MostFreeKVPlacement:
     """PLACE default (disaggregation): the decode instance with the most free KV blocks
     among those with room for the request now; ties: the lowest index."""
+
+    reads_token_state = False  # (see FCFSAdmission)
 
     def decide(self, decision: Decision) -> int:
         request = decision.request

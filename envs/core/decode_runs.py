@@ -24,9 +24,24 @@ cache evictions happen as iterating one by one would. Routing reads instance sta
 mid-run through `advance_to(t)`, which applies the iterations that ended before `t` and
 gives the iteration in flight the blocks it was scheduled with, without moving the run's
 end; `cut_run(t)` ends the run at its first boundary at or after `t` (the simulator moves
-the event: `Simulator.interrupt`). `Simulator(decode_runs=False)` plans no runs (the
-reference path); tests/test_properties.py checks that both paths, and cut runs, give the
-same numbers.
+the event: `Simulator.interrupt`).
+
+Lazy advancing (`advance_lazy`, `take_ahead`): a disaggregated cluster's placements read
+only a decode instance's counts (free KV, queue lengths), and each one would otherwise
+pass over every running request of every decode instance. A lazy advance moves the run's
+own state (start, context, iterations left, statistics, KV sample) and takes the KV
+blocks the requests would have been given (`bm.reserve`; counted from a histogram of the
+requests' free slots in their last blocks, so `bm.num_free` is exact), and records the
+segment; the requests' token state lags. `sync_run` (also inside `_apply_run`, in the same
+pass as the run's end) replays the segments: each segment's gaps and token times as its
+own apply would have written them, the stalled requests' single gaps at the first, the
+reserved blocks handed to their requests (`claim_reserved`). Synced before anything reads
+token state: the run's end, `advance_to`, `Simulator.check_invariants`, and every
+decision whose policy does not declare `reads_token_state = False`
+(`DecisionLoop.ask`; the simulator keeps the lazily advanced instances in `lazy_runs`).
+
+`Simulator(decode_runs=False)` plans no runs (the reference path);
+tests/test_properties.py checks that both paths, and cut runs, give the same numbers.
 """
 
 from __future__ import annotations
@@ -55,6 +70,15 @@ class DecodeRun:
     slope: float
     context: int
     iterations: int
+    # Lazily applied (`advance_lazy`): the (start, context, iterations) segments applied
+    # to the run but not yet to its requests, their total, the tokens beyond the
+    # requests' recorded state whose KV blocks the pool has given (`taken`), and the
+    # requests' block slack histogram {free token slots in held blocks: count} at that
+    # state (None until a lazy advance needs it).
+    segments: list[tuple[float, int, int]] | None = None
+    applied: int = 0
+    taken: int = 0
+    slack: dict[int, int] | None = None
 
 
 def elapsed(base: float, slope: float, n: int, context: int, iterations: int) -> float:
@@ -191,6 +215,10 @@ class DecodeRuns:
         run = self.run
         if run is None or now <= run.start:
             return
+        if run.segments or run.taken:  # advanced lazily before: replay, then sync
+            self.advance_lazy(now)
+            self.sync_run()
+            return
         start, n, base, slope, context = run.start, run.n, run.base, run.slope, run.context
         done = min(first_reaching(base, slope, n, context, now - start) - 1,
                    run.iterations - 1)
@@ -199,7 +227,122 @@ class DecodeRuns:
         self.bm.catch_up(self.running, ahead=1)  # the iteration in flight
         self._sample_kv(now)
 
-    def cut_run(self, now: float) -> float | None:
+    def advance_lazy(self, now: float) -> None:
+        """`advance_to` for the instance's own numbers only: the run's clock, context and
+        iteration count, the statistics, the KV blocks the pool has given (exact: the
+        counts a placement reads, `bm.num_free`), the KV sample; the running requests'
+        token state and the token gaps lag until `sync_run` (the run's end, a decision
+        whose policy reads token state, `Simulator.check_invariants`) replays the same
+        segments, so every number comes out as `advance_to` would have made it."""
+        run = self.run
+        if run is None or now <= run.start:
+            return
+        start, n, base, slope, context = run.start, run.n, run.base, run.slope, run.context
+        done = min(first_reaching(base, slope, n, context, now - start) - 1,
+                   run.iterations - 1)
+        if done > 0:
+            end = start + elapsed(base, slope, n, context, done)
+            if run.segments is None:
+                run.segments = [(start, context, done)]
+            else:
+                run.segments.append((start, context, done))
+            self.num_iterations += done
+            self.busy_time += end - start
+            run.start = end
+            run.context = context + n * done
+            run.iterations -= done
+            run.applied += done
+        self.take_ahead()
+        self._sample_kv(now)
+
+    def take_ahead(self) -> None:
+        """`bm.catch_up(running, ahead=1)` of a lazily advanced run: the pool gives the
+        blocks the iteration in flight fills, counted from the slack histogram."""
+        run = self.run
+        tokens = run.applied + 1
+        taken = run.taken
+        if tokens <= taken:
+            return
+        self.sim.lazy_runs[self.index] = self
+        slack = run.slack
+        if slack is None:
+            slack = run.slack = {}
+            block_size = self.block_size
+            for request in self.running:
+                free = request.num_blocks * block_size - request.num_computed
+                slack[free] = slack.get(free, 0) + 1
+        block_size = self.block_size
+        need = 0
+        for free, count in slack.items():
+            if tokens > free:
+                # blocks for `tokens` more tokens beyond `free` slots, less those for `taken`
+                need += count * (-((free - tokens) // block_size) -
+                                 (-((free - taken) // block_size) if taken > free else 0))
+        run.taken = tokens
+        if need:
+            self.bm.reserve(need)  # handed to the requests by `sync_run` / `_apply_run`
+
+    def sync_run(self) -> None:
+        """Apply the lazily advanced segments (`advance_lazy`) to the running requests, as
+        `_apply_run` would have applied each: token state, token times, gaps, the blocks
+        given to each request."""
+        run = self.run
+        if run is None or not (run.segments or run.taken):
+            return
+        self.sim.lazy_runs.pop(self.index, None)
+        segments = run.segments or ()
+        applied, taken = run.applied, run.taken
+        end = run.start
+        n, base, slope = run.n, run.base, run.slope
+        block_size = self.block_size
+        singles = self.gaps.singles
+        stalled = 0
+        if segments:
+            origin = segments[0][0]
+            first0 = base + slope * segments[0][1]
+            if self.record_token_times:
+                times: list[float] = []
+                for start, context, done in segments:
+                    times.extend(start + elapsed(base, slope, n, context, j)
+                                 for j in range(1, done + 1))
+        claims: list[Request] = []  # one entry per reserved block a request is given
+        for request in self.running:
+            if segments:
+                last_token = request.last_token_time
+                if last_token != origin:
+                    singles.append(origin + first0 - last_token)
+                    stalled += 1
+                request.num_computed += applied
+                request.num_generated += applied
+                request.last_token_time = end
+                if self.record_token_times:
+                    request.token_times.extend(times)
+            held = request.num_blocks
+            tokens = request.num_computed - applied + taken
+            if tokens > held * block_size:
+                ahead = -(-tokens // block_size) - held
+                if ahead == 1:
+                    claims.append(request)
+                else:
+                    claims.extend([request] * ahead)
+        if claims:
+            self.bm.claim_reserved(claims)
+        gaps = self.gaps
+        for number, (_, context, done) in enumerate(segments):
+            first = base + slope * context
+            last = first + slope * n * (done - 1)
+            if number:
+                gaps.add_run(first, last, done, n)
+                continue
+            if n - stalled:
+                gaps.add_run(first, last, done, n - stalled)
+            if stalled and done > 1:
+                gaps.add_run(first + slope * n, last, done - 1, stalled)
+        run.segments = None
+        run.applied = run.taken = 0
+        run.slack = None
+
+    def cut_run(self, now: float, exact: bool = True) -> float | None:
         """End the decode run in flight at its first iteration boundary at or after `now`
         (an iteration is not stopped halfway): the run keeps its closed form with fewer
         iterations. Returns the new end, or None without a run or when it ends by then
@@ -207,7 +350,10 @@ class DecodeRuns:
         run = self.run
         if run is None:
             return None
-        self.advance_to(now)
+        if exact:
+            self.advance_to(now)
+        else:
+            self.advance_lazy(now)
         start, n, base, slope, context = run.start, run.n, run.base, run.slope, run.context
         keep = first_reaching(base, slope, n, context, now - start)
         if keep >= run.iterations:
@@ -222,36 +368,59 @@ class DecodeRuns:
         self.aggregates = self.run_aggregates
 
     def _apply_run(self, done: int, end: float) -> bool:
-        """Apply `done` iterations of the run ending at `end`; True if a request finished."""
+        """Apply the run's last `done` iterations, ending at `end`, and the segments
+        advanced lazily before them (`sync_run`'s replay, in the same pass); True if a
+        request finished."""
         # The closed form of `complete_tokens` (envs/core/tokens.py, the reference) applied
-        # `done` times to every running request, each decoding one token per iteration.
+        # `done` times to every running request, each decoding one token per iteration;
+        # each lazily applied segment's gaps and token times come out as its own apply
+        # (`advance_to`) would have written them.
         run = self.run
         start, n, base, slope, context = run.start, run.n, run.base, run.slope, run.context
-        first = base + slope * context
-        last = first + slope * n * (done - 1)
+        segments = run.segments
+        if segments is not None:
+            self.sim.lazy_runs.pop(self.index, None)
+            segments.append((start, context, done))
+            origin, origin_context, _ = segments[0]
+        else:
+            origin, origin_context = start, context
+        applied = run.applied + done  # tokens each request computes (one per iteration)
+        taken = run.taken  # beyond its recorded ones, the tokens whose blocks it was given
+        first = base + slope * origin_context
         block_size = self.block_size
         stalled = remaining = remaining_context = next_blocks = 0
         min_left = math.inf
         finished: list[Request] = []
         growth: list[tuple[Request, int]] = []  # (request, blocks its tokens filled)
-        gaps = self.gaps
-        singles = gaps.singles
+        claims: list[Request] = []  # one entry per block `take_ahead` reserved for it
+        singles = self.gaps.singles
         running = self.running
         if self.record_token_times:
-            times = [start + elapsed(base, slope, n, context, j) for j in range(1, done + 1)]
+            times = [seg_start + elapsed(base, slope, n, seg_context, j)
+                     for seg_start, seg_context, seg_done in (segments or ((start, context,
+                                                                             done),))
+                     for j in range(1, seg_done + 1)]
             for request in running:
                 request.token_times.extend(times)
         for request in running:
             last_token = request.last_token_time
-            if last_token != start:  # stalled before this run
-                singles.append(start + first - last_token)
+            if last_token != origin:  # stalled before this run
+                singles.append(origin + first - last_token)
                 stalled += 1
-            computed = request.num_computed + done
+            computed = request.num_computed
+            blocks = request.num_blocks
+            if taken and computed + taken > blocks * block_size:  # reserved by take_ahead
+                ahead = -(-(computed + taken) // block_size) - blocks
+                if ahead == 1:
+                    claims.append(request)
+                else:
+                    claims.extend([request] * ahead)
+                blocks += ahead
+            computed += applied
             request.num_computed = computed
-            generated = request.num_generated + done
+            generated = request.num_generated + applied
             request.num_generated = generated
             request.last_token_time = end
-            blocks = request.num_blocks
             if computed > blocks * block_size:
                 need = -(-computed // block_size) - blocks
                 growth.append((request, need))
@@ -267,13 +436,22 @@ class DecodeRuns:
                 if computed + 1 > blocks * block_size:
                     next_blocks += 1
         self.run_aggregates = DecodeTally(remaining, remaining_context, min_left, next_blocks)
-        continuing = n - stalled
-        if continuing:
-            gaps.add_run(first, last, done, continuing)
-        if stalled and done > 1:  # after its first gap, a stalled request keeps the pace
-            gaps.add_run(first + slope * n, last, done - 1, stalled)
+        gaps = self.gaps
+        for number, (_, seg_context, seg_done) in enumerate(segments or ((start, context,
+                                                                           done),)):
+            seg_first = base + slope * seg_context
+            seg_last = seg_first + slope * n * (seg_done - 1)
+            if number:  # every request kept pace since the first segment
+                gaps.add_run(seg_first, seg_last, seg_done, n)
+                continue
+            if n - stalled:
+                gaps.add_run(seg_first, seg_last, seg_done, n - stalled)
+            if stalled and seg_done > 1:  # after its first gap, a stalled one keeps pace
+                gaps.add_run(seg_first + slope * n, seg_last, seg_done - 1, stalled)
         # Blocks were needed during the run, before anything finished at its end: take them
         # first, so a cached block is evicted exactly when iterating one by one would.
+        if claims:
+            self.bm.claim_reserved(claims)
         if growth:
             self.bm.allocate_each(growth)
         for request in finished:
@@ -283,6 +461,9 @@ class DecodeRuns:
         run.start = end
         run.context = context + n * done
         run.iterations -= done
+        run.segments = None
+        run.applied = run.taken = 0
+        run.slack = None
         return bool(finished)
 
 

@@ -298,15 +298,17 @@ class Disaggregation:
         decodes = self.decodes
         for instance in decodes:
             # Placement sees each decode instance as of now, the iteration in flight
-            # holding its blocks (advance_to does that itself, except when a run starts
-            # right now; without a run there is nothing in flight to advance).
+            # holding its blocks (advance_lazy does that itself, except when a run starts
+            # right now; without a run there is nothing in flight to advance). Lazily:
+            # the requests' token state follows when something reads it (`ask` syncs
+            # for a policy that reads token state, the run's end).
             run = instance.run
             if run is None:
                 continue
             if now > run.start:
-                instance.advance_to(now)
+                instance.advance_lazy(now)
             else:
-                instance.bm.catch_up(instance.running, ahead=1)
+                instance.take_ahead()
         pending = self.pending
         position = 0
         sim = self.sim
@@ -331,7 +333,7 @@ class Disaggregation:
         if target.run is not None:
             # A decode run planned its KV growth against the free blocks of its start:
             # end it at the iteration in flight (whose blocks it holds) before reserving.
-            sim.interrupt(target)
+            sim.interrupt(target, exact=False)
         tokens = request.num_computed
         blocks = target.bm.blocks_for(tokens)
         target.bm.reserve_transfer(request, blocks)
@@ -357,7 +359,8 @@ class Disaggregation:
         request.instance = target.index
         target.incoming.append(request)
         if target.run is not None:
-            sim.interrupt(target)  # takes the request in at its next iteration boundary
+            # takes the request in at its next iteration boundary
+            sim.interrupt(target, exact=False)
         elif not target.event_pending:
             sim.schedule(now, target)
         if not source.event_pending and (source.waiting or source.handoff):

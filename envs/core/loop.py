@@ -42,7 +42,8 @@ from __future__ import annotations
 import heapq
 import itertools
 import math
-from collections.abc import Generator
+from collections.abc import Generator, Mapping
+from types import MappingProxyType
 from typing import Any
 
 from servegym.envs.core.events import (
@@ -80,6 +81,9 @@ class DecisionLoop:
     next_arrival_time: float
     _decision: Decision | None = None
     _done: bool = True
+    # Instances whose decode run was advanced lazily, by index (a backend with decode
+    # runs gives itself a dict in reset; read-only here).
+    lazy_runs: Mapping[int, Any] = MappingProxyType({})
 
     # ------------------------------------------------------------------ the protocol
     def next_decision(self) -> Decision | None:
@@ -97,12 +101,23 @@ class DecisionLoop:
         self._decision = self._resume(action)
 
     def ask(self, decision: Decision) -> Generator[Decision, Action, Action]:
-        """The answer to `decision`: its policy's, or the caller's through `apply()`."""
+        """The answer to `decision`: its policy's, or the caller's through `apply()`.
+
+        Decode runs advanced lazily (`lazy_runs`, envs/core/decode_runs.py) are synced
+        first unless the policy says it reads no request's token state
+        (`reads_token_state = False`): every decision sees what eager advancing shows."""
         policy = self.policies.get(decision.kind)
+        if self.lazy_runs and getattr(policy, "reads_token_state", True):
+            self.sync_lazy_runs()
         if policy is not None:
             return decision.validate(policy.decide(decision))
         action = yield decision  # validated by apply()
         return action
+
+    def sync_lazy_runs(self) -> None:
+        """Apply every lazily advanced decode run to its requests (`sync_run`)."""
+        for instance in list(self.lazy_runs.values()):
+            instance.sync_run()
 
     # ------------------------------------------------------------------ events
     def schedule(self, time: float, instance: Any) -> None:

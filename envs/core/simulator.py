@@ -173,6 +173,7 @@ class Simulator(DecisionLoop, Occupancy):
                 f"beyond the simulator's horizon of {MAX_TIME_S:g} s (about 31 years): check "
                 "the trace's timestamps and their unit (a typo year, or ms read as s)")
         self.workload = workload
+        self.lazy_runs: dict[int, Instance] = {}  # decode runs advanced lazily (loop.py)
         self.rng = np.random.default_rng(seed)
         reset_policies(self.policies, self.rng)
         self.now = 0.0
@@ -238,12 +239,13 @@ class Simulator(DecisionLoop, Occupancy):
         if self.migration is not None:
             self.migration.seed()  # the controller's first tick
 
-    def interrupt(self, instance: Instance) -> float | None:
+    def interrupt(self, instance: Instance, exact: bool = True) -> float | None:
         """Cut `instance`'s decode run short at its first iteration boundary at or after
         now: its pending event is cancelled and one at that boundary takes its place (see
         envs/core/events.py). Returns the new end, or None when no decode run is in flight
-        or it ends by then anyway. Call between decisions (the simulator is at `now`)."""
-        end = instance.cut_run(self.now)
+        or it ends by then anyway. Call between decisions (the simulator is at `now`).
+        `exact` False: the run is advanced lazily (`DecodeRuns.advance_lazy`)."""
+        end = instance.cut_run(self.now, exact)
         if end is None:
             return None
         self.cancel_pending(instance)  # the planned end is dropped when popped
@@ -294,6 +296,7 @@ class Simulator(DecisionLoop, Occupancy):
         if time < self._last_checked_time:
             raise RuntimeError(f"time went backwards: {time} after {self._last_checked_time}")
         self._last_checked_time = time
+        self.sync_lazy_runs()  # per-request blocks as eager advancing leaves them
         for instance in self.instances:
             instance.bm.check(instance.live_requests())
             if instance.bm.num_used > instance.bm.num_blocks:
