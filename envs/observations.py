@@ -24,7 +24,9 @@ PREEMPT-style request slots of one source, each slot a (request, target) pair:
 Candidate slots (candidate sets, observation layout version `OBS_LAYOUT_VERSION`):
     ADMIT    up to K waiting requests that fit into the batch now, drawn round-robin from
              several rankings (`admit_keys`, default oldest, shortest prefill, shortest
-             output, least TTFT slack): slot i takes the best request under key i mod n
+             prefill among requests still able to meet their TTFT target (then the late
+             ones), shortest output, least TTFT slack among those still on time): slot i
+             takes the best request under key i mod n
              that no earlier slot holds, so the pick of every such rule is visible whatever
              the queue length. Each slot shows the key that chose it (its role).
     PREEMPT  up to K running requests drawn the same way from `preempt_keys` (default
@@ -109,7 +111,8 @@ BASE_SLOT_FEATURES = 9
 MAX_ROLES = 6  # sort keys per decision kind
 SLOT_FEATURES = BASE_SLOT_FEATURES + 2 * MAX_ROLES  # base, role one-hot, rank per key
 OBS_LAYOUT_VERSION = 3  # saved with every agent; an agent of another layout is refused
-DEFAULT_ADMIT_KEYS = ("oldest", "shortest_prefill", "shortest_output", "least_slack")
+DEFAULT_ADMIT_KEYS = ("oldest", "shortest_prefill", "shortest_prefill_on_time",
+                      "shortest_output", "least_slack_on_time")
 DEFAULT_PREEMPT_KEYS = ("newest", "most_blocks", "least_progress", "longest_remaining")
 RATE_WINDOW_S = 10.0
 
@@ -123,6 +126,19 @@ def _ttft_deadline(encoder: ObservationEncoder, request: Request) -> float:
     return request.arrival_time + target
 
 
+# Added to a key's value for a request already past its TTFT deadline without a first
+# token: it ranks after every request that can still meet its target (the late-last
+# split of agents/heuristics/base.py's RankedAdmission), and among them by the same key.
+# 1e9: above any prompt length or simulated deadline, yet small enough that float64 keeps
+# deadlines apart to ~1e-7 s after the offset (1e15 would round them to 0.125 s).
+LATE_OFFSET = 1e9
+
+
+def _late(encoder: ObservationEncoder, request: Request, decision: Decision) -> float:
+    return LATE_OFFSET if not request.num_generated and \
+        _ttft_deadline(encoder, request) < decision.time else 0.0
+
+
 # Sort keys: (encoder, request, decision) -> value, smallest first; ties keep queue order.
 ADMIT_KEYS: dict[str, Callable[[ObservationEncoder, Request, Decision], float]] = {
     "oldest": lambda enc, r, d: 0.0,  # queue order (recompute-preempted first, then arrival)
@@ -130,6 +146,10 @@ ADMIT_KEYS: dict[str, Callable[[ObservationEncoder, Request, Decision], float]] 
     "shortest_output": lambda enc, r, d: enc.output_estimate(r),
     "shortest_remaining": lambda enc, r, d: enc.output_estimate(r) - r.num_generated,
     "least_slack": lambda enc, r, d: _ttft_deadline(enc, r),
+    # the late-last variants: what spf-late-last and edf-late-last pick
+    "shortest_prefill_on_time": lambda enc, r, d: (
+        r.prompt_len + r.num_generated - r.num_computed + _late(enc, r, d)),
+    "least_slack_on_time": lambda enc, r, d: _ttft_deadline(enc, r) + _late(enc, r, d),
     "most_prefix_hits": lambda enc, r, d: -d.instance.bm.count_prefix_hits(r)[0],
     "highest_priority": lambda enc, r, d: r.priority,  # lower value = more urgent (vLLM)
 }

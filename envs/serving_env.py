@@ -58,7 +58,8 @@ class ServingEnv(gym.Env):
     saying what `step` takes. Candidate order is
     a candidate set (see `envs/observations.py`): ADMIT slots are up to K waiting requests
     that fit, drawn round-robin from several rankings (`admit_keys`: oldest, shortest
-    prefill, shortest output, least TTFT slack by default), so what those rules would pick
+    prefill, shortest prefill still on time, shortest output, least TTFT slack still on
+    time by default), so what those rules would pick
     is always visible; PREEMPT slots likewise from `preempt_keys` (newest first = vLLM's
     victim, most blocks, least progress, longest remaining); ROUTE slots are the instances
     by index. Each request slot shows the key that chose it.

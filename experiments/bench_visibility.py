@@ -17,8 +17,8 @@ among the encoder's slots:
 STOP answers are not counted (nothing to see). "long queue" counts the decisions with more
 candidates than slots, where the choice of slots matters. The encoders estimate output
 lengths with the truth (the env's default `length_knowledge=oracle`), so a heuristic ranking
-by noisy predictions (`*-pred`) or by a rule no key encodes (`edf-late-last`) can pick a
-request that no slot holds.
+by noisy predictions (`*-pred`) or by a rule no key encodes can pick a request that no
+slot holds (`edf-late-last` was one, at 70.5%, until the "on time" keys).
 """
 
 from __future__ import annotations

@@ -3,6 +3,8 @@ an objective that delaying cannot fool, and refusal of agents of another layout.
 
 from __future__ import annotations
 
+import math
+
 import gymnasium as gym
 import numpy as np
 import pytest
@@ -52,7 +54,7 @@ def test_each_rules_pick_is_visible_whatever_the_queue_length() -> None:
     env = gym.make("servegym/Admission-v0", **LOADED).unwrapped
     _, info = env.reset(seed=1)
     rng = np.random.default_rng(0)
-    long_queues = 0
+    long_queues = late_heads = 0
     for _ in range(3000):
         decision = env._decision
         if decision is None:
@@ -62,13 +64,20 @@ def test_each_rules_pick_is_visible_whatever_the_queue_length() -> None:
         long_queues += len(fitting) > env.encoder.num_slots
         assert fitting[0].rid in visible  # FCFS
         assert min(fitting, key=_prefill).rid in visible  # SPF (ties: queue order)
-        deadline = min(fitting, key=lambda r: r.arrival_time + env.encoder.default_ttft_slo)
-        assert deadline.rid in visible  # least slack (default targets)
+        def deadline(r):
+            return r.arrival_time + (r.ttft_slo if r.ttft_slo < math.inf
+                                     else env.encoder.default_ttft_slo)
+        def late(r, now=decision.time):
+            return not r.num_generated and deadline(r) < now
+        assert min(fitting, key=lambda r: (late(r), _prefill(r))).rid in visible  # SPF late-last
+        assert min(fitting, key=lambda r: (late(r), deadline(r))).rid in visible  # EDF late-last
+        late_heads += late(min(fitting, key=_prefill))
         valid = np.flatnonzero(info["action_mask"])
         _, _, terminated, _, info = env.step(int(rng.choice(valid)))
         if terminated:
             break
     assert long_queues > 50  # the check ran where the old first-K slots hid requests
+    assert late_heads > 20  # ... and where SPF's own pick was already late (38 here)
 
 
 def test_slots_show_the_role_that_chose_them() -> None:
