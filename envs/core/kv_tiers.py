@@ -203,29 +203,24 @@ class TierStore:
                 return
 
     def demote_all(self, hashes: list[int]) -> None:
-        """`demote(h)` for each of `hashes` in order (the GPU's evictions of one take)."""
+        """`demote(h)` for each of `hashes` in order (the GPU's evictions of one take), a
+        tier at a time: the blocks a tier overflows by are its oldest, whether it takes them
+        one by one or all at once (the new ones are the youngest), so the contents, the
+        order and the counters are the same."""
         levels, capacity, where = self.levels, self.capacity, self.where
-        top, room, bottom = levels[0], capacity[0], len(levels)
         self.demoted += len(hashes)
-        for block_hash in hashes:
-            top[block_hash] = None
-            where[block_hash] = 0
-            if len(top) <= room:
-                continue
-            block_hash, _ = top.popitem(last=False)
-            level = 1
-            while True:
-                if level == bottom:
-                    del where[block_hash]
-                    self.dropped += 1
-                    break
-                lru = levels[level]
-                lru[block_hash] = None
-                where[block_hash] = level
-                if len(lru) <= capacity[level]:
-                    break
-                block_hash, _ = lru.popitem(last=False)
-                level += 1
+        moving = hashes
+        for level, lru in enumerate(levels):
+            lru.update(dict.fromkeys(moving))
+            where.update(dict.fromkeys(moving, level))
+            over = len(lru) - capacity[level]
+            if over <= 0:
+                return
+            popitem = lru.popitem
+            moving = [popitem(last=False)[0] for _ in range(over)]
+        for block_hash in moving:  # off the bottom tier
+            del where[block_hash]
+        self.dropped += len(moving)
 
     def discard(self, block_hash: int) -> None:
         """Drop the copy of `block_hash`, if any (it was recomputed on the GPU)."""
