@@ -172,13 +172,17 @@ def test_retention_is_off_unless_asked_for() -> None:
 def test_the_memory_bound_pins_less_on_a_tight_cache() -> None:
     workload = continuum.agentic_sessions(60, 5, rate=1.0, seed=0)
     rows = {}
-    for name in ("retain-continuum", "retain-continuum-unbounded"):
+    for name in ("retain-continuum", "retain-continuum-unbounded", "retain-oracle",
+                 "retain-oracle-bounded"):
         report = continuum.build_simulator(make_policy(name), num_kv_blocks=1500).run(
             workload, seed=0)
         rows[name] = report.summary
     bounded, unbounded = rows["retain-continuum"], rows["retain-continuum-unbounded"]
     assert bounded["serving/retain_pinned"] < unbounded["serving/retain_pinned"]
     assert bounded["serving/jct_p50"] < unbounded["serving/jct_p50"]
+    oracle, capped = rows["retain-oracle"], rows["retain-oracle-bounded"]
+    assert capped["serving/retain_pinned"] < oracle["serving/retain_pinned"]
+    assert capped["serving/jct_p50"] < oracle["serving/jct_p50"]
 
 
 def test_the_env_encodes_retain_from_its_spec() -> None:

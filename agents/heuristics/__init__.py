@@ -196,6 +196,9 @@ def _entries() -> list[PolicyInfo]:
                    {"memory_cap": False}),
         PolicyInfo("retain-oracle", RETAIN, OracleTTL,
                    "ORACLE: pin for the true delay to the next call plus 2 s"),
+        PolicyInfo("retain-oracle-bounded", RETAIN, OracleTTL,
+                   "ORACLE: the true delay plus 2 s, under Continuum's memory bound",
+                   {"memory_cap": True}),
     ]
 
 

@@ -25,7 +25,8 @@ the same action space as an agent.
   admissions stall until the TTLs run out (results/continuum.md: JCT p50 9.7x LRU's at
   1500 blocks before the bound). `memory_cap=False` gives the unbounded rule.
 * `OracleTTL` ("retain-oracle", an ORACLE: it reads the true `next_delay`): pin for
-  exactly the delay plus `slack_s` (time for the next call to be admitted).
+  exactly the delay plus `slack_s` (time for the next call to be admitted); with
+  `memory_cap` ("retain-oracle-bounded") only under Continuum's memory bound above.
 Our own code, after the paper's description; its code (github.com/Hanchenli/vllm-continuum)
 could not be fetched here, so the memory bound is our reading of the paper's text.
 """
@@ -66,6 +67,15 @@ def linear_quantile(values: list[float], q: float) -> float:
     diff = high - low
     # numpy's _lerp: from the nearer end, so the result stays within [low, high]
     return float(high - diff * (1 - gamma) if gamma >= 0.5 else low + diff * gamma)
+
+
+def memory_allows(request: Any, instance: Any, min_free_fraction: float) -> bool:
+    """Whether pinning `request`'s prompt blocks leaves the instance's waiting prompts and
+    `min_free_fraction` of its KV capacity free (the views only)."""
+    bm = instance.bm
+    pinned = request.prompt_len // bm.block_size  # its full prompt blocks (at most)
+    need = sum(bm.blocks_for(r.prompt_len) for r in instance.waiting)
+    return bm.num_free - pinned >= need + min_free_fraction * bm.num_blocks
 
 
 class NoRetention(_MenuAnswer):
@@ -137,14 +147,7 @@ class ContinuumTTL(_MenuAnswer):
         return ttl
 
     def memory_allows(self, request: Any, instance: Any) -> bool:
-        """Whether pinning `request`'s prompt blocks leaves the instance's waiting prompts
-        and `min_free_fraction` of its KV capacity free (the views only)."""
-        bm = instance.bm
-        block_size = bm.block_size
-        pinned = request.prompt_len // block_size  # its full prompt blocks (at most)
-        need = sum(bm.blocks_for(r.prompt_len) for r in instance.waiting)
-        reserve = self.min_free_fraction * bm.num_blocks
-        return bm.num_free - pinned >= need + reserve
+        return memory_allows(request, instance, self.min_free_fraction)
 
 
 class OracleTTL(_MenuAnswer):
@@ -152,12 +155,19 @@ class OracleTTL(_MenuAnswer):
 
     name = "retain-oracle"
 
-    def __init__(self, slack_s: float = 2.0) -> None:
+    def __init__(self, slack_s: float = 2.0, memory_cap: bool = False,
+                 min_free_fraction: float = 0.1) -> None:
         if not math.isfinite(slack_s) or slack_s < 0:
             raise ValueError(f"slack_s must be a finite number >= 0, got {slack_s}")
+        if not 0 <= min_free_fraction < 1:
+            raise ValueError(f"min_free_fraction must be in [0, 1), got {min_free_fraction}")
         self.slack_s = slack_s
+        self.memory_cap, self.min_free_fraction = bool(memory_cap), min_free_fraction
 
     def ttl(self, request: Any, instance: Any, now: float) -> float | None:
+        if self.memory_cap and instance is not None and \
+                not memory_allows(request, instance, self.min_free_fraction):
+            return 0.0
         return float(request.next_delay) + self.slack_s
 
 
