@@ -186,6 +186,9 @@ class Retention:
         queue = instance.retain_queue
         policy = self.policy
         options = self.options
+        sim = self.sim
+        if getattr(sim, "lazy_runs", None) and getattr(policy, "reads_token_state", True):
+            sim.sync_lazy_runs()  # as DecisionLoop.ask does before a policy's decision
         for request, hashes in queue:
             decision = Decision(RETAIN, now, options, instance=instance, request=request,
                                 cluster=self.sim)
