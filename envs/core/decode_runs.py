@@ -26,19 +26,27 @@ gives the iteration in flight the blocks it was scheduled with, without moving t
 end; `cut_run(t)` ends the run at its first boundary at or after `t` (the simulator moves
 the event: `Simulator.interrupt`).
 
-Lazy advancing (`advance_lazy`, `take_ahead`): a disaggregated cluster's placements read
-only a decode instance's counts (free KV, queue lengths), and each one would otherwise
-pass over every running request of every decode instance. A lazy advance moves the run's
-own state (start, context, iterations left, statistics, KV sample) and takes the KV
-blocks the requests would have been given (`bm.reserve`; counted from a histogram of the
-requests' free slots in their last blocks, so `bm.num_free` is exact), and records the
-segment; the requests' token state lags. `sync_run` (also inside `_apply_run`, in the same
-pass as the run's end) replays the segments: each segment's gaps and token times as its
-own apply would have written them, the stalled requests' single gaps at the first, the
-reserved blocks handed to their requests (`claim_reserved`). Synced before anything reads
-token state: the run's end, `advance_to`, `Simulator.check_invariants`, and every
-decision whose policy does not declare `reads_token_state = False`
-(`DecisionLoop.ask`; the simulator keeps the lazily advanced instances in `lazy_runs`).
+Lazy advancing (`advance_lazy`, `take_ahead`, `LazyEpoch`): a disaggregated cluster's
+placements read only a decode instance's counts (free KV, queue lengths), yet each one
+would pass over every running request of every decode instance, and each transfer's
+join would end a run with another pass. On a decode instance the requests' token state
+(`num_computed`, `num_generated`, `last_token_time`, token times) may instead lag, for an
+epoch: one pass at its start counts every running request into a finish heap (when its
+output completes) and a block heap (its next token that needs a new KV block), counted
+in tokens applied since the epoch began; a request joining by transfer is counted in
+when it joins. Advancing the run (a placement, a cut) and ending it then move only the
+instance's own state, exactly as `_apply_run` would: the run's clock, context and
+iterations, the statistics, the token gaps (the requests whose first gap of the run is a
+single, those that joined, in running order), the KV sample, and each request's KV
+blocks (`bm.allocate_blocks`, request by request, from the block heap: free KV is
+exact); at a run's end the requests that finish come off the finish heap, are synced and
+finish in running order, and the tally for the next plan (count, context, least output
+left, new blocks) comes from the heaps. `sync_run` ends the epoch, giving every request
+its lagging tokens; it runs before anything reads token state: `advance_to`, a plan that
+cannot start from the tally, a batch build, `Simulator.check_invariants`, and every
+decision whose policy does not declare `reads_token_state = False` (`DecisionLoop.ask`;
+the simulator keeps the instances in an epoch in `lazy_runs`). tests/test_lazy_decode.py
+checks that lazy and eager runs agree exactly.
 
 `Simulator(decode_runs=False)` plans no runs (the reference path);
 tests/test_properties.py checks that both paths, and cut runs, give the same numbers.
@@ -46,8 +54,9 @@ tests/test_properties.py checks that both paths, and cut runs, give the same num
 
 from __future__ import annotations
 
+import heapq
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from servegym.envs.core.request import RUNNING, Request
@@ -70,15 +79,32 @@ class DecodeRun:
     slope: float
     context: int
     iterations: int
-    # Lazily applied (`advance_lazy`): the (start, context, iterations) segments applied
-    # to the run but not yet to its requests, their total, the tokens beyond the
-    # requests' recorded state whose KV blocks the pool has given (`taken`), and the
-    # requests' block slack histogram {free token slots in held blocks: count} at that
-    # state (None until a lazy advance needs it).
-    segments: list[tuple[float, int, int]] | None = None
+
+
+@dataclass(slots=True)
+class LazyEpoch:
+    """A decode instance's requests advanced lazily (module docstring): `applied` tokens
+    (one per iteration) since the epoch began, of which each request lags the part since
+    it joined (`joined`: rid -> `applied` then); the finish heap (`applied` at which a
+    request's output is complete, order, request) and the block heap (the next token,
+    counted in `applied`, that needs a new KV block, order, request) with its live
+    entries (`next_block`: rid -> that token; `block_count`: token -> live entries);
+    the requests whose first lazily applied iteration is still to come (`stalled`, in
+    running order: their first gap is a single); the last boundary applied (`end`) and,
+    recording token times, every boundary since the epoch began (`times`; `first_time`:
+    rid -> its index there at joining)."""
+
     applied: int = 0
-    taken: int = 0
-    slack: dict[int, int] | None = None
+    order: int = 0
+    joined: dict[int, int] = field(default_factory=dict)
+    finish: list[tuple[int, int, Request]] = field(default_factory=list)
+    blocks: list[tuple[int, int, Request]] = field(default_factory=list)
+    next_block: dict[int, int] = field(default_factory=dict)
+    block_count: dict[int, int] = field(default_factory=dict)
+    stalled: list[Request] = field(default_factory=list)
+    end: float = 0.0
+    times: list[float] | None = None
+    first_time: dict[int, int] = field(default_factory=dict)
 
 
 def elapsed(base: float, slope: float, n: int, context: int, iterations: int) -> float:
@@ -138,6 +164,8 @@ class DecodeRuns:
     event_pending: bool
     retain_queue: list[Any]  # RETAIN questions of the event just closed (retention.py)
     arrivals_cut_runs = True
+    lazy_run_ends = False  # decode instances end their runs lazily (envs/core/disagg.py)
+    lazy: LazyEpoch | None = None  # the lazy epoch in progress (module docstring)
     num_iterations: int
     num_decode_runs: int
     busy_time: float
@@ -177,6 +205,8 @@ class DecodeRuns:
             context = aggregates.context
             iterations = min(iterations, aggregates.min_left)
         else:
+            if self.lazy is not None:
+                self.sync_run()  # the pass below reads token state
             context = 0
             for request in reversed(running):  # the newest are likeliest to be prefilling
                 computed = request.num_computed
@@ -215,7 +245,7 @@ class DecodeRuns:
         run = self.run
         if run is None or now <= run.start:
             return
-        if run.segments or run.taken:  # advanced lazily before: replay, then sync
+        if self.lazy is not None:  # a lazy epoch in progress: advance it, then sync
             self.advance_lazy(now)
             self.sync_run()
             return
@@ -227,126 +257,179 @@ class DecodeRuns:
         self.bm.catch_up(self.running, ahead=1)  # the iteration in flight
         self._sample_kv(now)
 
+    # ------------------------------------------------------------ lazy advancing
     def advance_lazy(self, now: float) -> None:
-        """`advance_to` for the instance's own numbers only: the run's clock, context and
-        iteration count, the statistics, the KV blocks the pool has given (exact: the
-        counts a placement reads, `bm.num_free`), the KV sample; the running requests'
-        token state and the token gaps lag until `sync_run` (the run's end, a decision
-        whose policy reads token state, `Simulator.check_invariants`) replays the same
-        segments, so every number comes out as `advance_to` would have made it."""
+        """`advance_to` with the requests' token state left lagging (module docstring):
+        the run's clock, context and iteration count, the statistics, the token gaps,
+        each request's KV blocks and the KV sample come out as `advance_to` makes them."""
         run = self.run
         if run is None or now <= run.start:
             return
+        epoch = self.lazy or self._start_epoch()
         start, n, base, slope, context = run.start, run.n, run.base, run.slope, run.context
         done = min(first_reaching(base, slope, n, context, now - start) - 1,
                    run.iterations - 1)
         if done > 0:
-            end = start + elapsed(base, slope, n, context, done)
-            if run.segments is None:
-                run.segments = [(start, context, done)]
-            else:
-                run.segments.append((start, context, done))
-            self.num_iterations += done
-            self.busy_time += end - start
-            run.start = end
-            run.context = context + n * done
-            run.iterations -= done
-            run.applied += done
-        self.take_ahead()
+            self._lazy_segment(epoch, done, start + elapsed(base, slope, n, context, done))
+        self._give_blocks(epoch, epoch.applied + 1)  # the iteration in flight
         self._sample_kv(now)
 
     def take_ahead(self) -> None:
-        """`bm.catch_up(running, ahead=1)` of a lazily advanced run: the pool gives the
-        blocks the iteration in flight fills, counted from the slack histogram."""
-        run = self.run
-        tokens = run.applied + 1
-        taken = run.taken
-        if tokens <= taken:
-            return
+        """`bm.catch_up(running, ahead=1)` of a run that starts now, lazily."""
+        epoch = self.lazy or self._start_epoch()
+        self._give_blocks(epoch, epoch.applied + 1)
+
+    def _start_epoch(self) -> LazyEpoch:
+        """Begin lazy advancing: one pass over the running requests (synced now)."""
+        epoch = self.lazy = LazyEpoch()
         self.sim.lazy_runs[self.index] = self
-        slack = run.slack
-        if slack is None:
-            slack = run.slack = {}
-            block_size = self.block_size
-            for request in self.running:
-                free = request.num_blocks * block_size - request.num_computed
-                slack[free] = slack.get(free, 0) + 1
+        run = self.run
+        origin = run.start if run is not None else math.nan
         block_size = self.block_size
-        need = 0
-        for free, count in slack.items():
-            if tokens > free:
-                # blocks for `tokens` more tokens beyond `free` slots, less those for `taken`
-                need += count * (-((free - tokens) // block_size) -
-                                 (-((free - taken) // block_size) if taken > free else 0))
-        run.taken = tokens
-        if need:
-            self.bm.reserve(need)  # handed to the requests by `sync_run` / `_apply_run`
+        if self.record_token_times:
+            epoch.times = []
+        for request in self.running:
+            self._lazy_join(epoch, request, block_size)
+            if request.last_token_time == origin:
+                epoch.stalled.pop()  # kept pace: its gaps are the run's
+        return epoch
+
+    def _lazy_join(self, epoch: LazyEpoch, request: Request, block_size: int) -> None:
+        """Count `request` (synced, running from now on) into the epoch."""
+        applied = epoch.applied
+        order = epoch.order
+        epoch.order = order + 1
+        rid = request.rid
+        epoch.joined[rid] = applied
+        heapq.heappush(epoch.finish, (applied + request.output_len - request.num_generated,
+                                      order, request))
+        token = applied + request.num_blocks * block_size - request.num_computed + 1
+        heapq.heappush(epoch.blocks, (token, order, request))
+        epoch.next_block[rid] = token
+        count = epoch.block_count
+        count[token] = count.get(token, 0) + 1
+        epoch.stalled.append(request)
+        if epoch.times is not None:
+            epoch.first_time[rid] = len(epoch.times)
+
+    def _lazy_segment(self, epoch: LazyEpoch, done: int, end: float) -> None:
+        """`done` iterations of the run, ending at `end`, applied to everything but the
+        requests' token state, as `_apply_run` applies them: the gaps (the stalled
+        requests' singles in running order), the statistics, the run's own state."""
+        run = self.run
+        start, n, base, slope, context = run.start, run.n, run.base, run.slope, run.context
+        first = base + slope * context
+        last = first + slope * n * (done - 1)
+        gaps = self.gaps
+        stalled = epoch.stalled
+        count = len(stalled)
+        if count:
+            singles = gaps.singles
+            for request in stalled:
+                singles.append(start + first - request.last_token_time)
+            epoch.stalled = []
+        if n - count:
+            gaps.add_run(first, last, done, n - count)
+        if count and done > 1:  # after its first gap, a stalled request keeps the pace
+            gaps.add_run(first + slope * n, last, done - 1, count)
+        if epoch.times is not None:
+            epoch.times.extend([start + elapsed(base, slope, n, context, j)
+                                for j in range(1, done + 1)])
+        epoch.applied += done
+        epoch.end = end
+        self.num_iterations += done
+        self.busy_time += end - start
+        run.start = end
+        run.context = context + n * done
+        run.iterations -= done
+
+    def _give_blocks(self, epoch: LazyEpoch, through: int) -> None:
+        """Give each request the KV blocks that its tokens up to `through` (counted in
+        `epoch.applied`) fill, request by request from the block heap."""
+        heap = epoch.blocks
+        if not heap or heap[0][0] > through:
+            return
+        next_block, block_count = epoch.next_block, epoch.block_count
+        block_size = self.block_size
+        bm = self.bm
+        while heap and heap[0][0] <= through:
+            token, order, request = heapq.heappop(heap)
+            if next_block.get(request.rid) != token:
+                continue  # it finished (a stale entry)
+            blocks = 1 + (through - token) // block_size
+            bm.allocate_blocks(request, blocks)
+            block_count[token] -= 1
+            token += blocks * block_size
+            next_block[request.rid] = token
+            block_count[token] = block_count.get(token, 0) + 1
+            heapq.heappush(heap, (token, order, request))
+
+    def _sync_request(self, epoch: LazyEpoch, request: Request) -> None:
+        lag = epoch.applied - epoch.joined[request.rid]
+        if lag:
+            request.num_computed += lag
+            request.num_generated += lag
+            request.last_token_time = epoch.end
+            if epoch.times is not None:
+                request.token_times.extend(epoch.times[epoch.first_time[request.rid]:])
 
     def sync_run(self) -> None:
-        """Apply the lazily advanced segments (`advance_lazy`) to the running requests, as
-        `_apply_run` would have applied each: token state, token times, gaps, the blocks
-        given to each request."""
-        run = self.run
-        if run is None or not (run.segments or run.taken):
+        """End the lazy epoch: every running request's token state as eager advancing
+        leaves it (its KV blocks already are)."""
+        epoch = self.lazy
+        if epoch is None:
             return
+        self.lazy = None
         self.sim.lazy_runs.pop(self.index, None)
-        segments = run.segments or ()
-        applied, taken = run.applied, run.taken
-        end = run.start
-        n, base, slope = run.n, run.base, run.slope
-        block_size = self.block_size
-        singles = self.gaps.singles
-        stalled = 0
-        if segments:
-            origin = segments[0][0]
-            first0 = base + slope * segments[0][1]
-            if self.record_token_times:
-                times: list[float] = []
-                for start, context, done in segments:
-                    times.extend(start + elapsed(base, slope, n, context, j)
-                                 for j in range(1, done + 1))
-        claims: list[Request] = []  # one entry per reserved block a request is given
         for request in self.running:
-            if segments:
-                last_token = request.last_token_time
-                if last_token != origin:
-                    singles.append(origin + first0 - last_token)
-                    stalled += 1
-                request.num_computed += applied
-                request.num_generated += applied
-                request.last_token_time = end
-                if self.record_token_times:
-                    request.token_times.extend(times)
-            held = request.num_blocks
-            tokens = request.num_computed - applied + taken
-            if tokens > held * block_size:
-                ahead = -(-tokens // block_size) - held
-                if ahead == 1:
-                    claims.append(request)
-                else:
-                    claims.extend([request] * ahead)
-        if claims:
-            self.bm.claim_reserved(claims)
-        gaps = self.gaps
-        for number, (_, context, done) in enumerate(segments):
-            first = base + slope * context
-            last = first + slope * n * (done - 1)
-            if number:
-                gaps.add_run(first, last, done, n)
-                continue
-            if n - stalled:
-                gaps.add_run(first, last, done, n - stalled)
-            if stalled and done > 1:
-                gaps.add_run(first + slope * n, last, done - 1, stalled)
-        run.segments = None
-        run.applied = run.taken = 0
-        run.slack = None
+            self._sync_request(epoch, request)
+
+    def join_lazily(self, requests: list[Request]) -> None:
+        """`requests` (synced) join `running` while an epoch is in progress."""
+        epoch = self.lazy
+        block_size = self.block_size
+        for request in requests:
+            self._lazy_join(epoch, request, block_size)
+
+    def _finish_run_lazily(self, now: float) -> None:
+        """`_finish_run` in a lazy epoch: the last segment, the blocks it filled, the
+        requests that finish (synced, in running order), and the tally for the next plan
+        without a pass over the others."""
+        run = self.run
+        epoch = self.lazy or self._start_epoch()
+        self._lazy_segment(epoch, run.iterations, now)
+        applied = epoch.applied
+        self._give_blocks(epoch, applied)
+        finish = epoch.finish
+        context = run.context
+        finished = []
+        while finish and finish[0][0] <= applied:
+            request = heapq.heappop(finish)[2]
+            self._sync_request(epoch, request)
+            context -= request.num_computed + 1
+            token = epoch.next_block.pop(request.rid)
+            epoch.block_count[token] -= 1
+            del epoch.joined[request.rid]
+            epoch.first_time.pop(request.rid, None)
+            finished.append(request)
+        self.run_aggregates = DecodeTally(
+            run.n - len(finished), context, finish[0][0] - applied if finish else math.inf,
+            epoch.block_count.get(applied + 1, 0))
+        for request in finished:
+            self._finish(request, now)
+        if finished:
+            self.running = [r for r in self.running if r.status == RUNNING]
+        self.run = None
+        self.aggregates = self.run_aggregates
+        if not self.running:
+            self.sync_run()  # nothing left lagging
 
     def cut_run(self, now: float, exact: bool = True) -> float | None:
         """End the decode run in flight at its first iteration boundary at or after `now`
         (an iteration is not stopped halfway): the run keeps its closed form with fewer
         iterations. Returns the new end, or None without a run or when it ends by then
-        anyway; the simulator moves the instance's event there (`Simulator.interrupt`)."""
+        anyway; the simulator moves the instance's event there (`Simulator.interrupt`).
+        With `exact` False the run is advanced lazily (`advance_lazy`)."""
         run = self.run
         if run is None:
             return None
@@ -362,65 +445,45 @@ class DecodeRuns:
         return start + elapsed(base, slope, n, context, keep)
 
     def _finish_run(self, now: float) -> None:
+        if self.lazy is not None or self.lazy_run_ends:
+            self._finish_run_lazily(now)
+            return
         if self._apply_run(self.run.iterations, now):
             self.running = [r for r in self.running if r.status == RUNNING]
         self.run = None
         self.aggregates = self.run_aggregates
 
     def _apply_run(self, done: int, end: float) -> bool:
-        """Apply the run's last `done` iterations, ending at `end`, and the segments
-        advanced lazily before them (`sync_run`'s replay, in the same pass); True if a
-        request finished."""
+        """Apply `done` iterations of the run ending at `end`; True if a request finished."""
         # The closed form of `complete_tokens` (envs/core/tokens.py, the reference) applied
-        # `done` times to every running request, each decoding one token per iteration;
-        # each lazily applied segment's gaps and token times come out as its own apply
-        # (`advance_to`) would have written them.
+        # `done` times to every running request, each decoding one token per iteration.
         run = self.run
         start, n, base, slope, context = run.start, run.n, run.base, run.slope, run.context
-        segments = run.segments
-        if segments is not None:
-            self.sim.lazy_runs.pop(self.index, None)
-            segments.append((start, context, done))
-            origin, origin_context, _ = segments[0]
-        else:
-            origin, origin_context = start, context
-        applied = run.applied + done  # tokens each request computes (one per iteration)
-        taken = run.taken  # beyond its recorded ones, the tokens whose blocks it was given
-        first = base + slope * origin_context
+        first = base + slope * context
+        last = first + slope * n * (done - 1)
         block_size = self.block_size
         stalled = remaining = remaining_context = next_blocks = 0
         min_left = math.inf
         finished: list[Request] = []
         growth: list[tuple[Request, int]] = []  # (request, blocks its tokens filled)
-        claims: list[Request] = []  # one entry per block `take_ahead` reserved for it
-        singles = self.gaps.singles
+        gaps = self.gaps
+        singles = gaps.singles
         running = self.running
         if self.record_token_times:
-            times = [seg_start + elapsed(base, slope, n, seg_context, j)
-                     for seg_start, seg_context, seg_done in (segments or ((start, context,
-                                                                             done),))
-                     for j in range(1, seg_done + 1)]
+            times = [start + elapsed(base, slope, n, context, j) for j in range(1, done + 1)]
             for request in running:
                 request.token_times.extend(times)
         for request in running:
             last_token = request.last_token_time
-            if last_token != origin:  # stalled before this run
-                singles.append(origin + first - last_token)
+            if last_token != start:  # stalled before this run
+                singles.append(start + first - last_token)
                 stalled += 1
-            computed = request.num_computed
-            blocks = request.num_blocks
-            if taken and computed + taken > blocks * block_size:  # reserved by take_ahead
-                ahead = -(-(computed + taken) // block_size) - blocks
-                if ahead == 1:
-                    claims.append(request)
-                else:
-                    claims.extend([request] * ahead)
-                blocks += ahead
-            computed += applied
+            computed = request.num_computed + done
             request.num_computed = computed
-            generated = request.num_generated + applied
+            generated = request.num_generated + done
             request.num_generated = generated
             request.last_token_time = end
+            blocks = request.num_blocks
             if computed > blocks * block_size:
                 need = -(-computed // block_size) - blocks
                 growth.append((request, need))
@@ -436,22 +499,13 @@ class DecodeRuns:
                 if computed + 1 > blocks * block_size:
                     next_blocks += 1
         self.run_aggregates = DecodeTally(remaining, remaining_context, min_left, next_blocks)
-        gaps = self.gaps
-        for number, (_, seg_context, seg_done) in enumerate(segments or ((start, context,
-                                                                           done),)):
-            seg_first = base + slope * seg_context
-            seg_last = seg_first + slope * n * (seg_done - 1)
-            if number:  # every request kept pace since the first segment
-                gaps.add_run(seg_first, seg_last, seg_done, n)
-                continue
-            if n - stalled:
-                gaps.add_run(seg_first, seg_last, seg_done, n - stalled)
-            if stalled and seg_done > 1:  # after its first gap, a stalled one keeps pace
-                gaps.add_run(seg_first + slope * n, seg_last, seg_done - 1, stalled)
+        continuing = n - stalled
+        if continuing:
+            gaps.add_run(first, last, done, continuing)
+        if stalled and done > 1:  # after its first gap, a stalled request keeps the pace
+            gaps.add_run(first + slope * n, last, done - 1, stalled)
         # Blocks were needed during the run, before anything finished at its end: take them
         # first, so a cached block is evicted exactly when iterating one by one would.
-        if claims:
-            self.bm.claim_reserved(claims)
         if growth:
             self.bm.allocate_each(growth)
         for request in finished:
@@ -461,10 +515,7 @@ class DecodeRuns:
         run.start = end
         run.context = context + n * done
         run.iterations -= done
-        run.segments = None
-        run.applied = run.taken = 0
-        run.slack = None
         return bool(finished)
 
 
-__all__ = ["DecodeRun", "DecodeRuns", "elapsed", "first_reaching"]
+__all__ = ["DecodeRun", "DecodeRuns", "LazyEpoch", "elapsed", "first_reaching"]

@@ -169,6 +169,7 @@ class DecodeInstance(Instance):
 
     role = "decode"
     arrivals_cut_runs = False  # arrivals never join it; transfers cut its runs
+    lazy_run_ends = True  # runs end without a pass over the requests (decode_runs.py)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -188,13 +189,18 @@ class DecodeInstance(Instance):
             else:
                 self.aggregates = None  # the tally no longer covers every running request
             self.running.extend(incoming)
+            if self.lazy is not None:
+                self.join_lazily(incoming)
             self.incoming = []
         disagg = self.sim.disagg
         if disagg.waiting_handoffs():
             disagg.wake_senders(now)
         if not (self.running or self.waiting or self.swapped):
             return True
-        return self._plan_decode_run(now)
+        if self._plan_decode_run(now):
+            return True
+        self.sync_run()  # build_next reads the requests' token state
+        return False
 
     def build_next(self, now: float) -> Generator[Any, Any, None]:
         preemptions = self.num_preemptions
