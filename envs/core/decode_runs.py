@@ -86,11 +86,13 @@ class LazyEpoch:
     """A decode instance's requests advanced lazily (module docstring): `applied` tokens
     (one per iteration) since the epoch began, of which each request lags the part since
     it joined (`joined`: rid -> `applied` then); the finish heap (`applied` at which a
-    request's output is complete, order, request) and the block heap (the next token,
-    counted in `applied`, that needs a new KV block, order, request) with its live
-    entries (`next_block`: rid -> that token; `block_count`: token -> live entries);
-    the requests whose first lazily applied iteration is still to come (`stalled`, in
-    running order: their first gap is a single); the last boundary applied (`end`) and,
+    request's output is complete, order, request); the KV blocks given through token
+    `taken` (counted in `applied`): a request's tokens that need a new block recur every
+    `block_size`, so each request sits in the bucket of that residue (`buckets`;
+    `residue`: rid -> its bucket, -1 while in `pending`, a heap (first such token, order,
+    request) of those holding a whole spare block, rare); the requests whose first
+    lazily applied iteration is still to come (`stalled`, in running order: their first
+    gap is a single); the last boundary applied (`end`) and,
     recording token times, every boundary since the epoch began (`times`; `first_time`:
     rid -> its index there at joining)."""
 
@@ -98,9 +100,10 @@ class LazyEpoch:
     order: int = 0
     joined: dict[int, int] = field(default_factory=dict)
     finish: list[tuple[int, int, Request]] = field(default_factory=list)
-    blocks: list[tuple[int, int, Request]] = field(default_factory=list)
-    next_block: dict[int, int] = field(default_factory=dict)
-    block_count: dict[int, int] = field(default_factory=dict)
+    taken: int = 0
+    buckets: list[list[Request]] = field(default_factory=list)
+    residue: dict[int, int] = field(default_factory=dict)
+    pending: list[tuple[int, int, Request]] = field(default_factory=list)
     stalled: list[Request] = field(default_factory=list)
     end: float = 0.0
     times: list[float] | None = None
@@ -282,6 +285,7 @@ class DecodeRuns:
     def _start_epoch(self) -> LazyEpoch:
         """Begin lazy advancing: one pass over the running requests (synced now)."""
         epoch = self.lazy = LazyEpoch()
+        epoch.buckets = [[] for _ in range(self.block_size)]
         self.sim.lazy_runs[self.index] = self
         run = self.run
         origin = run.start if run is not None else math.nan
@@ -303,11 +307,15 @@ class DecodeRuns:
         epoch.joined[rid] = applied
         heapq.heappush(epoch.finish, (applied + request.output_len - request.num_generated,
                                       order, request))
+        # Its first token that needs a new block (its blocks cover those before).
         token = applied + request.num_blocks * block_size - request.num_computed + 1
-        heapq.heappush(epoch.blocks, (token, order, request))
-        epoch.next_block[rid] = token
-        count = epoch.block_count
-        count[token] = count.get(token, 0) + 1
+        if token <= applied + block_size:
+            residue = token % block_size
+            epoch.buckets[residue].append(request)
+            epoch.residue[rid] = residue
+        else:  # a whole spare block: its bucket from that token on
+            heapq.heappush(epoch.pending, (token, order, request))
+            epoch.residue[rid] = -1
         epoch.stalled.append(request)
         if epoch.times is not None:
             epoch.first_time[rid] = len(epoch.times)
@@ -345,24 +353,38 @@ class DecodeRuns:
 
     def _give_blocks(self, epoch: LazyEpoch, through: int) -> None:
         """Give each request the KV blocks that its tokens up to `through` (counted in
-        `epoch.applied`) fill, request by request from the block heap."""
-        heap = epoch.blocks
-        if not heap or heap[0][0] > through:
+        `epoch.applied`) fill: those of the residues passed since `taken`, bucket by
+        bucket."""
+        taken = epoch.taken
+        if through <= taken:
             return
-        next_block, block_count = epoch.next_block, epoch.block_count
         block_size = self.block_size
+        buckets = epoch.buckets
         bm = self.bm
-        while heap and heap[0][0] <= through:
-            token, order, request = heapq.heappop(heap)
-            if next_block.get(request.rid) != token:
-                continue  # it finished (a stale entry)
-            blocks = 1 + (through - token) // block_size
-            bm.allocate_blocks(request, blocks)
-            block_count[token] -= 1
-            token += blocks * block_size
-            next_block[request.rid] = token
-            block_count[token] = block_count.get(token, 0) + 1
-            heapq.heappush(heap, (token, order, request))
+        for token in range(taken + 1, min(through, taken + block_size) + 1):
+            bucket = buckets[token % block_size]
+            if bucket:
+                count = 1 + (through - token) // block_size
+                for request in bucket:
+                    bm.allocate_blocks(request, count)
+        pending = epoch.pending
+        while pending and pending[0][0] <= through:
+            token, _, request = heapq.heappop(pending)
+            residue = epoch.residue
+            if residue.get(request.rid) != -1:
+                continue  # it finished
+            bm.allocate_blocks(request, 1 + (through - token) // block_size)
+            residue[request.rid] = token % block_size
+            buckets[token % block_size].append(request)
+        epoch.taken = through
+
+    def _new_blocks(self, epoch: LazyEpoch, token: int) -> int:
+        """How many requests of the epoch need a new block for `token` (> `taken`)."""
+        count = len(epoch.buckets[token % self.block_size])
+        for first, _, request in epoch.pending:
+            if first == token and epoch.residue.get(request.rid) == -1:
+                count += 1
+        return count
 
     def _sync_request(self, epoch: LazyEpoch, request: Request) -> None:
         lag = epoch.applied - epoch.joined[request.rid]
@@ -407,14 +429,15 @@ class DecodeRuns:
             request = heapq.heappop(finish)[2]
             self._sync_request(epoch, request)
             context -= request.num_computed + 1
-            token = epoch.next_block.pop(request.rid)
-            epoch.block_count[token] -= 1
+            residue = epoch.residue.pop(request.rid)
+            if residue >= 0:
+                epoch.buckets[residue].remove(request)
             del epoch.joined[request.rid]
             epoch.first_time.pop(request.rid, None)
             finished.append(request)
         self.run_aggregates = DecodeTally(
             run.n - len(finished), context, finish[0][0] - applied if finish else math.inf,
-            epoch.block_count.get(applied + 1, 0))
+            self._new_blocks(epoch, applied + 1))
         for request in finished:
             self._finish(request, now)
         if finished:
