@@ -283,8 +283,17 @@ class ServingEnv(gym.Env):
             if self.source.parents is not None:  # closed loop: whole programs only
                 rows = self.source.whole_programs(rows)
             episode = self.source.take(rows)
+            # Requests carry the targets the reward judges them by (its defaults where the
+            # trace has none), so policies inside the env (a warm start's teacher, the
+            # uncontrolled kinds' heuristics) see what the evaluation harness gives them
+            # (servegym.agents.evaluation.evaluation_episodes does the same).
+            config = self.rewards.config
             episode = dataclasses.replace(
-                episode, arrival_time=episode.arrival_time - episode.arrival_time[0])
+                episode, arrival_time=episode.arrival_time - episode.arrival_time[0],
+                ttft_slo=np.where(np.isinf(episode.ttft_slo), config.default_ttft_slo,
+                                  episode.ttft_slo),
+                tpot_slo=np.where(np.isinf(episode.tpot_slo), config.default_tpot_slo,
+                                  episode.tpot_slo))
             if self.rate is not None:
                 episode = scale_to_rate(episode, self.rate)
             self._draw_estimates(episode, rng)

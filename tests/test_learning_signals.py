@@ -228,3 +228,28 @@ def test_an_agent_of_another_observation_layout_is_refused() -> None:
 def test_legacy_queue_order_candidates_remain_available() -> None:
     encoder = ObservationEncoder(8, 2.0, 10.0, lambda r: 1.0, admit_keys=("oldest",))
     assert encoder.admit_keys == ("oldest",)
+
+
+def test_requests_in_the_env_carry_the_targets_the_reward_judges_by() -> None:
+    """The trace has no SLOs; the env's requests get the reward's default targets, so an
+    SLO-aware heuristic inside the env (a warm start's teacher) acts as it does in the
+    evaluation harness. Before, it saw infinite targets and played plain SPF."""
+    from servegym.agents.heuristics import make_policy
+
+    env = gym.make("servegym/Admission-v0", **LOADED).unwrapped
+    env.reset(seed=3)
+    config = env.rewards.config
+    workload = env.sim.workload
+    assert (workload.ttft_slo == config.default_ttft_slo).all()
+    assert (workload.tpot_slo == config.default_tpot_slo).all()
+    late_last, spf = make_policy("spf-tpot-budget-late-last"), make_policy("spf")
+    differs = []
+
+    class Compare:
+        def decide(self, decision):
+            choice = late_last.decide(decision)
+            differs.append(choice != spf.decide(decision))
+            return choice
+
+    env.play({DecisionKind.ADMIT: Compare()})
+    assert sum(differs) > 10, f"{sum(differs)} of {len(differs)} decisions differ"
