@@ -79,6 +79,9 @@ class DecodeRun:
     slope: float
     context: int
     iterations: int
+    # (now, start, first_reaching(now - start)) of the last advance that applied nothing:
+    # the cut at the same moment reuses it.
+    probe: tuple[float, float, int] | None = None
 
 
 @dataclass(slots=True)
@@ -120,8 +123,10 @@ SETTLE_STEPS = 8  # first_reaching's exact-count corrections (the rounding needs
 
 def first_reaching(base: float, slope: float, n: int, context: int, horizon: float) -> int:
     """Smallest iteration count >= 1 whose run lasts at least `horizon` seconds."""
-    a = slope * n / 2
-    b = base + slope * context - a
+    per = base + slope * context  # `elapsed` inlined below, term by term (same floats)
+    step = slope * n
+    a = step / 2
+    b = per - a
     if horizon <= 0:
         return 1
     estimate = (-b + math.sqrt(b * b + 4 * a * horizon)) / (2 * a) if a > 0 else horizon / b
@@ -130,9 +135,10 @@ def first_reaching(base: float, slope: float, n: int, context: int, horizon: flo
     # bounded number of steps: far beyond any simulated horizon (Simulator.MAX_TIME_S),
     # where adding one iteration no longer changes the float sum, the estimate stands.
     for _ in range(SETTLE_STEPS):
-        if count > 1 and elapsed(base, slope, n, context, count - 1) >= horizon:
+        if count > 1 and (count - 1) * per + step * ((count - 1) * (count - 2) / 2) >= \
+                horizon:
             count -= 1
-        elif elapsed(base, slope, n, context, count) < horizon:
+        elif count * per + step * (count * (count - 1) / 2) < horizon:
             count += 1
         else:
             break
@@ -270,10 +276,12 @@ class DecodeRuns:
             return
         epoch = self.lazy or self._start_epoch()
         start, n, base, slope, context = run.start, run.n, run.base, run.slope, run.context
-        done = min(first_reaching(base, slope, n, context, now - start) - 1,
-                   run.iterations - 1)
+        reach = first_reaching(base, slope, n, context, now - start)
+        done = min(reach - 1, run.iterations - 1)
         if done > 0:
             self._lazy_segment(epoch, done, start + elapsed(base, slope, n, context, done))
+        else:
+            run.probe = (now, start, reach)
         self._give_blocks(epoch, epoch.applied + 1)  # the iteration in flight
         self._sample_kv(now)
 
@@ -461,7 +469,11 @@ class DecodeRuns:
         else:
             self.advance_lazy(now)
         start, n, base, slope, context = run.start, run.n, run.base, run.slope, run.context
-        keep = first_reaching(base, slope, n, context, now - start)
+        probe = run.probe
+        if probe is not None and probe[0] == now and probe[1] == start:
+            keep = probe[2]  # the advance just computed it
+        else:
+            keep = first_reaching(base, slope, n, context, now - start)
         if keep >= run.iterations:
             return None
         run.iterations = keep
