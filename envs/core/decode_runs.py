@@ -282,7 +282,8 @@ class DecodeRuns:
             self._lazy_segment(epoch, done, start + elapsed(base, slope, n, context, done))
         else:
             run.probe = (now, start, reach)
-        self._give_blocks(epoch, epoch.applied + 1)  # the iteration in flight
+        if epoch.applied + 1 > epoch.taken:
+            self._give_blocks(epoch, epoch.applied + 1)  # the iteration in flight
         self._sample_kv(now)
 
     def take_ahead(self) -> None:
@@ -386,9 +387,10 @@ class DecodeRuns:
             buckets[token % block_size].append(request)
         epoch.taken = through
 
-    def _new_blocks(self, epoch: LazyEpoch, token: int) -> int:
-        """How many requests of the epoch need a new block for `token` (> `taken`)."""
-        count = len(epoch.buckets[token % self.block_size])
+    def _new_pending_blocks(self, epoch: LazyEpoch, token: int) -> int:
+        """How many requests in `epoch.pending` need a new block first for `token` (>
+        `taken`); those in the buckets need one when `token` is their residue."""
+        count = 0
         for first, _, request in epoch.pending:
             if first == token and epoch.residue.get(request.rid) == -1:
                 count += 1
@@ -443,9 +445,12 @@ class DecodeRuns:
             del epoch.joined[request.rid]
             epoch.first_time.pop(request.rid, None)
             finished.append(request)
+        new_blocks = len(epoch.buckets[(applied + 1) % self.block_size])
+        if epoch.pending:
+            new_blocks += self._new_pending_blocks(epoch, applied + 1)
         self.run_aggregates = DecodeTally(
             run.n - len(finished), context, finish[0][0] - applied if finish else math.inf,
-            self._new_blocks(epoch, applied + 1))
+            new_blocks)
         for request in finished:
             self._finish(request, now)
         if finished:

@@ -193,7 +193,7 @@ class DecodeInstance(Instance):
                 self.join_lazily(incoming)
             self.incoming = []
         disagg = self.sim.disagg
-        if disagg.waiting_handoffs():
+        if disagg.pending:  # `waiting_handoffs`, inlined
             disagg.wake_senders(now)
         if not (self.running or self.waiting or self.swapped):
             return True
