@@ -124,11 +124,11 @@ SETTLE_STEPS = 8  # first_reaching's exact-count corrections (the rounding needs
 def first_reaching(base: float, slope: float, n: int, context: int, horizon: float) -> int:
     """Smallest iteration count >= 1 whose run lasts at least `horizon` seconds."""
     per = base + slope * context  # `elapsed` inlined below, term by term (same floats)
+    if horizon <= per or horizon <= 0:
+        return 1  # the first iteration reaches it (the common case: a mid-run probe)
     step = slope * n
     a = step / 2
     b = per - a
-    if horizon <= 0:
-        return 1
     estimate = (-b + math.sqrt(b * b + 4 * a * horizon)) / (2 * a) if a > 0 else horizon / b
     count = max(1, math.ceil(estimate))
     # The quadratic's rounding can be off by one either way; settle it exactly, in a
