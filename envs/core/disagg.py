@@ -33,6 +33,11 @@ reason `no_decode_instance_fits: ...`. A request of one output token
 finishes on the prefill instance. The gap between the first token and the second includes
 the handoff wait and the transfer (TPOT and token gaps see it).
 
+Placements and transfer cuts advance decode instances lazily, and their runs end
+without a pass over their requests (`DecodeRuns.advance_lazy`, lazy epochs,
+envs/core/decode_runs.py): the numbers are those of eager advancing, and the requests'
+token state catches up before anything reads it.
+
 Not modelled: the decode instance's own prefix cache (transferred blocks are private),
 layer-by-layer pipelining of the transfer with the prefill, contention of concurrent
 transfers on a link (each transfer gets the link's full bandwidth). Pool sizes and TP are
