@@ -231,6 +231,9 @@ def test_the_live_backend_refuses_prefill_decode_pools_naming_what_is_missing() 
         build_backend("live", None, 2, None, pools=specs)
     with pytest.raises(ValueError, match="cluster.network"):
         build_backend("live", None, 1, None, network={"bandwidth_gbps": 100})
+    # every other cluster option too, by name (it was passed on and crashed LiveBackend)
+    with pytest.raises(ValueError, match=r"cluster option\(s\) \['retain_ttls'\]"):
+        build_backend("live", None, 1, None, retain_ttls=[1.0, 5.0])
 
 
 def test_disaggregated_env_asks_route_and_place_with_masks() -> None:

@@ -34,9 +34,21 @@ def build_backend(
                                **options)
     if kind == "live":
         from servegym.envs.backends.live import refuse_unsupported_topology
+        from servegym.envs.build import CLUSTER_OPTIONS
 
         refuse_unsupported_topology(options.get("pools"), options.pop("network", None),
                                     options.pop("migration", None))
+        # Any other cluster option (a topology added later included) is refused by name,
+        # never passed on or dropped: the live engines would silently run without it.
+        unsupported = sorted(key for key in CLUSTER_OPTIONS if options.get(key) is not None)
+        if unsupported:
+            raise ValueError(
+                f"the live backend does not run cluster option(s) {unsupported}: it drives "
+                "one pool of identical, colocated vLLM v1 engines with vLLM's own KV cache, "
+                "and servegym models these only in the simulator; use backend=sim or drop "
+                "them")
+        for key in CLUSTER_OPTIONS:
+            options.pop(key, None)
         from servegym.envs.backends.live.backend import LiveBackend, live_instance_config
 
         if options.pop("pools", None):
