@@ -26,8 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import shutil
 import statistics
 import subprocess
 import sys
@@ -35,32 +33,22 @@ import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 
+from commit_compare import TREE_FINDER, remove_worktree, run_child, worktree
+
 from servegym.envs.core.metrics import atomic_write
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_BEFORE = "c26b387"
 
-CHILD = r"""
-import importlib, importlib.abc, importlib.machinery, importlib.util, json, pathlib, resource
-import sys, time, tomllib
+CHILD_ARGS = r"""
+import importlib, json, pathlib, resource, sys, time
 kind, pkg, tree = sys.argv[1], sys.argv[2], pathlib.Path(sys.argv[3])
-# pkg: the tree's module prefix (servegym.envs or envs). Since 0.2 the installed (editable)
-# servegym maps its packages to the checkout it was installed from, whatever PYTHONPATH
-# says; this finder, first on the meta path, maps them to `tree` from its pyproject.toml.
-dirs = tomllib.loads((tree / "pyproject.toml").read_text()).get("tool", {}).get(
-    "setuptools", {}).get("package-dir", {})
-roots = {name: tree / path for name, path in dirs.items() if name}
-class TreeFinder(importlib.abc.MetaPathFinder):
-    def find_spec(self, fullname, path=None, target=None):
-        if fullname in roots:
-            return importlib.util.spec_from_file_location(
-                fullname, roots[fullname] / "__init__.py",
-                submodule_search_locations=[str(roots[fullname])])
-        if path is not None and any(fullname.startswith(name + ".") for name in roots):
-            return importlib.machinery.PathFinder.find_spec(fullname, path)
-        return None
+# pkg: the tree's module prefix (servegym.envs or envs: before 0.2 the top-level `envs`,
+# imported from the tree itself, first on PYTHONPATH)
+"""
+CHILD = CHILD_ARGS + TREE_FINDER + r"""
 if pkg.startswith("servegym"):
-    sys.meta_path.insert(0, TreeFinder())
+    install_tree_finder()
 import numpy as np
 def load(module, name):
     return getattr(importlib.import_module(f"{pkg}.{module}"), name)
@@ -116,19 +104,10 @@ def module_prefix(tree: Path) -> str:
 
 
 def measure(tree: Path, kind: str) -> dict[str, float]:
-    env = dict(os.environ, PYTHONPATH=str(tree), OMP_NUM_THREADS="1", PYTHONHASHSEED="0")
-    taskset = ["taskset", "-c", "0"] if shutil.which("taskset") else []
-    done = subprocess.run([*taskset, sys.executable, "-c", CHILD, kind, module_prefix(tree),
-                           str(tree)],
-                          cwd=tree, env=env,
-                          capture_output=True, text=True, check=True, timeout=600)
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return run_child(CHILD, [kind, module_prefix(tree), str(tree)], tree,
+                     env={"PYTHONPATH": str(tree)})
 
 
-def worktree(commit: str, folder: Path) -> Path:
-    subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", "-f", str(folder),
-                    commit], check=True, capture_output=True)
-    return folder
 
 
 def main() -> None:
@@ -160,8 +139,7 @@ def main() -> None:
                 print(f"{label}: old {median['old']:,.0f}, new {median['new']:,.0f}, "
                       f"ratio {rows[-1]['ratio']:.3f}", flush=True)
         finally:
-            subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(old)],
-                           capture_output=True)
+            remove_worktree(old)
     head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
                           capture_output=True, text=True).stdout.strip()
     lines = ["| measure | old (median) | new (median) | new / old | peak RSS old / new (MB) |",

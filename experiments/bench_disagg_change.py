@@ -33,14 +33,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
+
+from commit_compare import TREE_FINDER, remove_worktree, run_child, short, worktree
 
 from servegym.envs.core.metrics import atomic_write
 
@@ -49,24 +48,13 @@ DEFAULT_BEFORE = "9c9792d"  # before the hand-off fast paths in envs/core/disagg
 # Requests per timed case other than --requests (bench_sim's CASES sizes).
 CASE_REQUESTS = {"a": 10_000, "b": 20_000}
 
-CHILD = r"""
-import hashlib, importlib.abc, importlib.machinery, importlib.util, json, pathlib, resource
-import sys, time, tomllib, warnings
+CHILD_ARGS = r"""
+import hashlib, json, pathlib, resource, sys, time, warnings
 warnings.simplefilter("ignore")
 kind, requests, tree = sys.argv[1], int(sys.argv[2]), pathlib.Path(sys.argv[3])
-dirs = tomllib.loads((tree / "pyproject.toml").read_text()).get("tool", {}).get(
-    "setuptools", {}).get("package-dir", {})
-roots = {name: tree / path for name, path in dirs.items() if name}
-class TreeFinder(importlib.abc.MetaPathFinder):
-    def find_spec(self, fullname, path=None, target=None):
-        if fullname in roots:
-            return importlib.util.spec_from_file_location(
-                fullname, roots[fullname] / "__init__.py",
-                submodule_search_locations=[str(roots[fullname])])
-        if path is not None and any(fullname.startswith(name + ".") for name in roots):
-            return importlib.machinery.PathFinder.find_spec(fullname, path)
-        return None
-sys.meta_path.insert(0, TreeFinder())
+"""
+CHILD = CHILD_ARGS + TREE_FINDER + r"""
+install_tree_finder()
 sys.path.insert(0, str(tree / "experiments"))
 import numpy as np
 import bench_sim
@@ -129,23 +117,11 @@ else:
 
 
 def measure(tree: Path, kind: str, requests: int) -> dict:
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONHASHSEED="0")
-    taskset = ["taskset", "-c", "0"] if shutil.which("taskset") else []
-    done = subprocess.run([*taskset, sys.executable, "-c", CHILD, kind, str(requests),
-                           str(tree)], cwd=tree, env=env, capture_output=True, text=True,
-                          check=True, timeout=600)
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return run_child(CHILD, [kind, str(requests), str(tree)], tree, timeout=600)
 
 
-def worktree(commit: str, folder: Path) -> Path:
-    subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", "-f", str(folder),
-                    commit], check=True, capture_output=True)
-    return folder
 
 
-def short(commit: str) -> str:
-    return subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", commit],
-                          capture_output=True, text=True, check=True).stdout.strip()
 
 
 def main() -> None:
@@ -185,8 +161,7 @@ def main() -> None:
                         print(case, side, f"{row['value']:,.0f} req/s", flush=True)
         finally:
             for tree in trees.values():
-                subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force",
-                                str(tree)], capture_output=True)
+                remove_worktree(tree)
     lines = ["| measure | old | new | new / old |", "|---|---|---|---|"]
     median: dict[str, dict[str, float]] = {}
     for case in cases:

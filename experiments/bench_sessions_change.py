@@ -25,36 +25,24 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+from commit_compare import TREE_FINDER, remove_worktree, run_child, short, worktree
 
 from servegym.envs.core.metrics import atomic_write, result_paths
 
 ROOT = Path(__file__).resolve().parents[1]
 
-CHILD = r"""
-import hashlib, importlib.abc, importlib.machinery, importlib.util, json, pathlib, resource
-import sys, time, tomllib, warnings
+CHILD_ARGS = r"""
+import hashlib, json, pathlib, resource, sys, time, warnings
 warnings.simplefilter("ignore")
 kind, requests, tree = sys.argv[1], int(sys.argv[2]), pathlib.Path(sys.argv[3])
-dirs = tomllib.loads((tree / "pyproject.toml").read_text()).get("tool", {}).get(
-    "setuptools", {}).get("package-dir", {})
-roots = {name: tree / path for name, path in dirs.items() if name}
-class TreeFinder(importlib.abc.MetaPathFinder):
-    def find_spec(self, fullname, path=None, target=None):
-        if fullname in roots:
-            return importlib.util.spec_from_file_location(
-                fullname, roots[fullname] / "__init__.py",
-                submodule_search_locations=[str(roots[fullname])])
-        if path is not None and any(fullname.startswith(name + ".") for name in roots):
-            return importlib.machinery.PathFinder.find_spec(fullname, path)
-        return None
-sys.meta_path.insert(0, TreeFinder())
+"""
+CHILD = CHILD_ARGS + TREE_FINDER + r"""
+install_tree_finder()
 sys.path.insert(0, str(tree / "experiments"))
 import bench_sim
 from servegym.agents.heuristics import make_policy
@@ -96,17 +84,9 @@ else:
 
 
 def measure(tree: Path, kind: str, requests: int) -> dict:
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONHASHSEED="0")
-    taskset = ["taskset", "-c", "0"] if shutil.which("taskset") else []
-    done = subprocess.run([*taskset, sys.executable, "-c", CHILD, kind, str(requests),
-                           str(tree)], cwd=tree, env=env, capture_output=True, text=True,
-                          check=True, timeout=900)
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return run_child(CHILD, [kind, str(requests), str(tree)], tree, timeout=900)
 
 
-def short(commit: str) -> str:
-    return subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", commit],
-                          capture_output=True, text=True, check=True).stdout.strip()
 
 
 def main() -> None:
@@ -123,12 +103,8 @@ def main() -> None:
         parser.error(f"{', '.join(taken)} exist; results are never overwritten (--name)")
     commits = {"before": short(args.before), "after": short(args.after)}
     with tempfile.TemporaryDirectory(prefix="servegym_sessions_change_") as tmp:
-        trees = {}
-        for label, commit in commits.items():
-            folder = Path(tmp) / label
-            subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", "-f",
-                            str(folder), commit], check=True, capture_output=True)
-            trees[label] = folder
+        trees = {label: worktree(commit, Path(tmp) / label)
+                 for label, commit in commits.items()}
         try:
             digests = {label: measure(tree, "digest", args.requests)["digest"]
                        for label, tree in trees.items()}
@@ -139,8 +115,7 @@ def main() -> None:
                     print(label, speeds[label][-1], flush=True)
         finally:
             for tree in trees.values():
-                subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force",
-                                str(tree)], capture_output=True)
+                remove_worktree(tree)
     median = {label: statistics.median(r["value"] for r in rows)
               for label, rows in speeds.items()}
     command = "python experiments/bench_sessions_change.py " + " ".join(sys.argv[1:])
