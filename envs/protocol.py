@@ -148,6 +148,7 @@ class RequestView(Protocol):
     num_generated: int
     num_blocks: int
     first_token_time: float
+    instance: int  # index of the instance holding it (-1: not placed yet)
     # Closed-loop sessions and agentic programs (envs/core/release.py); outside them:
     # session -1, turn 0, next_delay NaN, tool_kind -1, critical_path 1, program_service 0.
     session: int  # its session or program
@@ -206,6 +207,11 @@ class InstanceView(Protocol):
     def can_admit(self, request: Any) -> bool: ...
 
     def can_stop_admitting(self) -> bool: ...
+
+    def can_receive(self, request: Any) -> bool:
+        """Room for `request`'s computed tokens' KV above the watermark and a sequence slot
+        now (the mask of `receives_kv` kinds and of MIGRATE's targets)."""
+        ...
 
 
 @runtime_checkable
