@@ -64,7 +64,7 @@ def run_train(tmp_path: Path, overrides: list[str], name: str = "run") -> tuple[
 # ============================================================================ config
 @pytest.mark.parametrize(("overrides", "message"), [
     (["env.admit_keys=[oldest,shortest_promt]"], "unknown sort key"),
-    (["env.num_slots=2"], "num_slots=2 is smaller than the 4 sort keys"),
+    (["env.num_slots=2"], "num_slots=2 is smaller than the 5 sort keys"),
     (["env=admission_interval"], "needs a discrete action space; use agent=ppo"),
     (["eval.metric=serving/goodput"], "not a serving metric; known: .*goodput_rps"),
     (["env=admission_interval", "agent=ppo", "env.interval_s=0"], "interval_s must be positive"),
