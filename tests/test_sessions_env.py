@@ -33,15 +33,17 @@ def test_the_env_asks_retain_with_its_menu() -> None:
     assert _whole(sim.workload) and sim.workload.parents is not None
     rng = np.random.default_rng(0)
     steps = 0
-    for steps in range(1, 201):
+    while steps < 200:
         assert info["decision"] == "RETAIN"
         mask = info["action_mask"]
         assert mask[:7].all() and not mask[7:].any()
         assert obs.min() >= -1 and obs.max() <= 1
         obs, _, terminated, truncated, info = env.step(int(rng.integers(7)))
+        steps += 1
         if terminated or truncated:
             break
-    assert steps == 200  # a 1000-call episode asks far more than 200 RETAIN decisions
+    # a 1000-call episode asks far more than 200 RETAIN decisions
+    assert steps == 200 and not (terminated or truncated)
 
 
 def test_evaluation_windows_keep_whole_programs() -> None:
