@@ -134,9 +134,12 @@ def _ttft_deadline(encoder: ObservationEncoder, request: Request) -> float:
 LATE_OFFSET = 1e9
 
 
-def _late(encoder: ObservationEncoder, request: Request, decision: Decision) -> float:
-    return LATE_OFFSET if not request.num_generated and \
-        _ttft_deadline(encoder, request) < decision.time else 0.0
+def _deadline_on_time(deadline: float, request: Request, now: float) -> float:
+    """`least_slack_on_time`'s value: the TTFT deadline, behind LATE_OFFSET once it passed
+    without a first token (the keys are inlined: the encoder ranks every fitting request
+    under every key at every ADMIT decision)."""
+    return deadline + LATE_OFFSET if not request.num_generated and deadline < now \
+        else deadline
 
 
 # Sort keys: (encoder, request, decision) -> value, smallest first; ties keep queue order.
@@ -148,8 +151,13 @@ ADMIT_KEYS: dict[str, Callable[[ObservationEncoder, Request, Decision], float]] 
     "least_slack": lambda enc, r, d: _ttft_deadline(enc, r),
     # the late-last variants: what spf-late-last and edf-late-last pick
     "shortest_prefill_on_time": lambda enc, r, d: (
-        r.prompt_len + r.num_generated - r.num_computed + _late(enc, r, d)),
-    "least_slack_on_time": lambda enc, r, d: _ttft_deadline(enc, r) + _late(enc, r, d),
+        r.prompt_len + r.num_generated - r.num_computed + (
+            LATE_OFFSET if not r.num_generated and r.arrival_time + (
+                r.ttft_slo if r.ttft_slo < math.inf else enc.default_ttft_slo) < d.time
+            else 0.0)),
+    "least_slack_on_time": lambda enc, r, d: _deadline_on_time(
+        r.arrival_time + (r.ttft_slo if r.ttft_slo < math.inf else enc.default_ttft_slo),
+        r, d.time),
     "most_prefix_hits": lambda enc, r, d: -d.instance.bm.count_prefix_hits(r)[0],
     "highest_priority": lambda enc, r, d: r.priority,  # lower value = more urgent (vLLM)
 }
