@@ -124,11 +124,8 @@ def test_tighter_slo_never_raises_goodput():
 
 def test_reproduction_script_writes_table_json_and_plot_and_never_overwrites(tmp_path):
     import json
-    import sys
-    from pathlib import Path
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
-    import distserve
+    import distserve  # experiments/ is on pytest's pythonpath (pyproject.toml)
 
     args = ["--requests", "50", "--bisect", "1", "--search-bisect", "1", "--scales", "1",
             "--out", str(tmp_path), "--name", "smoke"]

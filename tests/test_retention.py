@@ -5,23 +5,21 @@ admission, expiry or pressure, and the Continuum predictor never reads the truth
 from __future__ import annotations
 
 import math
-import sys
-from pathlib import Path
 
+import continuum  # experiments/ is on pytest's pythonpath (pyproject.toml)
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
-import continuum  # noqa: E402
-
-from servegym.agents.heuristics.retention import (  # noqa: E402
+from servegym.agents.heuristics import make_policy
+from servegym.agents.heuristics.retention import (
     ContinuumTTL,
     OracleTTL,
     make_retention,
 )
-from servegym.envs.core.instance import InstanceConfig  # noqa: E402
-from servegym.envs.core.retention import check_ttl  # noqa: E402
-from servegym.envs.core.simulator import Simulator  # noqa: E402
+from servegym.envs.core.instance import InstanceConfig
+from servegym.envs.core.retention import check_ttl, option_for, retain_options
+from servegym.envs.core.simulator import Simulator
+from servegym.envs.protocol import DecisionKind
 
 
 @pytest.mark.parametrize("bad", [-1.0, math.nan, math.inf, "5", True])
@@ -105,9 +103,6 @@ def test_the_continuum_predictor_learns_delays_without_the_truth() -> None:
 
 
 # ------------------------------------------------------------------ RETAIN as a decision
-from servegym.agents.heuristics import make_policy  # noqa: E402
-from servegym.envs.core.retention import option_for, retain_options  # noqa: E402
-from servegym.envs.protocol import DecisionKind  # noqa: E402
 
 
 def test_the_menu_and_its_rounding() -> None:
