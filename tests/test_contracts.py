@@ -114,6 +114,18 @@ def test_the_simulator_implements_the_protocols() -> None:
     assert sim.requests and all(isinstance(r, RequestView) for r in sim.requests)
 
 
+def test_the_live_backend_classes_define_every_protocol_method() -> None:
+    """The live backend's conformance test needs vLLM (tests/live); this vLLM-free check
+    catches a protocol method added without its live counterpart in the main suite."""
+    from servegym.envs.backends.live.backend import LiveBackend, LiveBlocks, LiveInstance
+
+    for live, view in ((LiveBackend, Backend), (LiveBackend, ClusterView),
+                       (LiveInstance, InstanceView), (LiveBlocks, KVView)):
+        methods = [name for name in members(view) if callable(vars(view).get(name))]
+        missing = [name for name in methods if not callable(getattr(live, name, None))]
+        assert not missing, f"{live.__name__} lacks {view.__name__} methods {missing}"
+
+
 # ------------------------------------------------------------------ a vLLM-free fake
 def slotted(view: type, source: Any, overrides: dict[str, Any]) -> Any:
     """An object holding exactly `view`'s members, copied (or bound) from `source`."""

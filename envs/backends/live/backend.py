@@ -88,7 +88,7 @@ class LiveBlocks:
 
     @property
     def num_free(self) -> int:
-        return self.instance.pool.get_num_free_blocks()
+        return self.instance.block_pool.get_num_free_blocks()
 
     @property
     def num_used(self) -> int:
@@ -120,8 +120,8 @@ class LiveInstance:
         core = engine.engine_core.engine_core
         self.scheduler = core.scheduler
         self.kv = self.scheduler.kv_cache_manager
-        self.pool = self.kv.block_pool
-        self.num_kv_blocks = self.pool.num_gpu_blocks - 1  # block 0 is vLLM's null block
+        self.block_pool = self.kv.block_pool  # vLLM's; `pool` is our pool index
+        self.num_kv_blocks = self.block_pool.num_gpu_blocks - 1  # block 0 is vLLM's null block
         self.block_size = self.config.block_size
         self.max_model_len = backend.max_model_len
         self.watermark_blocks = int(self.config.watermark * self.num_kv_blocks)
@@ -173,6 +173,12 @@ class LiveInstance:
         watermark = self.watermark_blocks if self.batch else 0
         return (self.bm.blocks_for(request.num_computed + chunk) - request.num_blocks
                 + watermark <= self._free)
+
+    def can_receive(self, request: Request) -> bool:
+        """Never: a live engine takes no KV by transfer (no KV connector is wired, and the
+        live backend refuses every cluster option that would move KV), so no decision
+        whose mask asks this can offer a live instance."""
+        return False
 
     def any_admissible(self) -> bool:
         return any(map(self.can_admit, self.waiting))
