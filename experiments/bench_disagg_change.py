@@ -19,8 +19,12 @@ alternating old and new for `--rounds` rounds. Measured:
   iteration count; token timestamps where recorded) of disaggregated runs at 300 to 3000
   requests (case (d)'s setting, overloaded ones with least-running and first-fit
   placement, debug checks on some, token times on one) and colocated ones (4 instances,
-  1 instance with token times, case (a)'s Vidur setting): the same digests in both
-  trees mean the change moved no number.
+  1 instance with token times, case (a)'s Vidur setting) and live-migration ones (4
+  instances with migrate-balance, -defrag, -priority-headroom on Migration-v0's KV-bound
+  setting written out, debug checks and token times on some, and case (g)'s Poisson
+  load; every migration's record besides): the same digests in both trees mean the
+  change moved no number. Cases g and h read TASKS["servegym/Migration-v0"] of each tree
+  (bench_sim): compare commits with the same task setting.
 
 Writes `results/<--name>.md` and `.json` (default bench_disagg_change; an existing file is
 not overwritten) and a copy under `results/history/`.
@@ -112,6 +116,54 @@ else:
                                 list(gaps.singles), instance.busy_time,
                                 instance.num_iterations)).encode())
         digests[f"{n}/{rate:g}/{place or 'place-most-free-kv'}"] = digest.hexdigest()[:16]
+    # Live migration (envs/core/migration.py): 4 colocated instances, round-robin, a
+    # MIGRATE policy every 0.1 s (up to 2 moves per tick); "kv": Migration-v0's KV-bound
+    # setting (1200 blocks, bursty long-tailed load, spec written out here so a retuned
+    # task does not move it), "poisson": case (g)'s (case c's load).
+    from servegym.envs.workloads import build_workload
+    bursty = {"kind": "synthetic", "name": "bursty_long_tail", "duration_s": 3600,
+              "arrivals": {"process": "gamma", "rate": 16.0, "cv": 3.0},
+              "prompt": {"dist": "lognormal", "mean": 600, "cv": 1.5, "high": 6000},
+              "output": {"dist": "lognormal", "mean": 400, "cv": 1.5, "high": 3000}}
+    migration_runs = ((1500, "kv", "migrate-balance", False, False),
+                      (300, "kv", "migrate-balance", True, False),
+                      (800, "kv", "migrate-defrag", False, False),
+                      (800, "kv", "migrate-priority-headroom", True, False),
+                      (400, "kv", "migrate-balance", False, True),
+                      (1500, "poisson", "migrate-balance", False, False))
+    for n, load, name, debug, token_times in migration_runs:
+        if load == "kv":
+            config = bench_sim.InstanceConfig(mode="vllm_v1", max_num_seqs=256,
+                                              max_num_batched_tokens=8192, num_kv_blocks=1200)
+            workload = build_workload(dict(bursty), rate=16.0, num_requests=n, seed=0)
+        else:
+            config = bench_sim.h100_setting()[1]
+            workload = bench_sim.poisson_workload(n, 100.0, 8192, 0)
+        policies = {**default_policies(), DecisionKind.MIGRATE: make_policy(name)}
+        sim = Simulator(cost, config, num_instances=4, policies=policies, debug_checks=debug,
+                        record_token_times=token_times,
+                        migration={"interval_s": 0.1, "max_per_tick": 2})
+        report = sim.run(workload, seed=0)
+        digest = hashlib.sha256()
+        digest.update(repr(sorted(report.summary.items())).encode())
+        digest.update(repr(sorted(report.counters.items())).encode())
+        migration = sim.migration
+        digest.update(repr((sorted(migration.stats().items()), sorted(migration.aborts.items()),
+                            [(m.number, m.request.rid, m.source.index, m.target.index, m.start,
+                              m.end, m.outcome, m.copied, m.held, m.stages, m.stage_times)
+                             for m in migration.ended])).encode())
+        for r in sim.requests:
+            digest.update(repr((r.rid, r.status, r.instance, r.first_token_time,
+                                r.last_token_time, r.num_generated,
+                                r.token_times if token_times else None)).encode())
+        for instance in sim.instances:
+            gaps = instance.gaps
+            digest.update(repr((list(instance.kv_times), list(instance.kv_used),
+                                list(gaps.run_first), list(gaps.run_last),
+                                list(gaps.run_count), list(gaps.run_weight),
+                                list(gaps.singles), instance.busy_time,
+                                instance.num_iterations)).encode())
+        digests[f"{n}/{load}/{name}"] = digest.hexdigest()[:16]
     print(json.dumps({"digest": digests}))
 """
 
@@ -138,8 +190,9 @@ def main() -> None:
     args = parser.parse_args()
     cases = [case.strip() for case in args.cases.split(",") if case.strip()]
     if args.rounds < 1 or args.requests < 100 or not cases or \
-            not set(cases) <= set("abcde"):
-        raise SystemExit("--rounds must be >= 1, --requests >= 100, --cases some of a,b,c,d,e")
+            not set(cases) <= set("abcdefgh"):
+        raise SystemExit("--rounds must be >= 1, --requests >= 100, --cases some of "
+                         "a,b,c,d,e,f,g,h")
     out = Path(args.out)
     if (out / f"{args.name}.md").exists():
         raise SystemExit(f"{out / args.name}.md exists; results are never overwritten: pass "
@@ -189,7 +242,8 @@ def main() -> None:
             f"Old: `{before}`; new: `{after}`. {args.rounds} alternating rounds, each "
             "measurement a fresh process on one core, CPU time of the loop. Result digests: "
             "requests/rate/setting (place-*: 2 prefill + 2 decode instances with that PLACE "
-            "policy; mixed:k: k colocated instances; vidur: case a's setting).\n\n"
+            "policy; mixed:k: k colocated instances; vidur: case a's setting; kv/poisson: 4 "
+            "instances with live migration by that MIGRATE policy).\n\n"
             + "\n".join(lines) + "\n")
     print(text)
     payload = {"created": stamp, "before": before, "after": after, "median": median,
