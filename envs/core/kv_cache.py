@@ -79,6 +79,10 @@ class BlockManager:
                              "be true where kv_tiers are configured")
         self.tiers = tiers  # lower KV tiers (envs/core/kv_tiers.py), or None
         self.pins: dict[int, list[int]] = {}  # retention pins (envs/core/retention.py)
+        # `count_prefix_hits` memo: its answer reads only which hashes are cached and which
+        # of those are unreferenced, so it stays valid until a hash enters or leaves the
+        # cache or a refcount reaches or leaves 0; every such write clears `_hit_memo`.
+        self._hit_memo: dict[int, tuple[Request, int, tuple[int, int]]] = {}
 
     # ----------------------------------------------------------------- accounting
     @property
@@ -102,6 +106,7 @@ class BlockManager:
             raise KVCacheError(f"out of KV blocks: {count} more needed, none free")
         tiers = self.tiers
         popitem, refcount = self.evictable.popitem, self.refcount
+        self._hit_memo.clear()
         if tiers is None:
             for _ in range(count):  # reuse the least recently used cached blocks
                 del refcount[popitem(last=False)[0]]
@@ -137,7 +142,17 @@ class BlockManager:
         hashes = request.prefix_hashes
         if not self.enable_prefix_caching or not hashes or request.num_computed:
             return 0, 0
-        limit = min(len(hashes), (request.num_tokens - 1) // self.block_size)
+        num_tokens = request.num_tokens
+        memo = self._hit_memo.get(request.rid)
+        if memo is not None and memo[0] is request and memo[1] == num_tokens:
+            return memo[2]
+        answer = self._scan_prefix_hits(hashes, num_tokens)
+        self._hit_memo[request.rid] = (request, num_tokens, answer)
+        return answer
+
+    def _scan_prefix_hits(self, hashes: list[int], num_tokens: int) -> tuple[int, int]:
+        """`count_prefix_hits` computed afresh: the leading cached run of `hashes`."""
+        limit = min(len(hashes), (num_tokens - 1) // self.block_size)
         hits = evictable = 0
         refcount = self.refcount
         while hits < limit:
@@ -171,11 +186,15 @@ class BlockManager:
             return
         if hits:
             refcount, evictable = self.refcount, self.evictable
+            claimed = False  # an unreferenced block claimed: the hit memo is stale
             for block_hash in hashes[:hits]:
                 refs = refcount[block_hash]
                 if refs == 0:
                     del evictable[block_hash]
+                    claimed = True
                 refcount[block_hash] = refs + 1
+            if claimed:
+                self._hit_memo.clear()
             request.cached_hashes = list(hashes[:hits])
             request.num_blocks = hits
             request.num_computed = hits * self.block_size
@@ -189,6 +208,7 @@ class BlockManager:
         """`allocate_fresh` with `loaded` tier blocks after the `hits` GPU ones."""
         hashes, tiers = request.prefix_hashes, self.tiers
         refcount, evictable = self.refcount, self.evictable
+        self._hit_memo.clear()  # `loaded` >= 1 hashes enter the cache
         for block_hash in hashes[:hits]:
             refs = refcount[block_hash]
             if refs == 0:
@@ -343,8 +363,11 @@ class BlockManager:
         if cached is None:
             cached = request.cached_hashes = []
         full = min(len(hashes), request.num_computed // self.block_size)
+        if full <= len(cached):
+            return  # nothing new to publish
         refcount = self.refcount
         tiers = self.tiers
+        self._hit_memo.clear()  # hashes may enter the cache
         if tiers is None:
             for index in range(len(cached), full):
                 block_hash = hashes[index]
@@ -374,12 +397,16 @@ class BlockManager:
         if cached:
             num_cached = len(cached)
             refcount, evictable = self.refcount, self.evictable
+            released = False  # a block became unreferenced: the hit memo is stale
             # Tail blocks first, so the shared head of a prefix is evicted last.
             for block_hash in reversed(cached):
                 refs = refcount[block_hash] - 1
                 refcount[block_hash] = refs
                 if refs == 0:
                     evictable[block_hash] = None
+                    released = True
+            if released:
+                self._hit_memo.clear()
             request.cached_hashes = None
         self.free_uncached += request.num_blocks - num_cached
         request.num_blocks = 0
@@ -392,14 +419,18 @@ class BlockManager:
             raise KVCacheError(f"pin {pin} already holds blocks here")
         refcount, evictable = self.refcount, self.evictable
         held = []
+        claimed = False
         for block_hash in hashes:
             refs = refcount.get(block_hash)
             if refs is None:
                 break
             if refs == 0:
                 del evictable[block_hash]
+                claimed = True
             refcount[block_hash] = refs + 1
             held.append(block_hash)
+        if claimed:
+            self._hit_memo.clear()
         if held:
             self.pins[pin] = held
         return len(held)
@@ -407,11 +438,15 @@ class BlockManager:
     def unpin(self, pin: int) -> None:
         """Give up `pin`'s references (tail first, as `free` does)."""
         refcount, evictable = self.refcount, self.evictable
+        released = False
         for block_hash in reversed(self.pins.pop(pin)):
             refs = refcount[block_hash] - 1
             refcount[block_hash] = refs
             if refs == 0:
                 evictable[block_hash] = None
+                released = True
+        if released:
+            self._hit_memo.clear()
 
     def drop_cached(self, hashes: list[int]) -> int:
         """No retention: the unreferenced ones of `hashes` leave the cache (freed, not
@@ -423,6 +458,8 @@ class BlockManager:
                 del evictable[block_hash]
                 del refcount[block_hash]
                 dropped += 1
+        if dropped:
+            self._hit_memo.clear()
         self.free_uncached += dropped
         return dropped
 
@@ -493,5 +530,11 @@ class BlockManager:
             problems.append(f"swap space {self.swap_used} != blocks of swapped requests {swapped}")
         if self.tiers is not None:
             problems.extend(self.tiers.check(self.refcount))
+        for request, num_tokens, answer in self._hit_memo.values():
+            if request.num_tokens == num_tokens and \
+                    self._scan_prefix_hits(request.prefix_hashes, num_tokens) != answer:
+                problems.append(f"request {request.rid}'s memoised prefix hits {answer} are "
+                                "stale (a cache write did not clear _hit_memo)")
+                break
         if problems:
             raise KVCacheError("; ".join(problems))
