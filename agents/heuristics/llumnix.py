@@ -90,26 +90,51 @@ class VirtualUsageBalance:
               urgent_below: int | None) -> list[int]:
         """The source's candidates in the order they are tried: fewest blocks first."""
         candidates = decision.candidates
-        sign = 1 if self.prefer == "shortest" else -1
-        return sorted(indices, key=lambda i: (sign * candidates[i].num_blocks, i))
+        blocks = [candidates[i].num_blocks for i in indices]
+        if self.prefer == "longest":
+            blocks = [-b for b in blocks]
+        # `indices` ascend, so a stable sort by blocks breaks ties by index.
+        return [indices[j] for j in sorted(range(len(indices)), key=blocks.__getitem__)]
 
     def urgent_below(self, decision: Decision) -> int | None:
         return None
 
     def decide(self, decision: Decision) -> int | Action:
+        # The rule of the module docstring, in as few passes over the candidates as it
+        # allows (one, for the source's, or none when no instance is busy): source = the
+        # least free instance among the candidates' (ties: lowest index), so instances are
+        # tried in order of freeness and the first with a candidate is it; STOP as soon
+        # as one at or above `busy_freeness` comes first. Each instance's usage is summed
+        # once; every freeness is computed with the expression `virtual_freeness` uses.
+        candidates = decision.candidates
+        if not candidates:
+            return STOP
         instances = decision.cluster.instances
         urgent = self.urgent_below(decision)
-        free = [virtual_freeness(i, self.extra_usage(i, urgent)) for i in instances]
-        groups = _by_source(decision)
-        if not groups:
-            return STOP
-        source = min(groups, key=lambda s: (free[s], s))
-        if free[source] >= self.busy_freeness:
+        extra = [self.extra_usage(i, urgent) for i in instances]
+        base = [i.bm.num_used + queue_demand(i) for i in instances]  # usage before `extra`
+        free = [(i.bm.num_blocks - (base[t] + extra[t])) / max(1, len(i.running))
+                for t, i in enumerate(instances)]
+        busy = self.busy_freeness
+        source = -1
+        indices: list[int] = []
+        for s in sorted(range(len(instances)), key=lambda t: (free[t], t)):
+            if free[s] >= busy:
+                return STOP
+            indices = [index for index, request in enumerate(candidates)
+                       if request.instance == s]
+            if indices:
+                source = s
+                break
+        if source < 0:
             return STOP
         targets = sorted((t for t in range(len(instances)) if t != source),
                          key=lambda t: (-free[t], t))
-        candidates = decision.candidates
-        for index in self.order(decision, groups[source], urgent):
+        if not targets or free[targets[0]] - free[source] <= 0:
+            return STOP  # no target is freer than the source: every request would stop
+        origin = instances[source]
+        origin_size = max(1, len(origin.running))
+        for index in self.order(decision, indices, urgent):
             request = candidates[index]
             blocks = request.num_blocks
             for target in targets:
@@ -119,11 +144,10 @@ class VirtualUsageBalance:
                 instance = instances[target]
                 if not _fits(decision, request, instance):
                     continue
-                after_source = virtual_freeness(instances[source],
-                                                self.extra_usage(instances[source], urgent)
-                                                - blocks)
-                after_target = virtual_freeness(instance,
-                                                self.extra_usage(instance, urgent) + blocks)
+                after_source = (origin.bm.num_blocks - (base[source] + (extra[source] - blocks))
+                                ) / origin_size
+                after_target = (instance.bm.num_blocks - (base[target] + (extra[target] + blocks))
+                                ) / max(1, len(instance.running))
                 if 0 < after_target - after_source < gap:
                     return Action(index, target=target)
                 break  # the freest fitting target does not help: try a smaller request
@@ -134,11 +158,14 @@ class Defragmentation:
     """Make room for a queued request that does not fit (module docstring)."""
 
     def decide(self, decision: Decision) -> int | Action:
+        # Sources are the short instances among the candidates' (no pass over the
+        # candidates when no instance is short), most blocks short first.
+        candidates = decision.candidates
+        if not candidates:
+            return STOP
         instances = decision.cluster.instances
-        groups = _by_source(decision)
         short: list[tuple[int, int]] = []  # (blocks short, instance)
-        for source in groups:
-            instance = instances[source]
+        for source, instance in enumerate(instances):
             if not instance.waiting:
                 continue
             head = instance.waiting[0]
@@ -149,11 +176,15 @@ class Defragmentation:
                 short.append((need, source))
         if not short:
             return STOP
+        present = {request.instance for request in candidates}
+        short = [item for item in short if item[1] in present]
+        if not short:
+            return STOP
         short.sort(key=lambda item: (-item[0], item[1]))
         free = [virtual_freeness(i) for i in instances]
-        candidates = decision.candidates
         for need, source in short:
-            indices = groups[source]
+            indices = [index for index, request in enumerate(candidates)
+                       if request.instance == source]
             covering = sorted((i for i in indices if candidates[i].num_blocks >= need),
                               key=lambda i: (candidates[i].num_blocks, i))
             rest = sorted((i for i in indices if candidates[i].num_blocks < need),

@@ -241,6 +241,9 @@ class Migration:
         """MIGRATE's candidates: decoding requests (first token out) of every instance's
         running set that are not migrating, instance by instance, in admission order."""
         moving = self.by_request
+        if not moving:
+            return [request for instance in self.sim.instances for request in instance.running
+                    if request.num_generated]
         return [request for instance in self.sim.instances for request in instance.running
                 if request.num_generated and request.rid not in moving]
 
