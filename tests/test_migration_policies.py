@@ -160,3 +160,15 @@ def test_policies_answer_as_their_reference(name, kwargs, priorities, seed) -> N
     checked = loaded_run(make_policy(name, **kwargs), seed, priorities, blocks=600)
     moves = [a for a in checked.answers if a != STOP]
     assert moves and len(moves) < len(checked.answers)  # both answers were exercised
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_indices_on_equals_a_scan(seed) -> None:
+    from servegym.agents.heuristics.llumnix import _indices_on
+
+    rng = np.random.default_rng(seed)
+    owners = list(rng.integers(0, 3, int(rng.integers(0, 12))))
+    if seed % 2:
+        owners.sort()  # contiguous, as the simulator lists them
+    for source in range(4):
+        assert _indices_on(owners, source) == [i for i, o in enumerate(owners) if o == source]

@@ -33,6 +33,7 @@ All read the views only (instances' queues and KV counts, requests' lengths and 
 
 from __future__ import annotations
 
+from operator import attrgetter
 from typing import Any
 
 from servegym.envs.protocol import STOP, Action, Decision
@@ -49,6 +50,24 @@ def virtual_freeness(instance: Any, extra_usage: float = 0.0) -> float:
     bm = instance.bm
     usage = bm.num_used + queue_demand(instance) + extra_usage
     return (bm.num_blocks - usage) / max(1, len(instance.running))
+
+
+_instance_of = attrgetter("instance")
+_blocks_of = attrgetter("num_blocks")
+
+
+def _indices_on(owners: list[int], source: int) -> list[int]:
+    """The positions of `source` in `owners` (the candidates' instances), ascending: one
+    slice where they are contiguous (the simulator lists candidates instance by
+    instance), else a scan."""
+    count = owners.count(source)
+    if not count:
+        return []
+    first = owners.index(source)
+    if owners[first + count - 1] == source and \
+            owners[first:first + count].count(source) == count:
+        return list(range(first, first + count))
+    return [index for index, owner in enumerate(owners) if owner == source]
 
 
 def _by_source(decision: Decision) -> dict[int, list[int]]:
@@ -90,7 +109,7 @@ class VirtualUsageBalance:
               urgent_below: int | None) -> list[int]:
         """The source's candidates in the order they are tried: fewest blocks first."""
         candidates = decision.candidates
-        blocks = [candidates[i].num_blocks for i in indices]
+        blocks = [_blocks_of(candidates[i]) for i in indices]
         if self.prefer == "longest":
             blocks = [-b for b in blocks]
         # `indices` ascend, so a stable sort by blocks breaks ties by index.
@@ -118,11 +137,13 @@ class VirtualUsageBalance:
         busy = self.busy_freeness
         source = -1
         indices: list[int] = []
+        owners: list[int] | None = None
         for s in sorted(range(len(instances)), key=lambda t: (free[t], t)):
             if free[s] >= busy:
                 return STOP
-            indices = [index for index, request in enumerate(candidates)
-                       if request.instance == s]
+            if owners is None:
+                owners = list(map(_instance_of, candidates))
+            indices = _indices_on(owners, s)
             if indices:
                 source = s
                 break
@@ -176,15 +197,15 @@ class Defragmentation:
                 short.append((need, source))
         if not short:
             return STOP
-        present = {request.instance for request in candidates}
+        owners = list(map(_instance_of, candidates))
+        present = set(owners)
         short = [item for item in short if item[1] in present]
         if not short:
             return STOP
         short.sort(key=lambda item: (-item[0], item[1]))
         free = [virtual_freeness(i) for i in instances]
         for need, source in short:
-            indices = [index for index, request in enumerate(candidates)
-                       if request.instance == source]
+            indices = _indices_on(owners, source)
             covering = sorted((i for i in indices if candidates[i].num_blocks >= need),
                               key=lambda i: (candidates[i].num_blocks, i))
             rest = sorted((i for i in indices if candidates[i].num_blocks < need),

@@ -101,6 +101,34 @@ class Network:
         return self.latency_s + num_tokens * shard * 8 / (self.bandwidth_gbps * 1e9)
 
 
+def kv_transfer_time(network: Network | None, cost: Any, num_tokens: int) -> float:
+    """Seconds to send the KV of `num_tokens` tokens of `cost`'s model: over `network`
+    if there is one, else as the sender's cost model prices it (`kv_transfer_time`). The
+    price of a hand-off's transfer here and of a migration stage (envs/core/migration.py)."""
+    if network is not None:
+        return network.transfer_time(cost, num_tokens)
+    return cost.kv_transfer_time(num_tokens)
+
+
+def land_transfer(sim: Any, request: Request, source: Instance, target: Instance,
+                  now: float, exact: bool) -> None:
+    """The end of a KV transfer of `request` from `source` to `target` (a hand-off here, a
+    migration's last stage in envs/core/migration.py): the source frees the request's
+    blocks, the target's reservation becomes the request's (`claim_transfer`), and the
+    request joins the target's `incoming` list, taken into its running set at its next
+    iteration boundary: a decode run in flight is cut there (`Simulator.interrupt`, lazily
+    when `exact` is False), an idle target gets an event now. Waking the source is the
+    caller's (its rule differs by role)."""
+    source.bm.free(request)
+    target.bm.claim_transfer(request)
+    request.instance = target.index
+    target.incoming.append(request)
+    if target.run is not None:
+        sim.interrupt(target, exact=exact)
+    elif not target.event_pending:
+        sim.schedule(now, target)
+
+
 def network_from_config(spec: Any) -> Network | None:
     """A `Network` from `cluster.network` ({bandwidth_gbps, latency_s}); None: absent."""
     if spec is None:
@@ -294,9 +322,7 @@ class Disaggregation:
 
     # ---------------------------------------------------------------- placement
     def transfer_time(self, source: Instance, num_tokens: int) -> float:
-        if self.network is not None:
-            return self.network.transfer_time(source.cost, num_tokens)
-        return source.cost.kv_transfer_time(num_tokens)
+        return kv_transfer_time(self.network, source.cost, num_tokens)
 
     def queue_handoffs(self, requests: list[Request], source: PrefillInstance) -> None:
         """Prefilled `requests` of `source` join the cluster's hand-off queue (FIFO)."""
@@ -365,15 +391,7 @@ class Disaggregation:
         request, source, target = transfer.request, transfer.source, transfer.target
         sim = self.sim
         source.sending.remove(request)
-        source.bm.free(request)
-        target.bm.claim_transfer(request)
-        request.instance = target.index
-        target.incoming.append(request)
-        if target.run is not None:
-            # takes the request in at its next iteration boundary
-            sim.interrupt(target, exact=False)
-        elif not target.event_pending:
-            sim.schedule(now, target)
+        land_transfer(sim, request, source, target, now, exact=False)
         if not source.event_pending and (source.waiting or source.handoff):
             sim.schedule(now, source)  # the freed blocks may let a prompt in
 
@@ -444,4 +462,4 @@ class Disaggregation:
 ROLE_CLASSES = {"mixed": Instance, "prefill": PrefillInstance, "decode": DecodeInstance}
 
 __all__ = ["DecodeInstance", "Disaggregation", "Network", "PrefillInstance", "ROLE_CLASSES",
-           "Transfer", "network_from_config"]
+           "Transfer", "kv_transfer_time", "land_transfer", "network_from_config"]

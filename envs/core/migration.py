@@ -54,7 +54,12 @@ from collections.abc import Generator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from servegym.envs.core.disagg import Network, network_from_config
+from servegym.envs.core.disagg import (
+    Network,
+    kv_transfer_time,
+    land_transfer,
+    network_from_config,
+)
 from servegym.envs.core.events import EventKind
 from servegym.envs.core.instance import Instance, SimulationError
 from servegym.envs.core.request import RUNNING, Request
@@ -264,10 +269,7 @@ class Migration:
 
     # ---------------------------------------------------------------- stages
     def transfer_time(self, source: Instance, blocks: int) -> float:
-        tokens = blocks * source.block_size
-        if self.network is not None:
-            return self.network.transfer_time(source.cost, tokens)
-        return source.cost.kv_transfer_time(tokens)
+        return kv_transfer_time(self.network, source.cost, blocks * source.block_size)
 
     def can_migrate(self, request: Request, target: Instance) -> str:
         """'' if `request` may start migrating to `target` now, else why not."""
@@ -305,10 +307,14 @@ class Migration:
         """`instance` as of now, its iteration in flight holding its blocks, and its decode
         run (planned against its free blocks) cut at that iteration, before its free
         blocks shrink."""
+        run = instance.run
+        if run is None:
+            return  # nothing in flight: advance_to would do nothing
         instance.advance_to(now)
-        if instance.run is not None:
+        if now <= run.start or instance.lazy is not None:
+            # (past its start, eager advance_to gave the iteration in flight its blocks)
             instance.bm.catch_up(instance.running, ahead=1)
-            self.sim.interrupt(instance)
+        self.sim.interrupt(instance)
 
     def _next_stage(self, migration: LiveMigration, now: float) -> None:
         request, source, target = migration.request, migration.source, migration.target
@@ -401,18 +407,11 @@ class Migration:
         request, source, target = migration.request, migration.source, migration.target
         sim = self.sim
         source.stopped.remove(request)
-        source.bm.free(request)
-        target.bm.claim_transfer(request)
-        request.instance = target.index
-        target.incoming.append(request)
         self._forget(migration, "completed", now)
         self.num_completed += 1
         self.copied_blocks += migration.held
         self.stop_time_total += now - migration.stop_start
-        if target.run is not None:
-            sim.interrupt(target)  # takes the request in at its next iteration boundary
-        elif not target.event_pending:
-            sim.schedule(now, target)
+        land_transfer(sim, request, source, target, now, exact=True)
         if not source.event_pending and (source.waiting or source.running or source.swapped):
             sim.schedule(now, source)  # the freed blocks may let a request in
 
