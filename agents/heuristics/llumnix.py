@@ -41,8 +41,8 @@ from servegym.envs.protocol import STOP, Action, Decision
 
 def queue_demand(instance: Any) -> int:
     """Blocks the instance's queue needs on admission (waiting prompts + output so far)."""
-    bm = instance.bm
-    return sum(bm.blocks_for(r.prompt_len + r.num_generated) for r in instance.waiting)
+    size = instance.bm.block_size  # bm.blocks_for, inlined
+    return sum(-(-(r.prompt_len + r.num_generated) // size) for r in instance.waiting)
 
 
 def virtual_freeness(instance: Any, extra_usage: float = 0.0) -> float:
