@@ -29,6 +29,11 @@ the cheapest to move).
   `VirtualUsageBalance`.
 
 All read the views only (instances' queues and KV counts, requests' lengths and priorities).
+`VirtualUsageBalance` and `Defragmentation` answer with as few passes over the candidates
+as their rules allow (none when no instance is busy or short; else the source's, found by
+slicing when the candidates come instance by instance, as the simulator lists them);
+tests/test_migration_policies.py holds every answer of loaded runs to the rules' plain
+statement.
 """
 
 from __future__ import annotations

@@ -14,10 +14,12 @@ them. What the simulator models:
       blocks for its computed tokens are reserved on the decode instance
       (`BlockManager.reserve_transfer`) before the transfer starts; the request moves to
       the prefill instance's `sending` list; a TRANSFER event is scheduled at
-      now + transfer time (`Network`, or the prefill pool's `CostModel.kv_transfer_time`)
+      now + transfer time (`Network`, or the prefill pool's `CostModel.kv_transfer_time`:
+      `kv_transfer_time`, which prices migration stages too)
     --TRANSFER event (its own handler, `Disaggregation.on_transfer_end`)--> the prefill
       side frees the request's blocks, the decode side's reservation becomes the
-      request's (`claim_transfer`), and the request joins the decode instance's
+      request's (`claim_transfer`; `land_transfer`, which a migration's last stage
+      shares, envs/core/migration.py), and the request joins the decode instance's
       `incoming` list; the decode instance takes it into its running set at its next
       event (now if idle; a decode run in flight is cut at its first iteration boundary
       at or after now, `Simulator.interrupt`) and decodes it to completion.

@@ -15,7 +15,8 @@ models (`cluster.migration: {interval_s, ...}`, `MigrationConfig`):
       (`BlockManager.reserve_transfer`; a decode run in flight there is first cut at its
       iteration in flight, `Simulator.interrupt`, so its planned KV growth stays covered);
       stage 1 copies them: a MIGRATION_STAGE event at now + transfer time (`cluster.network`
-      `Network`, else the source pool's `CostModel.kv_transfer_time`)
+      `Network`, else the source pool's `CostModel.kv_transfer_time`; priced as a
+      hand-off's transfer is, `disagg.kv_transfer_time`)
     --stage end--> the source advanced to now (it kept decoding); if the blocks added
       meanwhile (partial last block included) are more than `last_stage_blocks`, the next
       stage copies the new full blocks (reservation grown first, `grow_transfer`); else
@@ -23,7 +24,8 @@ models (`cluster.migration: {interval_s, ...}`, `MigrationConfig`):
       it leaves the source's running set, the reservation grows to all its blocks and the
       last stage copies the rest
     --last stage end--> the source frees the request's blocks, the reservation becomes the
-      request's (`claim_transfer`) and the request joins the destination's running set at
+      request's (`claim_transfer`; landed as a hand-off's transfer is, `disagg.land_transfer`)
+      and the request joins the destination's running set at
       its next iteration boundary (now if idle) with a free sequence slot (it waits,
       holding its KV there, while admissions fill every slot); its next token gap
       includes the stop.
