@@ -115,6 +115,8 @@ DEFAULT_ADMIT_KEYS = ("oldest", "shortest_prefill", "shortest_prefill_on_time",
                       "shortest_output", "least_slack_on_time")
 DEFAULT_PREEMPT_KEYS = ("newest", "most_blocks", "least_progress", "longest_remaining")
 RATE_WINDOW_S = 10.0
+# Slot features 9-14 of a request slot: the role's one-hot rows (immutable).
+ROLE_ONE_HOT = tuple(tuple(float(i == role) for i in range(MAX_ROLES)) for role in range(MAX_ROLES))
 
 
 def squash(value: float, scale: float) -> float:
@@ -172,6 +174,15 @@ PREEMPT_KEYS: dict[str, Callable[[ObservationEncoder, Request, Decision], float]
 
 # Keys whose ranking is the candidates' own order: nothing to sort.
 QUEUE_ORDER_KEYS = (ADMIT_KEYS["oldest"], PREEMPT_KEYS["newest"])
+# Keys that `_KeyColumns` ranks with inlined expressions (the same values as the lambdas):
+# lambda -> its name. The others (most_prefix_hits) are ranked from the lambdas.
+COLUMN_KEYS: dict[Callable[..., float], str] = {
+    **{ADMIT_KEYS[name]: name for name in (
+        "shortest_prefill", "shortest_output", "shortest_remaining", "least_slack",
+        "shortest_prefill_on_time", "least_slack_on_time", "highest_priority")},
+    **{PREEMPT_KEYS[name]: name for name in (
+        "most_blocks", "least_progress", "longest_remaining", "lowest_priority")},
+}
 
 
 def check_keys(keys: Sequence[str], known: Mapping[str, Any], what: str,
@@ -196,25 +207,98 @@ def round_robin_slots(rankings: Sequence[Sequence[int]], num_slots: int
     slots: list[int] = []
     roles: list[int] = []
     taken: set[int] = set()
-    cursors = [0] * len(rankings)
-    live = len(rankings)
-    while len(slots) < num_slots and live:
-        live = 0
-        for role, ranking in enumerate(rankings):
+    iterators = [iter(ranking) for ranking in rankings]
+    live = list(range(len(rankings)))  # rankings that gave a slot last round
+    while live and len(slots) < num_slots:
+        still = []
+        for role in live:
             if len(slots) == num_slots:
                 break
-            cursor = cursors[role]
-            while cursor < len(ranking) and ranking[cursor] in taken:
-                cursor += 1
-            if cursor < len(ranking):
-                index = ranking[cursor]
-                taken.add(index)
-                slots.append(index)
-                roles.append(role)
-                cursor += 1
-                live += 1
-            cursors[role] = cursor
+            for index in iterators[role]:  # resumes after the last one it gave
+                if index not in taken:
+                    taken.add(index)
+                    slots.append(index)
+                    roles.append(role)
+                    still.append(role)
+                    break
+        live = still  # a ranking that gave nothing has nothing left untaken
     return slots, roles
+
+
+class _KeyColumns:
+    """One decision's candidates (`indices`) ranked under the keys of `COLUMN_KEYS` with the
+    keys' expressions inlined into one list comprehension each (no call per request and
+    key) and a stable sort of positions by value (CPython compares all-float or all-int
+    keys without the generic comparison) instead of a heap or sort of (value, index)
+    pairs. Same values as the lambdas (the same expressions) and the same order: positions
+    follow ascending candidate index, and a stable sort breaks ties by position as the
+    pairs break them by index; for values without NaN both are the one total order. A key
+    whose values sum to NaN (a NaN value, or infinities of both signs) is left to the pairs
+    (`ranking` returns None): NaN does not order the same way in the two sorts."""
+
+    __slots__ = ("encoder", "requests", "order", "now", "deadlines")
+
+    def __init__(self, encoder: ObservationEncoder, candidates: Sequence[Request],
+                 indices: list[int], now: float) -> None:
+        self.encoder = encoder
+        order = indices if not indices or indices[0] <= indices[-1] else sorted(indices)
+        self.order = order
+        self.requests = [candidates[i] for i in order]
+        self.now = now
+        self.deadlines: list[float] | None = None
+
+    def deadline(self) -> list[float]:
+        """TTFT deadlines (`_ttft_deadline`), computed once per decision."""
+        if self.deadlines is None:
+            default = self.encoder.default_ttft_slo
+            self.deadlines = [r.arrival_time + (r.ttft_slo if r.ttft_slo < math.inf
+                                                else default) for r in self.requests]
+        return self.deadlines
+
+    def values(self, name: str) -> list[float]:
+        requests = self.requests
+        if name == "shortest_prefill":
+            return [r.prompt_len + r.num_generated - r.num_computed for r in requests]
+        if name == "shortest_output":
+            return list(map(self.encoder.output_estimate, requests))
+        if name == "shortest_remaining":
+            estimate = self.encoder.output_estimate
+            return [estimate(r) - r.num_generated for r in requests]
+        if name == "least_slack":
+            return self.deadline()
+        now = self.now
+        if name == "shortest_prefill_on_time":
+            return [r.prompt_len + r.num_generated - r.num_computed + (
+                LATE_OFFSET if not r.num_generated and deadline < now else 0.0)
+                for r, deadline in zip(requests, self.deadline(), strict=True)]
+        if name == "least_slack_on_time":
+            return [deadline + LATE_OFFSET if not r.num_generated and deadline < now
+                    else deadline for r, deadline in zip(requests, self.deadline(), strict=True)]
+        if name == "highest_priority":
+            return [r.priority for r in requests]
+        if name == "most_blocks":
+            return [-r.num_blocks for r in requests]
+        if name == "least_progress":
+            return [r.num_computed for r in requests]
+        if name == "longest_remaining":
+            estimate = self.encoder.output_estimate
+            return [-(estimate(r) - r.num_generated) for r in requests]
+        if name == "lowest_priority":
+            return [-r.priority for r in requests]
+        raise AssertionError(f"COLUMN_KEYS names {name!r} but _KeyColumns has no values")
+
+    def ranking(self, sort: Callable[..., float], k: int) -> list[int] | None:
+        """The first k candidate indices under `sort`, or None: rank with the pairs."""
+        name = COLUMN_KEYS.get(sort)
+        if name is None or not self.order:
+            return None
+        values = self.values(name)
+        total = sum(values)
+        if total != total:  # NaN
+            return None
+        best = sorted(range(len(values)), key=values.__getitem__)[:k]
+        order = self.order
+        return [order[p] for p in best]
 
 
 class ObservationEncoder:
@@ -232,6 +316,7 @@ class ObservationEncoder:
         self._preempt_sorts = [PREEMPT_KEYS[k] for k in self.preempt_keys]
         self.slot_roles: list[int] = []
         self.slot_ranks: list[list[float]] = []  # per slot: 1 / (1 + position) under each key
+        self._reciprocal_ranks = tuple(1.0 / (1 + p) for p in range(num_slots))
         self.size = GLOBAL_FEATURES + num_slots * SLOT_FEATURES
         self.num_actions = 2 * num_slots + 1
         self.stop_action = 2 * num_slots
@@ -370,19 +455,24 @@ class ObservationEncoder:
             return slots
         candidates = decision.candidates
         k = self.num_slots
+        columns = _KeyColumns(self, candidates, indices, decision.time)
         rankings = []
         for sort in sorts:
             if sort in QUEUE_ORDER_KEYS:
                 rankings.append(indices)
                 continue
-            # (value, index) pairs: ties keep queue order. No key needs more than K picks.
-            keyed = [(sort(self, candidates[i], decision), i) for i in indices]
-            best = heapq.nsmallest(k, keyed) if len(keyed) > k else sorted(keyed)
-            rankings.append([i for _, i in best])
+            ranking = columns.ranking(sort, k)
+            if ranking is None:
+                # (value, index) pairs: ties keep queue order. No key needs more than K picks.
+                keyed = [(sort(self, candidates[i], decision), i) for i in indices]
+                best = heapq.nsmallest(k, keyed) if len(keyed) > k else sorted(keyed)
+                ranking = [i for _, i in best]
+            rankings.append(ranking)
         slots, self.slot_roles = round_robin_slots(rankings, k)
-        positions = [{index: p for p, index in enumerate(ranking[:k])} for ranking in rankings]
-        self.slot_ranks = [[1.0 / (1 + at[i]) if i in at else 0.0 for at in positions]
-                           for i in slots]
+        reciprocal = self._reciprocal_ranks  # 1 / (1 + position), position < K
+        # a ranking may hold fewer than K candidates
+        positions = [dict(zip(ranking[:k], reciprocal, strict=False)) for ranking in rankings]
+        self.slot_ranks = [[at.get(i, 0.0) for at in positions] for i in slots]
         return slots
 
     def _global(self, instance: Instance | None, sim: Simulator, kind: DecisionKind,
@@ -449,27 +539,37 @@ class ObservationEncoder:
         ranks = self.slot_ranks
         waiting = kind.spec.candidates == "waiting"
         padding = [0.0] * (MAX_ROLES - len(ranks[0])) if ranks else []
+        # squash and _prefix_fraction inlined (the same expressions): one slot per call
+        prefix = waiting and bm.enable_prefix_caching
+        count_hits = bm.count_prefix_hits
+        capacity = bm.num_blocks
+        estimate = self.output_estimate
         for position, index in enumerate(slots):
             r = candidates[index]
             target = r.ttft_slo if r.ttft_slo < math.inf else default_slo
             waited = now - r.arrival_time
-            slack = 1.0 if r.num_generated else max(-1.0, min(1.0, (target - waited) / target))
-            tokens = r.prompt_len + r.num_generated
-            extra = self._prefix_fraction(r, bm) if waiting else r.num_blocks / bm.num_blocks
+            generated = r.num_generated
+            slack = 1.0 if generated else max(-1.0, min(1.0, (target - waited) / target))
+            prompt = r.prompt_len
+            if waiting:
+                hashes = r.prefix_hashes
+                extra = count_hits(r)[0] / len(hashes) if prefix and hashes else 0.0
+            else:
+                extra = r.num_blocks / capacity
+            output = estimate(r)
+            priority = r.priority
             out += (
                 1.0,
-                squash(r.prompt_len, 1024),
-                r.num_computed / tokens,
-                squash(self.output_estimate(r), 256),
-                squash(waited, target),
+                prompt / (prompt + 1024) if prompt > 0 else 0.0,
+                r.num_computed / (prompt + generated),
+                output / (output + 256) if output > 0 else 0.0,
+                waited / (waited + target) if waited > 0 else 0.0,
                 slack,
                 extra,
                 r.tenant / tenants if tenants > 0 else 0.0,
-                squash(r.priority, 4),
+                priority / (priority + 4) if priority > 0 else 0.0,
             )
-            role = [0.0] * MAX_ROLES
-            role[roles[position]] = 1.0
-            out += role
+            out += ROLE_ONE_HOT[roles[position]]
             out += ranks[position]
             out += padding
         return out
