@@ -27,6 +27,7 @@ from typing import Any
 
 from omegaconf import MISSING
 
+from servegym.envs.build import CLUSTER_OPTION_SPECS
 from servegym.envs.core.instance import InstanceConfig
 from servegym.envs.tasks import ADMISSION_INTERVAL, DEFAULT_TASK, register_resolver
 
@@ -101,21 +102,27 @@ class PoolConfig:
     price_per_hour: float | None = None
 
 
-@dataclass
-class ClusterConfig:
-    """`conf/cluster/*.yaml`: instances behind the router and `InstanceConfig`'s fields;
-    or `pools` (then `num_instances` is their total; conf/cluster/hetero_h100_a100.yaml).
-    `network`: a disaggregated cluster's prefill-to-decode link, {bandwidth_gbps,
-    latency_s} (servegym.envs.core.disagg.Network); null: the cost model prices it.
-    `migration`: live migration between mixed instances (Llumnix), {interval_s,
-    trigger_free_kv, last_stage_blocks, max_stages, max_per_tick}; null: none."""
+def _cluster_config() -> type:
+    """`ClusterConfig`: its layout fields, then one field per cluster option of
+    servegym.envs.build.CLUSTER_OPTION_SPECS (typed Any: OmegaConf 2.3 cannot merge a dict
+    into a None Optional[Dict]), so a new option is one row there and no edit here."""
+    options = "\n".join(f"    `{option.name}`: {option.summary}."
+                        for option in CLUSTER_OPTION_SPECS)
+    doc = ("`conf/cluster/*.yaml`: instances behind the router and `InstanceConfig`'s fields;\n"
+           "    or `pools` (then `num_instances` is their total; "
+           "conf/cluster/hetero_h100_a100.yaml).\n"
+           "    Cluster-wide options (servegym.envs.build.CLUSTER_OPTION_SPECS), each checked at\n"
+           "    composition by its own check:\n" + options)
+    return dataclasses.make_dataclass(
+        "ClusterConfig",
+        [("num_instances", int, 1),
+         ("instance", InstanceSchema, field(default_factory=InstanceSchema)),
+         ("pools", list[PoolConfig], field(default_factory=list)),
+         *((option.name, Any, None) for option in CLUSTER_OPTION_SPECS)],
+        namespace={"__doc__": doc, "__module__": __name__})
 
-    num_instances: int = 1
-    instance: InstanceSchema = field(default_factory=InstanceSchema)  # type: ignore[valid-type]
-    pools: list[PoolConfig] = field(default_factory=list)
-    network: Any = None  # Any: OmegaConf 2.3 cannot merge a dict into a None Optional[Dict]
-    migration: Any = None  # live migration, {interval_s, ...} (envs/core/migration.py)
-    retain_ttls: Any = None  # KV retention's TTL menu in s (envs/core/retention.py); null: off
+
+ClusterConfig = _cluster_config()
 
 
 # ============================================================================ env
@@ -586,7 +593,7 @@ def _validate_agent(agent: AgentConfig) -> None:
 def _validate_cluster(cluster: ClusterConfig) -> None:
     """The instance settings, checked by `InstanceConfig` itself
     (servegym.envs.build.instance_config) at composition, and the instance count."""
-    from servegym.envs.build import instance_config
+    from servegym.envs.build import check_cluster_options, instance_config
 
     if cluster.num_instances < 1:
         raise ValueError(f"cluster.num_instances must be >= 1, got {cluster.num_instances}")
@@ -594,20 +601,7 @@ def _validate_cluster(cluster: ClusterConfig) -> None:
         instance_config(dataclasses.asdict(cluster.instance))
     except ValueError as error:
         raise ValueError(f"cluster.instance: {error}") from None
-    if cluster.network is not None:
-        from servegym.envs.core.disagg import network_from_config
-
-        network_from_config(cluster.network)  # its own message: zero bandwidth, bad keys
-        if not any(pool.role in ("prefill", "decode") for pool in cluster.pools) and \
-                cluster.migration is None:
-            raise ValueError("cluster.network prices KV transfers between prefill and decode "
-                             "pools; this cluster has none (drop network or set pool roles)")
-
-
-    if cluster.migration is not None:
-        from servegym.envs.core.migration import migration_from_config
-
-        migration_from_config(dict(cluster.migration))  # its own message: bad keys, values
+    check_cluster_options(dataclasses.asdict(cluster))  # each option by its own check
 
 
 def _validate_specs(cfg: TrainConfig) -> None:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from servegym.envs.core.cluster import Pool
@@ -12,14 +14,75 @@ from servegym.envs.costs.base import CostModel
 from servegym.envs.protocol import DecisionKind, Policy
 
 POOL_KEYS = ("name", "count", "role", "instance", "cost", "price_per_hour")
-# A `cluster` config's keys: the layout (num_instances + instance, or pools), then the
-# cluster-wide options, each a `Simulator` keyword argument of the same name. A new
-# topology option is one name here and its `Simulator` argument; the env, train.py's
-# schema (`ClusterConfig`, a field of the same name) and the evaluation harness pass the
-# whole mapping through `simulator_kwargs`, untouched.
 CLUSTER_LAYOUT_KEYS = ("num_instances", "instance", "pools")
-CLUSTER_OPTIONS = ("network", "retain_ttls", "migration")
 COST_KEYS = ("model", "gpu", "tensor_parallel", "source")
+
+
+@dataclass(frozen=True)
+class ClusterOption:
+    """A cluster-wide option: `cluster.<name>` in a config, the `Simulator` keyword argument
+    of the same name. `check` ("module:function") validates a set value at config
+    composition, called as `check(value, cluster)` with the whole cluster mapping; it
+    raises ValueError saying what is wrong. `summary` documents the field in train.py's
+    schema (`servegym.agents.config.ClusterConfig`, whose option fields are made from
+    `CLUSTER_OPTION_SPECS`)."""
+
+    name: str
+    summary: str
+    check: str
+
+
+# A `cluster` config's keys: the layout (num_instances + instance, or pools), then the
+# cluster-wide options. A new topology option is one row here and its `Simulator`
+# argument; train.py's schema, its composition checks, the env and the evaluation harness
+# read this tuple and pass the whole mapping through `simulator_kwargs`, untouched, and
+# the live backend refuses each by name.
+CLUSTER_OPTION_SPECS: tuple[ClusterOption, ...] = (
+    ClusterOption("network", "a disaggregated cluster's prefill-to-decode link, "
+                  "{bandwidth_gbps, latency_s} (servegym.envs.core.disagg.Network); null: "
+                  "the cost model prices it", "servegym.envs.build:check_network"),
+    ClusterOption("retain_ttls", "KV retention's TTL menu in seconds, e.g. [1, 5, 30] "
+                  "(servegym.envs.core.retention); null: retention off",
+                  "servegym.envs.build:check_retain_ttls"),
+    ClusterOption("migration", "live migration between mixed instances (Llumnix), "
+                  "{interval_s, trigger_free_kv, last_stage_blocks, max_stages, "
+                  "max_per_tick} (servegym.envs.core.migration); null: none",
+                  "servegym.envs.build:check_migration"),
+)
+CLUSTER_OPTIONS = tuple(option.name for option in CLUSTER_OPTION_SPECS)
+
+
+def check_cluster_options(cluster: Mapping[str, Any]) -> None:
+    """Every set cluster option checked by its `ClusterOption.check` (config composition)."""
+    for option in CLUSTER_OPTION_SPECS:
+        value = cluster.get(option.name)
+        if value is not None:
+            module, _, name = option.check.partition(":")
+            getattr(importlib.import_module(module), name)(value, cluster)
+
+
+def check_network(value: Any, cluster: Mapping[str, Any]) -> None:
+    from servegym.envs.core.disagg import network_from_config
+
+    network_from_config(value)  # its own message: zero bandwidth, bad keys
+    roles = [pool.get("role") for pool in cluster.get("pools") or ()]
+    if not any(role in ("prefill", "decode") for role in roles) and \
+            cluster.get("migration") is None:
+        raise ValueError("cluster.network prices KV transfers between prefill and decode "
+                         "pools; this cluster has none (drop network or set pool roles)")
+
+
+def check_retain_ttls(value: Any, cluster: Mapping[str, Any]) -> None:
+    from servegym.envs.core.retention import retain_options
+
+    retain_options(list(value) if isinstance(value, Sequence) and
+                   not isinstance(value, str) else value)
+
+
+def check_migration(value: Any, cluster: Mapping[str, Any]) -> None:
+    from servegym.envs.core.migration import migration_from_config
+
+    migration_from_config(dict(value) if isinstance(value, Mapping) else value)
 
 
 def instance_config(fields: Mapping[str, Any] | None) -> InstanceConfig:

@@ -92,6 +92,9 @@ class KindSpec(NamedTuple):
     swappable: `Action.swap` is an answer where the instance has swap space.
     receives_kv: the candidates are instances that would take the decision's request's KV;
         valid only those with room (`InstanceView.can_receive`).
+    default: the policy answering the kind when nobody else does, as "module:Class" (built
+        with no arguments by `servegym.envs.core.decisions.default_policies`): a new kind's
+        default lives in the module that brings the kind, and no list of defaults is edited.
     """
 
     candidates: str
@@ -99,19 +102,26 @@ class KindSpec(NamedTuple):
     stoppable: bool = False
     swappable: bool = False
     receives_kv: bool = False
+    default: str = ""
 
 
 CANDIDATE_SETS = ("instances", "waiting", "running", "options")
+_DEFAULTS = "servegym.envs.core.decisions"
 KIND_SPECS: Mapping[DecisionKind, KindSpec] = MappingProxyType({
-    DecisionKind.ROUTE: KindSpec("instances"),
-    DecisionKind.ADMIT: KindSpec("waiting", stoppable=True),
-    DecisionKind.PREEMPT: KindSpec("running", swappable=True),
-    DecisionKind.PLACE: KindSpec("instances", receives_kv=True),
+    DecisionKind.ROUTE: KindSpec("instances", default=f"{_DEFAULTS}:RoundRobinRouting"),
+    DecisionKind.ADMIT: KindSpec("waiting", stoppable=True,
+                                 default=f"{_DEFAULTS}:FCFSAdmission"),
+    DecisionKind.PREEMPT: KindSpec("running", swappable=True,
+                                   default=f"{_DEFAULTS}:LatestArrivalPreemption"),
+    DecisionKind.PLACE: KindSpec("instances", receives_kv=True,
+                                 default=f"{_DEFAULTS}:MostFreeKVPlacement"),
     # Candidates: the cluster's decoding requests; Action.target: a cluster.instances index.
-    DecisionKind.MIGRATE: KindSpec("running", arity=2, stoppable=True),
+    DecisionKind.MIGRATE: KindSpec("running", arity=2, stoppable=True,
+                                   default=f"{_DEFAULTS}:NeverMigrate"),
     # Candidates: the retention menu (None: release now, 0.0: leave to LRU, ttl > 0: pin
-    # for ttl seconds); request: the finished call; instance: where its KV is.
-    DecisionKind.RETAIN: KindSpec("options"),
+    # for ttl seconds); request: the finished call; instance: where its KV is. Asked only
+    # with retention on.
+    DecisionKind.RETAIN: KindSpec("options", default=f"{_DEFAULTS}:LeaveToLRU"),
 })
 
 

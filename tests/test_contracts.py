@@ -83,6 +83,30 @@ def test_every_kind_has_a_spec_and_a_config_name() -> None:
         DecisionKind.from_control("migrat")
 
 
+def test_every_kind_names_its_default_policy_in_its_spec() -> None:
+    """`default_policies` builds what each `KindSpec.default` names, in kind order, so a new
+    kind brings its default in its own module and edits no list of defaults."""
+    from servegym.envs.core.decisions import default_policies, default_policy_class
+
+    defaults = default_policies()
+    assert list(defaults) == list(DecisionKind)
+    for kind, policy in defaults.items():
+        module, _, name = kind.spec.default.partition(":")
+        assert type(policy).__name__ == name and type(policy).__module__ == module
+        assert type(policy) is default_policy_class(kind) and callable(policy.decide)
+    assert default_policies()[DecisionKind.ADMIT] is not defaults[DecisionKind.ADMIT]
+
+
+def test_a_kind_without_a_default_is_named_in_the_error(monkeypatch) -> None:
+    from servegym.envs.core import decisions
+
+    broken = dict(protocol.KIND_SPECS)
+    broken[DecisionKind.PLACE] = broken[DecisionKind.PLACE]._replace(default="")
+    monkeypatch.setattr(protocol, "KIND_SPECS", broken)
+    with pytest.raises(ValueError, match="DecisionKind.PLACE has no default policy"):
+        decisions.default_policies()
+
+
 @pytest.mark.parametrize("path", RL_SIDE)
 def test_the_rl_side_names_no_decision_kind(path: str) -> None:
     tree = ast.parse((ROOT / path).read_text())

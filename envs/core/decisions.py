@@ -7,6 +7,8 @@ re-exported here for the modules that import it from the core.
 
 from __future__ import annotations
 
+import importlib
+
 import numpy as np
 
 from servegym.envs.protocol import (
@@ -115,19 +117,24 @@ def reset_policies(policies: dict[DecisionKind, Policy], rng: np.random.Generato
 
 
 def default_policies() -> dict[DecisionKind, Policy]:
-    return {
-        DecisionKind.ROUTE: RoundRobinRouting(),
-        DecisionKind.ADMIT: FCFSAdmission(),
-        DecisionKind.PREEMPT: LatestArrivalPreemption(),
-        DecisionKind.PLACE: MostFreeKVPlacement(),
-        DecisionKind.MIGRATE: NeverMigrate(),
-        DecisionKind.RETAIN: LeaveToLRU(),  # asked only with retention on
-    }
+    """A fresh default policy per decision kind, in `DecisionKind` order, each the class its
+    `KindSpec.default` names ("module:Class", built with no arguments)."""
+    return {kind: default_policy_class(kind)() for kind in DecisionKind}
+
+
+def default_policy_class(kind: DecisionKind) -> type:
+    """The class `kind.spec.default` names; a kind without one is an error naming it."""
+    path = kind.spec.default
+    module, _, name = path.partition(":")
+    if not (module and name):
+        raise ValueError(f"DecisionKind.{kind.name} has no default policy: set its KindSpec's "
+                         f"default to 'module:Class' in envs/protocol.py (got {path!r})")
+    return getattr(importlib.import_module(module), name)
 
 
 __all__ = [
     "STOP", "Action", "Decision", "DecisionKind", "FCFSAdmission", "InvalidActionError",
     "LatestArrivalPreemption", "LeaveToLRU", "MostFreeKVPlacement", "NeverMigrate", "Policy",
     "RoundRobinRouting",
-    "default_policies", "reset_policies",
+    "default_policies", "default_policy_class", "reset_policies",
 ]
