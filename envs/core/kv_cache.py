@@ -27,6 +27,12 @@ brings `n` of them back up (the caller decided load vs recompute and queued the 
 the host link, `link_transfer`, which swap traffic shares). Without tiers every path is
 the one above, step for step.
 
+`count_prefix_hits` is asked several times per admission (every `can_admit` of a waiting
+request, then `_admit`); its answer is memoised per request and cleared by every write
+that changes which hashes are cached or which cached ones are unreferenced (evictions,
+claims of unreferenced blocks, publishing, frees and unpins reaching 0, drops, tier
+loads). `check` recomputes every memoised answer.
+
 Invariant (checked by `check`): uncached free blocks + evictable cached blocks + referenced
 cached blocks + private blocks of live requests + reserved blocks + blocks reserved for
 incoming transfers == capacity; with tiers, each tier within its capacity and every block
