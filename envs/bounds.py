@@ -27,6 +27,18 @@ holds for every servegym cost model (iteration time grows with the batch). It ig
 capacity (GPU time, KV memory), so it is loose under overload and tight where the load is
 light and the tail of arrivals decides the makespan: there it shows when even a perfect
 scheduler has less than a few percent to gain over the best heuristic.
+
+`drained_goodput_ceiling(workload, cost_models, must_finish)` is the bound for runs that
+serve every request to its end, as the evaluation harness does (`Simulator.run` drains the
+window; no policy can drop a request it admitted). Then the makespan runs at least to the
+latest earliest finish among the requests that must finish (`must_finish`: those no
+instance rejects on arrival; a request some instance would reject may go unserved, so it
+does not bound the makespan, but it still counts as possibly met), so
+
+    goodput_rps <= min(the bound above, feasible / (max f over must_finish - first arrival)).
+
+It is never looser than `goodput_ceiling` and is much tighter where the last arrivals
+include a long request: the makespan cannot end before it does, met or not.
 """
 
 from __future__ import annotations
@@ -83,22 +95,50 @@ def service_minima(workload: Workload, cost: Any, new_tokens: np.ndarray
     return ttft, tpot
 
 
+def earliest_finishes(workload: Workload, cost_models: Sequence[Any]
+                      ) -> tuple[np.ndarray, np.ndarray]:
+    """(feasible, earliest finish) per request, each alone on the fastest of `cost_models`:
+    feasible when its minima meet both SLO targets (module docstring)."""
+    new = uncached_tokens(workload)
+    minima = [service_minima(workload, cost, new) for cost in cost_models]
+    ttft = np.min([m[0] for m in minima], axis=0)
+    tpot = np.min([m[1] for m in minima], axis=0)
+    feasible = (ttft <= workload.ttft_slo) & (tpot <= workload.tpot_slo)
+    return feasible, workload.arrival_time + ttft + (workload.output_len - 1) * tpot
+
+
 def goodput_ceiling(workload: Workload, cost_models: Sequence[Any]) -> Ceiling:
     """The upper bound of the module docstring, over the fastest of `cost_models`."""
     if not len(workload):
         raise ValueError("goodput_ceiling needs a non-empty workload")
     if not cost_models:
         raise ValueError("goodput_ceiling needs at least one cost model (one per pool)")
-    new = uncached_tokens(workload)
-    minima = [service_minima(workload, cost, new) for cost in cost_models]
-    ttft = np.min([m[0] for m in minima], axis=0)
-    tpot = np.min([m[1] for m in minima], axis=0)
-    feasible = (ttft <= workload.ttft_slo) & (tpot <= workload.tpot_slo)
+    feasible, finish = earliest_finishes(workload, cost_models)
     start = float(workload.arrival_time.min())
-    finish = workload.arrival_time + ttft + (workload.output_len - 1) * tpot
     ends = np.sort(finish[feasible]) - start
     if not ends.size:
         return Ceiling(0.0, 0, len(workload), float("nan"))
     rates = np.arange(1, ends.size + 1) / np.maximum(ends, 1e-12)
     best = int(np.argmax(rates))
     return Ceiling(float(rates[best]), int(feasible.sum()), len(workload), float(ends[best]))
+
+
+def drained_goodput_ceiling(workload: Workload, cost_models: Sequence[Any],
+                            must_finish: np.ndarray | None = None) -> Ceiling:
+    """The bound for runs that serve every request (module docstring). `must_finish`: a
+    boolean mask of the requests that no instance rejects on arrival (None: all of them);
+    `min_makespan_s` is then the makespan floor the bound divides by."""
+    general = goodput_ceiling(workload, cost_models)
+    mask = np.ones(len(workload), dtype=bool) if must_finish is None else \
+        np.asarray(must_finish, dtype=bool)
+    if mask.shape != (len(workload),):
+        raise ValueError(f"must_finish has shape {mask.shape}; give one flag per request "
+                         f"({len(workload)})")
+    if not mask.any() or not general.feasible:
+        return general
+    _, finish = earliest_finishes(workload, cost_models)
+    floor = float(finish[mask].max() - workload.arrival_time.min())
+    drained = general.feasible / max(floor, 1e-12)
+    if drained >= general.goodput_rps:
+        return general
+    return Ceiling(float(drained), general.feasible, general.requests, floor)
