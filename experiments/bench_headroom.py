@@ -128,6 +128,7 @@ def evaluate(env_id: str, overrides: Sequence[str]) -> dict[str, Any]:
     probe = learners.make_env(config.env.id, kwargs, config.env.policies, monitor=False)()
     setting = training.build_setting(config, probe)
     costs = [pool.cost for pool in probe.unwrapped.sim.pools]
+    probe.reset(seed=0)  # builds the instances (their arrival rejection rules)
     instances = list(probe.unwrapped.sim.instances)
     episodes = training.final_episodes(config, setting)
     ceilings = [goodput_ceiling(e.workload, costs).goodput_rps for e in episodes]
