@@ -501,8 +501,18 @@ class BlockManager:
     def check(self, live: list[Request]) -> None:
         """Raise if any block is leaked, double-counted, negative or over capacity
         (`reserved` blocks count as used: they belong to an iteration in flight; so do
-        blocks reserved for incoming transfers, which must add up to `incoming_blocks`)."""
-        referenced = sum(1 for refs in self.refcount.values() if refs > 0)
+        blocks reserved for incoming transfers, which must add up to `incoming_blocks`).
+
+        Its passes over the whole cache run in C (map, count, isdisjoint): the simulator
+        calls it once per instance at the end of every run, and after every event with
+        debug checks; a negative reference count takes the plain comprehensions."""
+        refcount = self.refcount
+        counts = list(refcount.values())
+        negative = bool(counts) and min(counts) < 0
+        if negative:
+            referenced = sum(1 for refs in counts if refs > 0)
+        else:
+            referenced = len(counts) - counts.count(0)
         private = self.reserved + self.incoming_blocks
         refs_seen: dict[int, int] = {}
         for request in live:
@@ -526,10 +536,17 @@ class BlockManager:
         total = self.free_uncached + len(self.evictable) + referenced + private
         if total != self.num_blocks:
             problems.append(f"blocks do not add up: {total} accounted of {self.num_blocks}")
-        live_refs = {h: r for h, r in self.refcount.items() if r > 0}
-        if live_refs != refs_seen:
+        if negative:
+            agree = {h: r for h, r in refcount.items() if r > 0} == refs_seen
+        else:
+            # The positive counts equal `refs_seen` (all >= 1) iff there are as many and
+            # each hash seen has its count.
+            agree = referenced == len(refs_seen) and \
+                list(map(refcount.get, refs_seen)) == list(refs_seen.values())
+        if not agree:
             problems.append("prefix-cache reference counts disagree with the requests")
-        if any(self.refcount.get(h) != 0 for h in self.evictable):
+        evictable = self.evictable
+        if list(map(refcount.get, evictable)).count(0) != len(evictable):
             problems.append("an evictable block is still referenced")
         swapped = sum(request.swapped_blocks for request in live)
         if swapped != self.swap_used:

@@ -259,21 +259,26 @@ class TierStore:
         the tiers, a block in two tiers or both on the GPU and below."""
         problems = []
         seen = 0
+        where = self.where
         for level, lru in enumerate(self.levels):
             if len(lru) > self.capacity[level]:
                 problems.append(f"tier {self.tiers[level].name} holds {len(lru)} blocks, "
                                 f"capacity {self.capacity[level]}")
-            for block_hash in lru:
-                seen += 1
-                if self.where.get(block_hash) != level:
+            booked = list(map(where.get, lru))  # each block's booked level, in C
+            if booked.count(level) == len(booked):
+                seen += len(booked)
+                continue
+            for index, (block_hash, booked_level) in enumerate(zip(lru, booked, strict=True)):
+                if booked_level != level:  # the first one booked elsewhere
+                    seen += index + 1
                     problems.append(f"block {block_hash} in tier {self.tiers[level].name} "
                                     "is booked elsewhere")
                     break
-        if seen != len(self.where):
-            problems.append(f"tiers hold {seen} blocks but {len(self.where)} are booked "
+        if seen != len(where):
+            problems.append(f"tiers hold {seen} blocks but {len(where)} are booked "
                             "(a block in two tiers)")
-        both = [h for h in self.where if h in gpu_hashes]
-        if both:
+        if not where.keys().isdisjoint(gpu_hashes):
+            both = [h for h in where if h in gpu_hashes]
             problems.append(f"{len(both)} block(s) both on the GPU and in a lower tier")
         return problems
 
