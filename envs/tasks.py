@@ -317,33 +317,43 @@ DISAGGREGATED = replace(
 
 # Live migration (Llumnix, Sun et al., OSDI 2024; envs/core/migration.py): every 0.1 s
 # (`cluster.migration.interval_s`, up to 2 moves per tick) the agent moves nothing or one
-# decoding request of the least free instance to another instance; the KV is copied in
-# stages while it keeps decoding, then a short stop. Four vLLM v1 instances of Llama-3-8B
-# on H100s with 1200 KV blocks each (19k tokens: KV-bound, as Llumnix's setting is),
-# round-robin dispatch (the default router: blind to output lengths, so load drifts
-# apart), a bursty load: gamma arrivals (cv 3) at 20 req/s, prompts log-normal mean 600
-# (cv 1.5, <= 6000), outputs mean 400 (cv 1.5, <= 3000); the rewards' default SLOs (TTFT
-# 2 s, TPOT 0.1 s).
-# Measured (results/headroom_migration.md, experiments/bench_headroom.py, 5 test windows):
-# migrate-balance and -priority-headroom 14.77, migrate-defrag 14.64, migrate-never 13.35
-# req/s goodput (attainment 0.988 vs 0.904; p99 TTFT 1.5 vs 5.3 s): spread 0.096, BELOW the
-# 0.25 of tests/test_headroom.py (first window 0.186). Migration recovers most of what
-# round-robin loses, but never loses only ~10% of requests here; at 16-18 req/s the rules
-# tie, at 22+ overload sinks them alike (probed 16-28 req/s, 900-1600 blocks, TTFT 1-2 s,
-# random/rr dispatch, 2-8 instances: the spread stayed at or below ~0.23).
-MIGRATION_RATE = 20.0
+# decoding request to another instance; the KV is copied in stages while it keeps
+# decoding, then a short stop. Eight vLLM v1 instances of Llama-3-8B on H100s with 800 KV
+# blocks each (12.8k tokens: KV-bound, as Llumnix's setting is, each instance holds only
+# ~5 requests), round-robin dispatch (the default router: blind to lengths), gamma
+# arrivals (cv 1.5: bursty) at 13 req/s, long prompts, log-normal mean 2000 (cv 1,
+# <= 8000: up to 62% of an instance's KV), outputs mean 400 (cv 1, <= 2000); the
+# rewards' default SLOs (TTFT 2 s, TPOT 0.1 s). Why these values: migration is worth what
+# pooling the cluster's KV is worth over eight separate pools, which is large when each
+# instance holds few requests: round-robin leaves one instance with a queue head that does
+# not fit (KV fragmentation across instances, Llumnix's de-fragmentation case) while
+# others have room, and its queue misses the TTFT SLO until running requests finish
+# there. Measured (results/headroom_migration_v1.md, experiments/bench_headroom.py, 5
+# test windows): migrate-balance and -priority-headroom 8.80, migrate-defrag 8.32,
+# migrate-never 5.61 req/s goodput (SLO attainment 0.774 vs 0.537): spread 0.363, every
+# window 0.315-0.399 (first 0.399); drained ceiling 11.58 req/s (envs/bounds.py: +32%
+# above the best rule for a policy that serves every request).
+# The previous setting (4 x 1200 blocks, prompts mean 600 cv 1.5, outputs mean 400 cv 1.5
+# <= 3000, gamma cv 3 at 20 req/s; results/headroom_migration.md) had spread 0.096: with
+# many small requests per instance round-robin balances well, and heavy-tailed windows or
+# cv-3 bursts (which round-robin spreads over every instance alike) decide the score, not
+# migration. Probed on the way (5 windows each, tmp scripts): 4 x 1200 blocks with these
+# lengths peaks at 0.29 in a narrow band (8.5 req/s; 0.16-0.24 on seeds 1-2); 8 x 800
+# at 13 req/s: 0.394 and 0.298 on workload seeds 1 and 2, 0.347 on the train split, 0.336
+# at 12.5 and 0.326 at 12 req/s (best attainment 0.95 there: too light), 0.30 at 13.5.
+MIGRATION_RATE = 13.0
 MIGRATION = replace(
     ADMISSION,
     id="servegym/Migration-v0",
     control=("migrate",),
     workload={"source": {
         "kind": "synthetic", "name": "bursty_long_tail", "duration_s": 3600,
-        "arrivals": {"process": "gamma", "rate": MIGRATION_RATE, "cv": 3.0},
-        "prompt": {"dist": "lognormal", "mean": 600, "cv": 1.5, "high": 6000},
-        "output": {"dist": "lognormal", "mean": 400, "cv": 1.5, "high": 3000},
+        "arrivals": {"process": "gamma", "rate": MIGRATION_RATE, "cv": 1.5},
+        "prompt": {"dist": "lognormal", "mean": 2000, "cv": 1.0, "high": 8000},
+        "output": {"dist": "lognormal", "mean": 400, "cv": 1.0, "high": 2000},
     }},
     rate=MIGRATION_RATE,
-    cluster={"num_instances": 4, "instance": {"num_kv_blocks": 1200},
+    cluster={"num_instances": 8, "instance": {"num_kv_blocks": 800},
              "migration": {"interval_s": 0.1, "max_per_tick": 2}},
 )
 

@@ -33,11 +33,7 @@ import pytest
 IDS = bench_headroom.registered_ids()
 # Ids known to miss the spread target, with the measurement that says so. Strict: once a
 # retuned setting separates the heuristics, the XPASS fails and the entry must go.
-BELOW_TARGET = {
-    "servegym/Migration-v0": "spread 0.096 over 5 windows, 0.186 on the first "
-    "(results/headroom_migration.md); no setting probed (16-28 req/s, 900-1600 KV blocks, "
-    "arrival cv 1-5, 2-8 instances, longer prompts or outputs) reached 0.25",
-}
+BELOW_TARGET: dict[str, str] = {}
 SPREAD_IDS = [pytest.param(i, marks=pytest.mark.xfail(strict=True, reason=BELOW_TARGET[i]))
               if i in BELOW_TARGET else i for i in IDS]
 
