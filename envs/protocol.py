@@ -310,16 +310,15 @@ class Decision:
                     f"{self.kind.name} decision needs an int or Action, got {action!r}"
                 ) from None
         spec = KIND_SPECS[self.kind]
-        name = self.kind.name
         choice = action.choice
         if action.target is not None and spec.arity < 2:
             raise InvalidActionError(
-                f"{name}: an answer names one candidate; Action.target is for "
+                f"{self.kind.name}: an answer names one candidate; Action.target is for "
                 "decisions of arity 2")
         if choice == STOP:
             if not self.can_stop():
                 raise InvalidActionError(
-                    f"{name}: STOP is not allowed here "
+                    f"{self.kind.name}: STOP is not allowed here "
                     + ("(the instance would idle while a waiting request fits)"
                        if spec.stoppable else
                        f"(stoppable kinds: {[k.name for k in DecisionKind if k.spec.stoppable]})")
@@ -327,25 +326,25 @@ class Decision:
             return action
         if not 0 <= choice < len(self.candidates):
             raise InvalidActionError(
-                f"{name}: choice {choice} out of range, "
+                f"{self.kind.name}: choice {choice} out of range, "
                 f"{len(self.candidates)} candidates (valid: 0..{len(self.candidates) - 1}"
                 + (", or STOP=-1)" if spec.stoppable else ")")
             )
         if spec.candidates == "waiting" and \
                 not self.instance.can_admit(self.candidates[choice]):
             raise InvalidActionError(
-                f"{name}: waiting request {self.candidates[choice].rid} does not fit now "
+                f"{self.kind.name}: waiting request {self.candidates[choice].rid} does not fit now "
                 "(token budget, sequence cap or KV blocks); consult Decision.mask()"
             )
         if spec.receives_kv and not self.candidates[choice].can_receive(self.request):
             raise InvalidActionError(
-                f"{name}: instance {self.candidates[choice].index} has no room for "
+                f"{self.kind.name}: instance {self.candidates[choice].index} has no room for "
                 f"request {self.request.rid}'s KV now; consult Decision.mask()")
         if spec.arity == 2:
             self._validate_target(choice, action.target)
         if action.swap and not self.can_swap():
             raise InvalidActionError(
-                f"{name}: swap requested but this instance has no swap space "
+                f"{self.kind.name}: swap requested but this instance has no swap space "
                 "(set swap_space_blocks > 0) or the decision cannot swap (swappable kinds: "
                 f"{[k.name for k in DecisionKind if k.spec.swappable]})"
             )
