@@ -27,9 +27,10 @@ Settings:
   g) Live migration (envs/core/migration.py): (c) with servegym/Migration-v0's controller
      on (MIGRATE every 0.1 s answered by migrate-balance, up to 2 moves per tick); the
      issue's migration speed case.
-  h) Migration-v0's own KV-bound setting: four instances of (b) with 1200 KV blocks each,
-     round-robin, the controller of (g), its bursty long-tailed load (gamma arrivals, cv 3)
-     at 16 req/s: many migrations, and short decode runs (little free KV per request).
+  h) Migration-v0's own KV-bound setting as envs/tasks.py states it (since 88ba7e0: eight
+     instances of (b) with 800 KV blocks each, its bursty long-prompt load at its rate of
+     13 req/s), round-robin, the controller of (g): many migrations, and short decode runs
+     (little free KV per request). Before 88ba7e0 it was 4 x 1200 blocks at 16 req/s.
 
 Each case runs in its own subprocess on one core, so peak RSS is per case.
 
@@ -184,10 +185,10 @@ def run_case(case: str, requests: int) -> dict:
         if case == "g":
             rate = 0.9 * saturation_rate(cost, config, 2000) * instances
             workload = poisson_workload(requests, rate, 8192, SEED)
-        else:
+        else:  # Migration-v0's own setting: its instances, KV blocks, workload and rate
             from servegym.envs.workloads import build_workload
 
-            rate = 16.0
+            instances, rate = task.cluster["num_instances"], task.rate
             config = InstanceConfig(mode="vllm_v1", max_num_seqs=256,
                                     max_num_batched_tokens=8192,
                                     num_kv_blocks=task.cluster["instance"]["num_kv_blocks"])
