@@ -114,7 +114,7 @@ KIND_SPECS: Mapping[DecisionKind, KindSpec] = MappingProxyType({
     DecisionKind.PREEMPT: KindSpec("running", swappable=True,
                                    default=f"{_DEFAULTS}:LatestArrivalPreemption"),
     DecisionKind.PLACE: KindSpec("instances", receives_kv=True,
-                                 default=f"{_DEFAULTS}:MostFreeKVPlacement"),
+                                 default="servegym.envs.core.disagg:MostFreeKVPlacement"),
     # Candidates: the cluster's decoding requests; Action.target: a cluster.instances index.
     DecisionKind.MIGRATE: KindSpec("running", arity=2, stoppable=True,
                                    default=f"{_DEFAULTS}:NeverMigrate"),

@@ -17,8 +17,8 @@ from sim_fixtures import AffineCost
 
 from servegym.envs.core import decode_runs
 from servegym.envs.core.cluster import Pool
-from servegym.envs.core.decisions import MostFreeKVPlacement, default_policies
-from servegym.envs.core.disagg import DecodeInstance
+from servegym.envs.core.decisions import default_policies
+from servegym.envs.core.disagg import DecodeInstance, MostFreeKVPlacement
 from servegym.envs.core.instance import InstanceConfig
 from servegym.envs.core.simulator import Simulator
 from servegym.envs.protocol import DecisionKind

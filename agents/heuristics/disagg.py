@@ -10,7 +10,7 @@ queue and, after prefill, to the least-loaded decode instance; these are those r
 * `LeastPrefillTokens` (ROUTE): the prefill instance with the fewest outstanding prefill
   tokens (prompt tokens not yet computed, of its waiting and running requests), ties by
   fewest queued requests, then the lowest index.
-* `MostFreeKVPlacement` (PLACE; the simulator's default, envs/core/decisions.py): the
+* `MostFreeKVPlacement` (PLACE; the simulator's default, envs/core/disagg.py): the
   decode instance with the most free KV blocks among those with room now; ties: lowest
   index.
 * `LeastRunningPlacement` (PLACE, load-aware): among decode instances with room now, the
@@ -24,7 +24,7 @@ All read the views only (instances' queues and `bm`), as of the decision.
 
 from __future__ import annotations
 
-from servegym.envs.core.decisions import MostFreeKVPlacement
+from servegym.envs.core.disagg import MostFreeKVPlacement
 from servegym.envs.protocol import Decision, InstanceView
 
 

@@ -71,6 +71,22 @@ if TYPE_CHECKING:
 TRANSFER = EventKind.TRANSFER
 
 
+class MostFreeKVPlacement:
+    """PLACE default (disaggregation): the decode instance with the most free KV blocks
+    among those with room for the request now; ties: the lowest index."""
+
+    reads_token_state = False  # (see FCFSAdmission)
+
+    def decide(self, decision: Decision) -> int:
+        request = decision.request
+        best, most = -1, -1
+        for index, instance in enumerate(decision.candidates):
+            free = instance.bm.num_free
+            if free > most and instance.can_receive(request):
+                best, most = index, free
+        return best
+
+
 @dataclass(frozen=True)
 class Network:
     """The link between prefill and decode instances: `bandwidth_gbps` (Gbit/s per GPU,
