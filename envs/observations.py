@@ -399,9 +399,8 @@ class ObservationEncoder:
         return buffer.copy()
 
     def _admit_slots(self, decision: Decision) -> list[int]:
-        can_admit = decision.instance.can_admit
-        candidates = decision.candidates
-        fitting = [i for i, request in enumerate(candidates) if can_admit(request)]
+        fits = decision.instance.admissible(decision.candidates)
+        fitting = [i for i, fit in enumerate(fits) if fit]
         return self._ranked_slots(decision, fitting, self._admit_sorts)
 
     def _preempt_slots(self, decision: Decision) -> list[int]:

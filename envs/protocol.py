@@ -216,6 +216,10 @@ class InstanceView(Protocol):
 
     def can_admit(self, request: Any) -> bool: ...
 
+    def admissible(self, requests: Sequence[Any]) -> list[bool]:
+        """`can_admit` of each of `requests`, in order (one pass: the ADMIT mask)."""
+        ...
+
     def can_stop_admitting(self) -> bool: ...
 
     def can_receive(self, request: Any) -> bool:

@@ -34,7 +34,7 @@ KV state changes only through the block manager (`bm`); the queues are the insta
 
 from __future__ import annotations
 
-from collections.abc import Generator
+from collections.abc import Generator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -160,6 +160,30 @@ class BatchBuilding:
             return max(budget, 0)
         # Without chunking, a recompute longer than the budget runs alone, else never.
         return 0 if plan.entries or plan.bulk else remaining
+
+    def admissible(self, requests: Sequence[Request]) -> list[bool]:
+        """`can_admit` of each of `requests`, in order, in one pass: the checks that do not
+        depend on the request hoisted, and `can_admit`'s common case (vllm_v1, no cache
+        hits possible, the remainder within the budget) inlined; every other request goes
+        through `can_admit` itself, the reference (tests/test_admissible.py)."""
+        if len(self.running) >= self.config.max_num_seqs:
+            return [False] * len(requests)
+        can_admit = self.can_admit
+        if self.v0:
+            return [can_admit(request) for request in requests]
+        bm = self.bm
+        prefix_caching = bm.enable_prefix_caching
+        budget = self.plan.budget
+        block_size = self.block_size
+        room = bm.free_uncached + len(bm.evictable) - self.watermark_blocks
+        out = []
+        for request in requests:
+            remaining = request.prompt_len + request.num_generated
+            if remaining <= budget and not (prefix_caching and request.prefix_hashes):
+                out.append(-(-remaining // block_size) <= room)
+            else:
+                out.append(can_admit(request))
+        return out
 
     def can_stop_admitting(self) -> bool:
         return bool(self.plan.entries or self.running) or not any(map(self.can_admit,

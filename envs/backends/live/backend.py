@@ -174,6 +174,9 @@ class LiveInstance:
         return (self.bm.blocks_for(request.num_computed + chunk) - request.num_blocks
                 + watermark <= self._free)
 
+    def admissible(self, requests: list[Request]) -> list[bool]:
+        return [self.can_admit(request) for request in requests]
+
     def can_receive(self, request: Request) -> bool:
         """Never: a live engine takes no KV by transfer (no KV connector is wired, and the
         live backend refuses every cluster option that would move KV), so no decision
