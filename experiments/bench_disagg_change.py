@@ -62,6 +62,26 @@ install_tree_finder()
 sys.path.insert(0, str(tree / "experiments"))
 import numpy as np
 import bench_sim
+def run_digest(sim, report, token_times, extra=None):
+    # summary and counters, `extra` (a migration record) if given, every request's
+    # timeline, every instance's KV samples and token gaps
+    digest = hashlib.sha256()
+    digest.update(repr(sorted(report.summary.items())).encode())
+    digest.update(repr(sorted(report.counters.items())).encode())
+    if extra is not None:
+        digest.update(repr(extra).encode())
+    for r in sim.requests:
+        digest.update(repr((r.rid, r.status, r.instance, r.first_token_time,
+                            r.last_token_time, r.num_generated,
+                            r.token_times if token_times else None)).encode())
+    for instance in sim.instances:
+        gaps = instance.gaps
+        digest.update(repr((list(instance.kv_times), list(instance.kv_used),
+                            list(gaps.run_first), list(gaps.run_last),
+                            list(gaps.run_count), list(gaps.run_weight),
+                            list(gaps.singles), instance.busy_time,
+                            instance.num_iterations)).encode())
+    return digest.hexdigest()[:16]
 from servegym.agents.heuristics import make_policy
 from servegym.envs.core import disagg
 from servegym.envs.core.cluster import Pool
@@ -101,21 +121,8 @@ else:
         sim = Simulator(pools=pools, policies=policies, debug_checks=debug,
                         record_token_times=token_times)
         report = sim.run(workload, seed=0)
-        digest = hashlib.sha256()
-        digest.update(repr(sorted(report.summary.items())).encode())
-        digest.update(repr(sorted(report.counters.items())).encode())
-        for r in sim.requests:
-            digest.update(repr((r.rid, r.status, r.instance, r.first_token_time,
-                                r.last_token_time, r.num_generated,
-                                r.token_times if token_times else None)).encode())
-        for instance in sim.instances:
-            gaps = instance.gaps
-            digest.update(repr((list(instance.kv_times), list(instance.kv_used),
-                                list(gaps.run_first), list(gaps.run_last),
-                                list(gaps.run_count), list(gaps.run_weight),
-                                list(gaps.singles), instance.busy_time,
-                                instance.num_iterations)).encode())
-        digests[f"{n}/{rate:g}/{place or 'place-most-free-kv'}"] = digest.hexdigest()[:16]
+        digests[f"{n}/{rate:g}/{place or 'place-most-free-kv'}"] = run_digest(
+            sim, report, token_times)
     # Live migration (envs/core/migration.py): 4 colocated instances, round-robin, a
     # MIGRATE policy every 0.1 s (up to 2 moves per tick); "kv": Migration-v0's KV-bound
     # setting (1200 blocks, bursty long-tailed load, spec written out here so a retuned
@@ -144,26 +151,12 @@ else:
                         record_token_times=token_times,
                         migration={"interval_s": 0.1, "max_per_tick": 2})
         report = sim.run(workload, seed=0)
-        digest = hashlib.sha256()
-        digest.update(repr(sorted(report.summary.items())).encode())
-        digest.update(repr(sorted(report.counters.items())).encode())
         migration = sim.migration
-        digest.update(repr((sorted(migration.stats().items()), sorted(migration.aborts.items()),
-                            [(m.number, m.request.rid, m.source.index, m.target.index, m.start,
-                              m.end, m.outcome, m.copied, m.held, m.stages, m.stage_times)
-                             for m in migration.ended])).encode())
-        for r in sim.requests:
-            digest.update(repr((r.rid, r.status, r.instance, r.first_token_time,
-                                r.last_token_time, r.num_generated,
-                                r.token_times if token_times else None)).encode())
-        for instance in sim.instances:
-            gaps = instance.gaps
-            digest.update(repr((list(instance.kv_times), list(instance.kv_used),
-                                list(gaps.run_first), list(gaps.run_last),
-                                list(gaps.run_count), list(gaps.run_weight),
-                                list(gaps.singles), instance.busy_time,
-                                instance.num_iterations)).encode())
-        digests[f"{n}/{load}/{name}"] = digest.hexdigest()[:16]
+        moves = (sorted(migration.stats().items()), sorted(migration.aborts.items()),
+                 [(m.number, m.request.rid, m.source.index, m.target.index, m.start,
+                   m.end, m.outcome, m.copied, m.held, m.stages, m.stage_times)
+                  for m in migration.ended])
+        digests[f"{n}/{load}/{name}"] = run_digest(sim, report, token_times, moves)
     print(json.dumps({"digest": digests}))
 """
 
