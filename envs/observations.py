@@ -17,9 +17,11 @@ PREEMPT-style request slots of one source, each slot a (request, target) pair:
     MIGRATE  the source is the least free instance (Llumnix's freeness: free KV blocks
              after its queue's demand, per running request) among those with a request
              some other instance can take; its slots are up to K of those requests drawn
-             as PREEMPT's (`preempt_keys`), each paired with the instance with the most
-             free KV blocks that can take it (`Decision.target_mask`); STOP: migrate
-             nothing. Global features are the source's; the kind one-hot is all zero.
+             as PREEMPT's (`preempt_keys`), each paired with the freest instance (the same
+             freeness, ties: lowest index) that can take it (`Decision.target_mask`):
+             Llumnix's destination. STOP: migrate nothing. Global features are the
+             source's, 13-14 the source's and the freest instance's freeness; the kind
+             one-hot is all zero; slot features 21-22 say what the move does.
 
 Candidate slots (candidate sets, observation layout version `OBS_LAYOUT_VERSION`):
     ADMIT    up to K waiting requests that fit into the batch now, drawn round-robin from
@@ -60,6 +62,8 @@ Global features (the deciding instance; for ROUTE, the cluster):
                                 RETAIN: the call that finished)
     14 request output estimate  squash(tokens, 256)
     15 request prefix hits      cached fraction of its prompt blocks (ROUTE: best instance)
+    MIGRATE (no request): 13 the source's freeness, 14 the freest instance's, each
+    signed_squash(freeness, FREENESS_SCALE); 15 0
 
 Slot features for requests (ADMIT, PREEMPT):
     0 valid  1 prompt squash(tokens, 1024)  2 tokens done / tokens  3 output estimate
@@ -71,6 +75,10 @@ Slot features for requests (ADMIT, PREEMPT):
     candidates (1 = that rule's pick), 0 beyond its first K (why: lengths squashed to
     [0, 1) differ by ~1e-4 between long prompts, so "the shortest" must be said outright;
     the shared scorer sees no slot positions)
+    21-22 MIGRATE's pair (layout 4): the freeness gap (target minus source) after the move
+    and before it, each signed_squash(gap, FREENESS_SCALE), with the source's and the
+    target's usage changed by the request's blocks as Llumnix's balance check computes
+    them (migrate-balance moves when 0 < gap after < gap before); 0 for other kinds
 Slot features for instances (ROUTE, PLACE):
     0 valid  1 waiting squash(n, max_num_seqs)  2 running / max_num_seqs  3 KV used fraction
     4 queued prompt tokens squash(tokens, budget)  5 prefix hit fraction for the arriving
@@ -78,7 +86,7 @@ Slot features for instances (ROUTE, PLACE):
     8 pool index / (pools - 1), 0 with one pool (envs/core/cluster.py)
     9 receives_kv kinds (PLACE): the instance has room for the request now (1) or not
     (0); ROUTE: 0  10 receives_kv kinds: free KV fraction left after taking the
-    request's blocks; ROUTE: 0  11-20 0
+    request's blocks; ROUTE: 0  11-22 0
 Slot features for options ("options": RETAIN's menu; the decision's request is the call
 that finished, its features are the same in every slot):
     0 valid  1 the option's value squashed: squash(ttl, 10) (0 for None and 0.0)
@@ -87,7 +95,7 @@ that finished, its features are the same in every slot):
     5 the request's turn squash(turn, 8)  6 its program's remaining critical path
     squash(calls, 4)  7 the option's value / the menu's largest  8 0
     9-14 the tool kind that follows the request, one-hot (kinds 0-5; none for -1 or >= 6)
-    15-20 0
+    15-22 0
 """
 
 from __future__ import annotations
@@ -109,18 +117,29 @@ if TYPE_CHECKING:
 GLOBAL_FEATURES = 16
 BASE_SLOT_FEATURES = 9
 MAX_ROLES = 6  # sort keys per decision kind
-SLOT_FEATURES = BASE_SLOT_FEATURES + 2 * MAX_ROLES  # base, role one-hot, rank per key
-OBS_LAYOUT_VERSION = 3  # saved with every agent; an agent of another layout is refused
+PAIR_FEATURES = 2  # MIGRATE's (request, target) pair: the freeness gap after and before
+SLOT_FEATURES = BASE_SLOT_FEATURES + 2 * MAX_ROLES + PAIR_FEATURES  # + role, rank per key
+# saved with every agent; an agent of another layout is refused. 4: MIGRATE's targets by
+# Llumnix's freeness, its freeness features (global 13-14, slot 21-22).
+OBS_LAYOUT_VERSION = 4
+# Blocks per running request that map to 0.5 in signed_squash (Llumnix's busy freeness).
+FREENESS_SCALE = 64.0
 DEFAULT_ADMIT_KEYS = ("oldest", "shortest_prefill", "shortest_prefill_on_time",
                       "shortest_output", "least_slack_on_time")
 DEFAULT_PREEMPT_KEYS = ("newest", "most_blocks", "least_progress", "longest_remaining")
 RATE_WINDOW_S = 10.0
+NO_PAIR = (0.0,) * PAIR_FEATURES  # slot features 21-22 of every kind but MIGRATE
 # Slot features 9-14 of a request slot: the role's one-hot rows (immutable).
 ROLE_ONE_HOT = tuple(tuple(float(i == role) for i in range(MAX_ROLES)) for role in range(MAX_ROLES))
 
 
 def squash(value: float, scale: float) -> float:
     return value / (value + scale) if value > 0 else 0.0
+
+
+def signed_squash(value: float, scale: float) -> float:
+    """value / (|value| + scale): in (-1, 1), the sign kept (freeness can be negative)."""
+    return value / (abs(value) + scale)
 
 
 def _ttft_deadline(encoder: ObservationEncoder, request: Request) -> float:
@@ -326,6 +345,8 @@ class ObservationEncoder:
         self.slot_choice: list[int] = []  # slot -> index into decision.candidates
         self.slot_target: list[int] = []  # arity 2 (MIGRATE): slot -> target instance
         self.pair_index: list[int] = []
+        self.slot_pairs: list[tuple[float, float]] = []  # arity 2: slot features 21-22
+        self.pair_globals = [0.0, 0.0]  # arity 2: global features 13-14
         self.mask = np.zeros(self.num_actions, dtype=bool)
         self.buffer = np.zeros(self.size, dtype=np.float32)
         self.episode_requests = 1
@@ -368,7 +389,9 @@ class ObservationEncoder:
         elif spec.candidates == "running" and spec.arity == 2:
             source, view, slots = self._pair_slots(decision, sim)
             features = self._global(source, sim, kind, None)
-            features += self._request_slots(view, slots, kind) if slots else []
+            features[13:15] = self.pair_globals
+            features += self._request_slots(view, slots, kind, self.slot_pairs) \
+                if slots else []
             slots = [self.pair_index[i] for i in slots]
             mask[: len(slots)] = True
             mask[self.stop_action] = decision.can_stop()
@@ -411,19 +434,23 @@ class ObservationEncoder:
                     sim: Simulator) -> tuple[Instance | None, Decision, list[int]]:
         """MIGRATE (module docstring): the source, a view of the decision restricted to
         its movable requests, and the slots (indices into the view's candidates);
-        `pair_index` maps them to the decision's candidates, `slot_target` to targets."""
+        `pair_index` maps them to the decision's candidates, `slot_target` to targets,
+        `slot_pairs` gives their features 21-22 and `pair_globals` global 13-14."""
         by_source: dict[int, list[int]] = {}
         for index, request in enumerate(decision.candidates):
             by_source.setdefault(request.instance, []).append(index)
         instances = sim.instances
-
-        def freeness(inst: Any) -> float:
+        # Llumnix's virtual usage and freeness (agents/heuristics/llumnix.py's expressions).
+        usage, free = [], []
+        for inst in instances:
             bm = inst.bm
-            demand = sum(bm.blocks_for(r.prompt_len + r.num_generated) for r in inst.waiting)
-            return (bm.num_free - demand) / max(1, len(inst.running))
-
-        by_free = sorted(range(len(instances)), key=lambda t: (-instances[t].bm.num_free, t))
-        for source in sorted(by_source, key=lambda s: (freeness(instances[s]), s)):
+            used = bm.num_used + sum(bm.blocks_for(r.prompt_len + r.num_generated)
+                                     for r in inst.waiting)
+            usage.append(used)
+            free.append((bm.num_blocks - used) / max(1, len(inst.running)))
+        by_free = sorted(range(len(instances)), key=lambda t: (-free[t], t))
+        self.pair_globals = [0.0, signed_squash(free[by_free[0]], FREENESS_SCALE)]
+        for source in sorted(by_source, key=lambda s: (free[s], s)):
             movable, targets = [], []
             for index in by_source[source]:
                 valid = decision.target_mask(index)
@@ -439,10 +466,26 @@ class ObservationEncoder:
             slots = self._preempt_slots(view)
             self.pair_index = movable
             self.slot_target = [targets[i] for i in slots]
+            self.pair_globals[0] = signed_squash(free[source], FREENESS_SCALE)
+            self.slot_pairs = [self._pair(view.candidates[i].num_blocks, instances, usage,
+                                          free, source, targets[i]) for i in slots]
             return instances[source], view, slots
-        self.pair_index, self.slot_target = [], []
+        self.pair_index, self.slot_target, self.slot_pairs = [], [], []
         view = Decision(decision.kind, decision.time, [], cluster=sim)
         return None, view, []
+
+    @staticmethod
+    def _pair(blocks: int, instances: Sequence[Any], usage: list[int], free: list[float],
+              source: int, target: int) -> tuple[float, float]:
+        """Slot features 21-22: the freeness gap (target - source) after moving `blocks`
+        and before, as migrate-balance's check computes them (same denominators)."""
+        origin, dest = instances[source], instances[target]
+        after_source = (origin.bm.num_blocks - (usage[source] - blocks)) / \
+            max(1, len(origin.running))
+        after_target = (dest.bm.num_blocks - (usage[target] + blocks)) / \
+            max(1, len(dest.running))
+        return (signed_squash(after_target - after_source, FREENESS_SCALE),
+                signed_squash(free[target] - free[source], FREENESS_SCALE))
 
     def _ranked_slots(self, decision: Decision, indices: list[int],
                       sorts: Sequence[Callable[..., float]]) -> list[int]:
@@ -525,8 +568,8 @@ class ObservationEncoder:
         best = max(inst.bm.count_prefix_hits(request)[0] for inst in instances)
         return best / len(request.prefix_hashes)
 
-    def _request_slots(self, decision: Decision, slots: list[int],
-                       kind: DecisionKind) -> list[float]:
+    def _request_slots(self, decision: Decision, slots: list[int], kind: DecisionKind,
+                       pairs: Sequence[tuple[float, float]] | None = None) -> list[float]:
         now = decision.time
         instance = decision.instance
         bm = instance.bm
@@ -571,6 +614,7 @@ class ObservationEncoder:
             out += ROLE_ONE_HOT[roles[position]]
             out += ranks[position]
             out += padding
+            out += pairs[position] if pairs is not None else NO_PAIR
         return out
 
     @staticmethod
@@ -637,5 +681,5 @@ class ObservationEncoder:
                 0.0,
             )
             out += tool
-            out += [0.0] * MAX_ROLES
+            out += [0.0] * (MAX_ROLES + PAIR_FEATURES)
         return out

@@ -141,7 +141,8 @@ class ServingEnv(gym.Env):
 
     ## Version History
     v0: initial release; observation layout 3 (candidate sets with roles and per-key ranks),
-    horizon ends.
+    horizon ends; layout 4 (MIGRATE: Llumnix's destination and freeness features; two
+    slot features more for every kind, 0 outside MIGRATE).
     """
 
     metadata = {"render_modes": []}
@@ -468,6 +469,8 @@ class ServingEnv(gym.Env):
         if action.choice not in encoder.slot_choice:
             return None
         slot = encoder.slot_choice.index(action.choice)
+        if action.target is not None and encoder.slot_target[slot] != action.target:
+            return None  # MIGRATE: the slot pairs the request with another instance
         swap = encoder.num_slots + slot
         # A swap the host memory cannot take now is a recompute, as the instance plays it.
         return swap if action.swap and encoder.mask[swap] else slot

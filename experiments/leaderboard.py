@@ -7,6 +7,8 @@
     python experiments/leaderboard.py aggregate <earlier folder> <new folder>  # one table
     python experiments/leaderboard.py baselines --task preemption \
         --policies swap-always-most-blocks,preempt-least-progress   # heuristics added later
+    python experiments/leaderboard.py aggregate results/leaderboard_jobs.json <new folder>
+    python experiments/leaderboard.py aggregate <new folder> --carry results/leaderboard.json
 
 `run` launches one Hydra multirun of train.py over the leaderboard jobs and the seeds:
 
@@ -26,7 +28,15 @@ attainment of every policy, the best heuristic, and each agent's gap to it:
 
 * `results/leaderboard.md` and `.json` (the latest; the command that made them at the
   top) and `results/history/leaderboard_<stamp>.md` (never overwritten);
-* `results/leaderboard.png`: goodput rate per task, agents beside the best heuristics.
+* `results/leaderboard.png`: goodput rate per task, agents beside the best heuristics;
+* `results/leaderboard_jobs.json`: what every job it read contributes (task, algorithm,
+  seed, budget, command, each policy's two metrics), committed with the table: a source
+  `aggregate` reads like a folder, so the table can be made again, and extended with new
+  jobs, on a machine where the job folders (multirun/, not in git) are gone.
+
+`--carry <earlier leaderboard.json>` keeps the summaries of the tasks that no given job
+covers, as that leaderboard computed them (its per-seed values were not kept before the
+job store existed); the table names every carried task and the leaderboard it comes from.
 
 Verdicts (on each agent's headline row, the mode its job reports, greedy by default, so no
 row is picked on the held-out windows): "wins" when its mean goodput rate is at least 5%
@@ -60,6 +70,7 @@ AGENT_ROWS = {"agent": "best, greedy", "agent-best-sampled": "best, sampled",
               "agent-best-greedy": "best, greedy", "agent-last-greedy": "last, greedy",
               "agent-last-sampled": "last, sampled"}
 MARGIN = 0.05
+JOB_STORE_KIND = "servegym-leaderboard-jobs"
 
 
 # ============================================================================ collect
@@ -80,6 +91,70 @@ def headline_labels(jobs: Sequence[Mapping[str, Any]]) -> dict[str, set[str]]:
         if algo != "heuristic":
             labels.add(f"{algo} ({agent_mode(job, 'agent')})")
     return out
+
+
+def load_jobs(sources: Sequence[Path]) -> tuple[list[dict[str, Any]], list[Path]]:
+    """Jobs from multirun folders (`find_jobs`) and job stores (`.json` files that
+    `write_job_store` wrote), in the order given; failed jobs of the folders."""
+    jobs: list[dict[str, Any]] = []
+    failed: list[Path] = []
+    folders = [Path(s) for s in sources if not str(s).endswith(".json")]
+    for source in sources:
+        if str(source).endswith(".json"):
+            store = json.loads(Path(source).read_text())
+            if store.get("kind") != JOB_STORE_KIND:
+                raise SystemExit(f"{source} is not a leaderboard job store (no "
+                                 f"kind={JOB_STORE_KIND!r}); give multirun folders or "
+                                 "results/leaderboard_jobs.json")
+            jobs += store["jobs"]
+    if folders:
+        found, failed = find_jobs(folders)
+        commands = dict(zip(folders, sweep_commands_each(folders), strict=True))
+        for job in found:
+            job.setdefault("sweep_command", next(
+                (c for f, c in commands.items() if c and str(job["_job"]).startswith(str(f))),
+                None))
+        jobs += found
+    return jobs, failed
+
+
+def sweep_commands_each(folders: Sequence[Path]) -> list[str | None]:
+    """The multirun command of each folder (Hydra's multirun.yaml), None where absent."""
+    return [next(iter(sweep_commands([f], [{"command": None}])), None) for f in folders]
+
+
+def compact_job(job: Mapping[str, Any]) -> dict[str, Any]:
+    """What `collect`, `markdown` and the budgets read of a job's metrics.json."""
+    config = job["config"]
+    return {
+        "_job": str(job.get("_job", "?")), "seed": int(job["seed"]),
+        "command": job.get("command"), "sweep_command": job.get("sweep_command"),
+        "overrides": list(job.get("overrides", [])),
+        "config": {"env": {"id": config["env"]["id"]},
+                   "agent": {"algo": config["agent"]["algo"],
+                             "total_timesteps": config["agent"].get("total_timesteps", 0)},
+                   "eval": {"deterministic": config["eval"].get("deterministic", True)}},
+        "eval": {"policies": {label: {k: means.get(k, math.nan) for k in (HEADLINE, ATTAINMENT)}
+                              for label, means in job["eval"]["policies"].items()}},
+    }
+
+
+def write_job_store(path: Path, jobs: Sequence[Mapping[str, Any]], stamp: str) -> None:
+    payload = {"kind": JOB_STORE_KIND, "created": stamp,
+               "jobs": [compact_job(job) for job in jobs]}
+    atomic_write(path, lambda h: json.dump(payload, h, indent=1, default=float),
+                 overwrite=True)
+
+
+def carried_tasks(path: Path, covered: set[str]) -> tuple[dict[str, Any], str]:
+    """The task summaries of an earlier leaderboard.json that `covered` lacks, and its
+    stamp."""
+    earlier = json.loads(Path(path).read_text())
+    if "tasks" not in earlier or "created" not in earlier:
+        raise SystemExit(f"--carry {path}: not a leaderboard.json (no 'tasks'/'created')")
+    return ({task: {**summary, "carried_from": earlier["created"]}
+             for task, summary in earlier["tasks"].items() if task not in covered},
+            earlier["created"])
 
 
 def collect(jobs: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, dict[int, dict]]]:
@@ -204,8 +279,9 @@ def markdown(summaries: Mapping[str, Mapping[str, Any]], command: str, folders: 
     lines = [
         f"# Leaderboard ({stamp})", "",
         f"Command: `{command}`", "",
-        *[f"Jobs made by: `{c}`" for c in sweep_commands([Path(f) for f in folders], jobs)],
+        *[f"Jobs made by: `{c}`" for c in job_commands(jobs)],
         "",
+        *carried_note(summaries),
         f"Jobs: {', '.join(folders)}. Held-out split, 5 windows per seed, mean and 95% CI "
         "over seeds; goodput rate = requests meeting both SLOs (TTFT, TPOT) per second of "
         "makespan. Agents: the best checkpoint by the periodic evaluation on training "
@@ -221,6 +297,26 @@ def markdown(summaries: Mapping[str, Mapping[str, Any]], command: str, folders: 
     for task, summary in summaries.items():
         lines += [f"## {task}", "", *task_table(summary), ""]
     return "\n".join(lines)
+
+
+def job_commands(jobs: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Each sweep's command once (in job order), else the job's own command."""
+    seen: dict[str, None] = {}
+    for job in jobs:
+        command = job.get("sweep_command") or job.get("command")
+        if command:
+            seen.setdefault(command, None)
+    return list(seen)
+
+
+def carried_note(summaries: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    carried: dict[str, list[str]] = {}
+    for task, summary in summaries.items():
+        if "carried_from" in summary:
+            carried.setdefault(summary["carried_from"], []).append(task)
+    return [f"Carried from the leaderboard of {stamp} (`results/history/leaderboard_{stamp}"
+            f".md`: its jobs, commands and budgets; their folders are not on this machine): "
+            f"{', '.join(tasks)}.\n" for stamp, tasks in carried.items()]
 
 
 def leaderboard_figure(summaries: Mapping[str, Mapping[str, Any]]) -> Any:
@@ -279,21 +375,26 @@ def plot(path: Path, summaries: Mapping[str, Mapping[str, Any]]) -> None:
 
 
 # ============================================================================ commands
-def aggregate(folders: Sequence[Path], out: Path, command: str) -> dict[str, Any]:
-    jobs, failed = find_jobs(folders)
+def aggregate(folders: Sequence[Path], out: Path, command: str,
+              carry: Path | None = None) -> dict[str, Any]:
+    jobs, failed = load_jobs(folders)
     if not jobs:
         raise SystemExit(f"no finished jobs under {[str(f) for f in folders]}; failed: "
                          f"{[str(f) for f in failed]}")
     table = collect(jobs)
     headlines = headline_labels(jobs)
     summaries = {task: {**task_summary(table[task]), "headline_agents": sorted(headlines[task])}
-                 for task in sorted(table)}
+                 for task in table}
+    if carry is not None:
+        summaries.update(carried_tasks(carry, set(summaries))[0])
+    summaries = {task: summaries[task] for task in sorted(summaries)}
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     text = markdown(summaries, command, [str(f) for f in folders], failed, stamp, jobs)
     payload = {"created": stamp, "command": command, "tasks": summaries,
                "failed": [str(f) for f in failed]}
     atomic_write(history_path(out / "history", stamp), lambda h: h.write(text))
     atomic_write(out / "leaderboard.md", lambda h: h.write(text), overwrite=True)
+    write_job_store(out / "leaderboard_jobs.json", jobs, stamp)
     atomic_write(out / "leaderboard.json",
                  lambda h: json.dump(payload, h, indent=2, default=float), overwrite=True)
     plot(out / "leaderboard.png", summaries)
@@ -351,7 +452,10 @@ def main(argv: Sequence[str] | None = None) -> None:
                        "the new folder with earlier ones for the full table")
     run_p.add_argument("overrides", nargs="*", help="extra train.py overrides for every job")
     agg_p = sub.add_parser("aggregate", help="the table from finished multirun folders")
-    agg_p.add_argument("folders", nargs="+", type=Path)
+    agg_p.add_argument("folders", nargs="+", type=Path,
+                       help="multirun folders and job stores (results/leaderboard_jobs.json)")
+    agg_p.add_argument("--carry", type=Path, default=None,
+                       help="an earlier leaderboard.json: keep its tasks that no job covers")
     base_p = sub.add_parser("baselines", help="heuristic-only jobs for one task (no "
                             "training), to aggregate beside an earlier run")
     base_p.add_argument("--task", required=True, help="a conf/env option, e.g. preemption")
@@ -371,7 +475,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         sys.argv[1:] if argv is None else list(argv))
     folders = [run(args.seeds, args.jobs, args.overrides, args.experiments)] \
         if args.command == "run" else args.folders
-    aggregate(folders, args.out, command)
+    aggregate(folders, args.out, command, getattr(args, "carry", None))
 
 
 if __name__ == "__main__":

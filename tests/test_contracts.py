@@ -120,7 +120,7 @@ def test_the_rl_side_names_no_decision_kind(path: str) -> None:
 
 def test_the_observation_layout_is_pinned() -> None:
     # Bump OBS_LAYOUT_VERSION (saved agents of another layout are refused) when these move.
-    assert (OBS_LAYOUT_VERSION, GLOBAL_FEATURES, SLOT_FEATURES) == (3, 16, 21)
+    assert (OBS_LAYOUT_VERSION, GLOBAL_FEATURES, SLOT_FEATURES) == (4, 16, 23)
 
 
 def serving_sim(env_id: str = "servegym/Serving-v0") -> Any:

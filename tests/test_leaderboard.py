@@ -86,3 +86,49 @@ def test_the_plot_says_what_its_whiskers_are_and_clips_them_at_zero(tmp_path: Pa
     # and adds a history entry beside the first
     leaderboard.aggregate([sweep], tmp_path / "out", "test")
     assert len(list((tmp_path / "out" / "history").glob("leaderboard_*.md"))) == 2
+
+
+def test_the_job_store_remakes_the_table_without_the_job_folders(tmp_path: Path) -> None:
+    import shutil
+
+    sweep = tmp_path / "sweep"
+    for seed in (0, 1, 2):
+        job(sweep / f"a{seed}", "T", "maskable_ppo", seed, 10.0 + seed, 9.0,
+            {"fcfs": 5.0, "spf": 10.0 + 0.5 * seed})
+    first = leaderboard.aggregate([sweep], tmp_path / "out", "test")
+    store = tmp_path / "out" / "leaderboard_jobs.json"
+    kept = tmp_path / "kept.json"
+    shutil.copy(store, kept)
+    shutil.rmtree(sweep)  # the folders are gone (a fresh clone): the store remakes the table
+    again = leaderboard.aggregate([kept], tmp_path / "out2", "test")
+    assert again["tasks"] == first["tasks"]
+    assert "python train.py seed=0" in (tmp_path / "out2" / "leaderboard.md").read_text()
+    # and new jobs join the stored ones (the heuristics must agree, as for folders)
+    extra = tmp_path / "extra"
+    for seed in (0, 1, 2):
+        job(extra / f"p{seed}", "T", "ppo", seed, 7.0, 7.0, {"spf": 10.0 + 0.5 * seed})
+    both = leaderboard.aggregate([kept, extra], tmp_path / "out3", "test")
+    assert {"maskable_ppo (best, greedy)", "ppo (best, greedy)"} <= set(both["tasks"]["T"]["rows"])
+    with pytest.raises(SystemExit, match="not a leaderboard job store"):
+        leaderboard.aggregate([tmp_path / "out" / "leaderboard.json"], tmp_path / "o4", "t")
+
+
+def test_carried_tasks_keep_their_summaries_and_are_named(tmp_path: Path) -> None:
+    old = tmp_path / "old"
+    for seed in (0, 1):
+        job(old / f"a{seed}", "Old", "ppo", seed, 3.0, 3.0, {"spf": 4.0})
+        job(old / f"b{seed}", "T", "ppo", seed, 1.0, 1.0, {"spf": 4.0})
+    earlier = leaderboard.aggregate([old], tmp_path / "out", "test")
+    new = tmp_path / "new"
+    for seed in (0, 1):
+        job(new / f"b{seed}", "T", "ppo", seed, 5.0, 5.0, {"spf": 4.0})
+    payload = leaderboard.aggregate([new], tmp_path / "out2", "test",
+                                    carry=tmp_path / "out" / "leaderboard.json")
+    carried = payload["tasks"]["Old"]
+    assert carried["rows"] == json.loads(json.dumps(earlier["tasks"]["Old"]["rows"]))
+    assert carried["carried_from"] == earlier["created"]
+    # the new jobs' task replaces the earlier one's (not carried)
+    assert "carried_from" not in payload["tasks"]["T"]
+    assert payload["tasks"]["T"]["rows"]["ppo (best, greedy)"]["goodput_rps"][0] == 5.0
+    text = (tmp_path / "out2" / "leaderboard.md").read_text()
+    assert f"Carried from the leaderboard of {earlier['created']}" in text and ": Old." in text

@@ -379,3 +379,54 @@ def test_defrag_makes_room_for_a_queued_request_that_does_not_fit() -> None:
     assert chosen.prompt_len == 280
     assert make_policy("migrate-defrag").decide(
         loaded_first_instance([40], [400]).next_decision()) == STOP
+
+
+def test_migrate_slots_show_what_migrate_balance_checks() -> None:
+    """Layout 4: every MIGRATE slot pairs its request with Llumnix's destination (the freest
+    instance that can take it) and features 21-22 carry migrate-balance's check (move when
+    0 < gap after < gap before). Over a loaded episode: whenever the teacher moves a
+    request that is in a slot, that slot has the teacher's target and passes the check;
+    whenever it stops while its source is busy, the encoder's source is the same and no
+    slot passes; and the teacher's moves can be imitated (`action_index` finds them)."""
+    import gymnasium as gym
+
+    import servegym  # noqa: F401  (registers the ids)
+    from servegym.agents.heuristics import make_policy
+    from servegym.agents.heuristics.llumnix import virtual_freeness
+    from servegym.envs.observations import (
+        BASE_SLOT_FEATURES,
+        GLOBAL_FEATURES,
+        MAX_ROLES,
+        SLOT_FEATURES,
+    )
+
+    env = gym.make("servegym/Migration-v0", episode_requests=300).unwrapped
+    teacher = make_policy("migrate-balance")
+    obs, info = env.reset(seed=1)
+    pair = BASE_SLOT_FEATURES + 2 * MAX_ROLES
+    moves = busy_stops = 0
+    done = False
+    while not done:
+        decision = env.sim.next_decision()
+        slots = obs[GLOBAL_FEATURES:].reshape(env.encoder.num_slots, SLOT_FEATURES)
+        used = len(env.encoder.slot_choice)
+        passes = [0 < slots[i, pair] < slots[i, pair + 1] for i in range(used)]
+        answer = teacher.decide(decision)
+        action = env.action_index(answer)
+        if answer != STOP:
+            assert action is not None or answer.choice not in env.encoder.slot_choice
+            if action is not None:
+                moves += 1
+                assert env.encoder.slot_target[action] == answer.target
+                assert passes[action]
+        elif used and obs[13] < 0.5:  # the encoder's source is busy (freeness < 64)
+            instances = env.sim.instances
+            owners = {r.instance for r in decision.candidates}
+            source = min(owners, key=lambda s: (virtual_freeness(instances[s]), s))
+            if source == decision.candidates[env.encoder.slot_choice[0]].instance:
+                busy_stops += 1  # the teacher looked at the same source and found no move
+                assert not any(passes)
+        obs, _, terminated, truncated, info = env.step(
+            action if action is not None else env.encoder.stop_action)
+        done = terminated or truncated
+    assert moves > 10 and busy_stops > 10  # the test saw both kinds of answer
