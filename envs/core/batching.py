@@ -186,11 +186,35 @@ class BatchBuilding:
         return out
 
     def can_stop_admitting(self) -> bool:
-        return bool(self.plan.entries or self.running) or not any(map(self.can_admit,
-                                                                       self.waiting))
+        return bool(self.plan.entries or self.running) or not self.any_admissible()
 
     def any_admissible(self) -> bool:
-        return any(map(self.can_admit, self.waiting))
+        """`any(map(self.can_admit, self.waiting))`, with `admissible`'s hoisting. Asked
+        before every ADMIT decision and decode run, it scans the whole queue whenever
+        nothing fits (a long queue behind full KV), so its common case is one comparison:
+        with no cache hits possible and the remainder within the budget, `can_admit`'s
+        `ceil(remaining / block_size) <= room` is `remaining <= room * block_size` (exact
+        for integers). Every other request goes through `can_admit` itself, the reference
+        (tests/test_admissible.py)."""
+        waiting = self.waiting
+        if not waiting or len(self.running) >= self.config.max_num_seqs:
+            return False
+        can_admit = self.can_admit
+        if self.v0:
+            return any(map(can_admit, waiting))
+        bm = self.bm
+        prefix_caching = bm.enable_prefix_caching
+        budget = self.plan.budget
+        room = bm.free_uncached + len(bm.evictable) - self.watermark_blocks
+        fits_up_to = room * self.block_size  # the longest remainder whose blocks fit
+        for request in waiting:
+            remaining = request.prompt_len + request.num_generated
+            if remaining <= budget and not (prefix_caching and request.prefix_hashes):
+                if remaining <= fits_up_to:
+                    return True
+            elif can_admit(request):
+                return True
+        return False
 
     def _admit(self, request: Request, now: float) -> None:
         bm, plan = self.bm, self.plan
