@@ -89,6 +89,11 @@ def train_agent(config: TrainConfig, setting: training.Setting, run_dir: Path,
     if remaining:
         model.learn(remaining, callback=callbacks, reset_num_timesteps=checkpoint is None)
     wall = time.perf_counter() - started
+    evolution = None
+    if config.agent.evolution.iterations:  # after RL, from its best model (agents/evolution.py)
+        if evaluator.model is None:  # a resumed run with no RL steps left
+            evaluator.init_callback(model)
+        evolution = training.evolve_actor(config, setting, model, evaluator, logger.log)
     learners.save_agent(model, run_dir / "model", setting.metadata)
     venv.close()
     best = training.keep_best(run_dir, evaluator.best_path)
@@ -97,6 +102,7 @@ def train_agent(config: TrainConfig, setting: training.Setting, run_dir: Path,
             "resumed_from": str(checkpoint) if checkpoint else None,
             "progress_csv": str(run_dir / "sb3" / "progress.csv"),
             "periodic_eval": evaluator.history, "warm_start": warm or None,
+            "evolution": evolution,
             "reward_baseline": baseline,
             "best": {"timesteps": evaluator.best_timesteps, "metric": config.eval.metric,
                      "train_value": evaluator.best_value if best else None,

@@ -127,6 +127,7 @@ class ServingEvaluation(_Every):
         self.best_value = -np.inf
         self.best_path: Path | None = None
         self.best_timesteps: int | None = None
+        self.best_state: dict[str, Any] | None = None  # the best policy's weights, in memory
         self.episodes = list(episodes)
         self.metadata = metadata
         self.cost = cost
@@ -139,7 +140,9 @@ class ServingEvaluation(_Every):
         if self.at_start:  # a warm-started model competes for the best checkpoint
             self.fire()
 
-    def fire(self) -> None:
+    def fire(self, stage: str = "") -> float:
+        """Evaluate the current model; `stage` names a model made after RL (the
+        evolution's, agents/evolution.py), saved as `best_step_<steps>_<stage>`."""
         policy = policy_from_model(self.model, self.metadata,
                                    self.model.get_vec_normalize_env(),
                                    bool(self.metadata["eval_deterministic"]))
@@ -151,11 +154,13 @@ class ServingEvaluation(_Every):
         self.log(metrics, self.model.num_timesteps)
         value = float(means.get(self.metric, np.nan))
         if self.run_dir is not None and value > self.best_value:  # NaN never wins
-            self._save_best(value)
+            self._save_best(value, stage)
+        return value
 
-    def _save_best(self, value: float) -> None:
+    def _save_best(self, value: float, stage: str = "") -> None:
         steps = int(self.model.num_timesteps)
-        folder = Path(self.run_dir) / CHECKPOINTS / f"best_step_{steps:010d}"
+        name = f"best_step_{steps:010d}" + (f"_{stage}" if stage else "")
+        folder = Path(self.run_dir) / CHECKPOINTS / name
         save_agent(self.model, folder, self.metadata, extra={"best_metric": self.metric,
                                                              "best_value": value})
         if self.best_path is not None:
@@ -163,6 +168,8 @@ class ServingEvaluation(_Every):
 
             shutil.rmtree(self.best_path, ignore_errors=True)
         self.best_value, self.best_path, self.best_timesteps = value, folder, steps
+        self.best_state = {k: v.detach().clone()
+                           for k, v in self.model.policy.state_dict().items()}
 
 
 class EpisodeServing(BaseCallback):

@@ -194,6 +194,24 @@ class WarmStartConfig:
 
 
 @dataclass
+class EvolutionConfig:
+    """Evolution strategies on the actor's weights after RL (agents/evolution.py), from the
+    best model so far; 0 `iterations`: off. Each iteration scores `population` candidates
+    (antithetic pairs at noise `sigma`) on `windows` windows drawn from a pool of `pool`
+    training-split windows, then takes an Adam step of `learning_rate`; `workers` forked
+    processes share the evaluations (the result does not depend on their number).
+    PPO, MaskablePPO and A2C on per-decision envs."""
+
+    iterations: int = 0
+    population: int = 16
+    windows: int = 4
+    pool: int = 40
+    sigma: float = 0.02
+    learning_rate: float = 0.01
+    workers: int = 2
+
+
+@dataclass
 class AgentConfig:
     """Fields every agent has; subclasses add the algorithm's hyperparameters.
 
@@ -206,6 +224,7 @@ class AgentConfig:
     `scorer_hidden` / `scorer_embed` its layer sizes, or "auto": the scorer for PPO and
     MaskablePPO on per-decision envs, the MLP otherwise (interval envs, A2C, DQN).
     warm_start: imitation of a heuristic before RL (`WarmStartConfig`).
+    evolution: evolution strategies on the goodput rate after RL (`EvolutionConfig`).
     reward_baseline: the input-dependent reward baseline (agents/reward_baseline.py): a
     heuristic spec for the controlled decisions whose return on the same window is
     subtracted from the agent's, "teacher" (the warm start's teacher), or None (off).
@@ -225,6 +244,7 @@ class AgentConfig:
     scorer_embed: int = 32
     device: str = "cpu"
     warm_start: WarmStartConfig = field(default_factory=WarmStartConfig)
+    evolution: EvolutionConfig = field(default_factory=EvolutionConfig)
     reward_baseline: str | None = None
 
     def sb3_kwargs(self) -> dict[str, Any]:
@@ -508,6 +528,7 @@ def validate(cfg: TrainConfig) -> None:
     _validate_cluster(cfg.cluster)
     _validate_interval(cfg)
     _validate_warm_start(cfg)
+    _validate_evolution(cfg)
     _validate_reward_baseline(cfg)
     _validate_pools(cfg.cluster)
 
@@ -710,8 +731,35 @@ def _validate_warm_start(cfg: TrainConfig) -> None:
                          f"{warm.learning_rate}")
 
 
+def _validate_evolution(cfg: TrainConfig) -> None:
+    """Evolution needs an actor-critic on per-decision decisions and sane sizes."""
+    evo = cfg.agent.evolution
+    if evo.iterations < 0:
+        raise ValueError(f"agent.evolution.iterations must be >= 0 (0: off), got "
+                         f"{evo.iterations}")
+    if evo.iterations == 0:
+        return
+    if cfg.agent.algo not in ("ppo", "maskable_ppo", "a2c") or _interval_id(cfg.env.id):
+        raise ValueError(f"agent.evolution searches the actor of a per-decision "
+                         f"actor-critic (ppo, maskable_ppo, a2c), not agent.algo="
+                         f"{cfg.agent.algo!r} on {cfg.env.id}; set agent.evolution.iterations=0")
+    if evo.population < 2 or evo.population % 2:
+        raise ValueError(f"agent.evolution.population must be an even number >= 2 "
+                         f"(antithetic pairs), got {evo.population}")
+    if not 1 <= evo.windows <= evo.pool:
+        raise ValueError(f"agent.evolution.windows must be in [1, agent.evolution.pool="
+                         f"{evo.pool}], got {evo.windows}")
+    if evo.workers < 1:
+        raise ValueError(f"agent.evolution.workers must be >= 1, got {evo.workers}")
+    for key in ("sigma", "learning_rate"):
+        value = getattr(evo, key)
+        if not (value > 0 and math.isfinite(value)):
+            raise ValueError(f"agent.evolution.{key} must be a finite number > 0, got {value}")
+
+
 __all__ = [
-    "ALGORITHMS", "A2CConfig", "AgentConfig", "CheckpointConfig", "ClusterConfig",
+    "ALGORITHMS", "A2CConfig", "AgentConfig", "EvolutionConfig", "CheckpointConfig",
+    "ClusterConfig",
     "PoolConfig",
     "CostConfig", "DQNConfig", "EnvConfig", "EvalConfig", "HeuristicConfig", "LoggerConfig",
     "PPOConfig", "TrainConfig", "WarmStartConfig", "WorkloadConfig", "register_configs",

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import platform
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -336,6 +337,44 @@ def warm_start(config: TrainConfig, setting: Setting, model: Any,
     log.info("warm start: cloned %s from %d decisions (agreement %.3f)", spec,
              facts["samples"], facts["agreement"])
     return {"teacher": spec, "teacher_scores": scores, **facts}
+
+
+def evolve_actor(config: TrainConfig, setting: Setting, model: Any, evaluator: Any,
+                 log_metrics: Callable[[dict[str, float], int], None]) -> dict[str, Any]:
+    """`agent.evolution` (agents/evolution.py) from the best model so far (`evaluator`'s, the
+    periodic evaluation's, else the current one), then the result competes for the best
+    model on the periodic windows; what `metrics.json` records as `train.evolution`."""
+    from servegym.agents.evaluation import compare
+    from servegym.agents.evolution import EVOLUTION, SearchSpace, evolve
+    from servegym.agents.learned import policy_from_model, scheduler_for
+
+    evo = config.agent.evolution
+    if evaluator.best_state is not None:
+        model.policy.load_state_dict(evaluator.best_state)
+    start_value = evaluator.best_value
+    windows = episodes_for(config, setting, config.env.split, evo.pool, EVOLUTION)
+    space = SearchSpace.actor_of(model.policy)
+    metadata = setting.metadata
+    normalizer = model.get_vec_normalize_env()
+
+    def fitness(theta: Any, indices: Sequence[int]) -> float:
+        space.put(theta)
+        policy = policy_from_model(model, metadata, normalizer,
+                                   bool(metadata["eval_deterministic"]))
+        scheduler = scheduler_for(policy, metadata["controlled"], metadata["policies"])
+        rows = compare({"agent": lambda: scheduler}, [windows[i] for i in indices],
+                       setting.cost, setting.kwargs["cluster"])
+        return float(policy_means(rows)["agent"].get(config.eval.metric, math.nan))
+
+    history = evolve(space, fitness, evo.pool, evo.iterations, evo.population, evo.windows,
+                     evo.sigma, evo.learning_rate, config.seed, evo.workers, log_metrics)
+    value = evaluator.fire("evolution")
+    kept = evaluator.best_path is not None and evaluator.best_path.name.endswith("_evolution")
+    log.info("evolution: %d iterations, periodic %s %.4f (best before %.4f): %s",
+             evo.iterations, config.eval.metric, value, start_value,
+             "kept as the best model" if kept else "not kept")
+    return {"history": history, "start_value": start_value, "periodic_value": value,
+            "kept": kept}
 
 
 def keep_best(run_dir: Path, best_checkpoint: Path | None) -> Path | None:
