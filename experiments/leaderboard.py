@@ -74,6 +74,14 @@ JOB_STORE_KIND = "servegym-leaderboard-jobs"
 
 
 # ============================================================================ collect
+def agent_name(job: Mapping[str, Any]) -> str:
+    """A job's agent as the table names it: the algorithm, "+es" when the job ran the
+    evolution stage after RL (agents/evolution.py)."""
+    agent = job["config"]["agent"]
+    evolved = (agent.get("evolution") or {}).get("iterations", 0)
+    return f"{agent['algo']}+es" if evolved else str(agent["algo"])
+
+
 def agent_mode(job: Mapping[str, Any], label: str) -> str:
     """The mode of the headline "agent" row follows the job's eval.deterministic."""
     if label != "agent":
@@ -86,10 +94,9 @@ def headline_labels(jobs: Sequence[Mapping[str, Any]]) -> dict[str, set[str]]:
     """task -> the labels of its agents' headline rows (the jobs' "agent" rows)."""
     out: dict[str, set[str]] = {}
     for job in jobs:
-        algo = job["config"]["agent"]["algo"]
         labels = out.setdefault(job["config"]["env"]["id"], set())
-        if algo != "heuristic":
-            labels.add(f"{algo} ({agent_mode(job, 'agent')})")
+        if job["config"]["agent"]["algo"] != "heuristic":
+            labels.add(f"{agent_name(job)} ({agent_mode(job, 'agent')})")
     return out
 
 
@@ -132,7 +139,9 @@ def compact_job(job: Mapping[str, Any]) -> dict[str, Any]:
         "overrides": list(job.get("overrides", [])),
         "config": {"env": {"id": config["env"]["id"]},
                    "agent": {"algo": config["agent"]["algo"],
-                             "total_timesteps": config["agent"].get("total_timesteps", 0)},
+                             "total_timesteps": config["agent"].get("total_timesteps", 0),
+                             "evolution": {"iterations": (config["agent"].get("evolution")
+                                                          or {}).get("iterations", 0)}},
                    "eval": {"deterministic": config["eval"].get("deterministic", True)}},
         "eval": {"policies": {label: {k: means.get(k, math.nan) for k in (HEADLINE, ATTAINMENT)}
                               for label, means in job["eval"]["policies"].items()}},
@@ -172,7 +181,8 @@ def collect(jobs: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, dict[int, 
         for label, means in job["eval"]["policies"].items():
             if label in AGENT_ROWS and algo == "heuristic":
                 continue
-            name = f"{algo} ({agent_mode(job, label)})" if label in AGENT_ROWS else label
+            name = f"{agent_name(job)} ({agent_mode(job, label)})" if label in AGENT_ROWS \
+                else label
             values = {k: means.get(k, math.nan) for k in (HEADLINE, ATTAINMENT)}
             seen = rows.setdefault(name, {}).setdefault(seed, values)
             if label not in AGENT_ROWS and not same_values(seen, values):
@@ -273,7 +283,7 @@ def task_table(summary: Mapping[str, Any]) -> list[str]:
 
 def markdown(summaries: Mapping[str, Mapping[str, Any]], command: str, folders: Sequence[str],
              failed: Sequence[Path], stamp: str, jobs: Sequence[Mapping[str, Any]]) -> str:
-    budgets = sorted({(j["config"]["env"]["id"], j["config"]["agent"]["algo"],
+    budgets = sorted({(j["config"]["env"]["id"], agent_name(j),
                        j["config"]["agent"].get("total_timesteps", 0)) for j in jobs
                       if j["config"]["agent"]["algo"] != "heuristic"})
     lines = [

@@ -132,3 +132,22 @@ def test_carried_tasks_keep_their_summaries_and_are_named(tmp_path: Path) -> Non
     assert payload["tasks"]["T"]["rows"]["ppo (best, greedy)"]["goodput_rps"][0] == 5.0
     text = (tmp_path / "out2" / "leaderboard.md").read_text()
     assert f"Carried from the leaderboard of {earlier['created']}" in text and ": Old." in text
+
+
+def test_an_evolved_agent_has_its_own_rows(tmp_path: Path) -> None:
+    sweep = tmp_path / "sweep"
+    for seed in (0, 1):
+        job(sweep / f"a{seed}", "T", "maskable_ppo", seed, 10.0, 10.0, {"spf": 10.0})
+        job(sweep / f"e{seed}", "T", "maskable_ppo", seed, 11.0, 11.0, {"spf": 10.0})
+        path = sweep / f"e{seed}" / "metrics.json"
+        metrics = json.loads(path.read_text())
+        metrics["config"]["agent"]["evolution"] = {"iterations": 3}
+        path.write_text(json.dumps(metrics))
+    payload = leaderboard.aggregate([sweep], tmp_path / "out", "test")
+    task = payload["tasks"]["T"]
+    assert task["headline_agents"] == ["maskable_ppo (best, greedy)",
+                                       "maskable_ppo+es (best, greedy)"]
+    assert task["rows"]["maskable_ppo+es (best, greedy)"]["goodput_rps"][0] == 11.0
+    again = leaderboard.aggregate([tmp_path / "out" / "leaderboard_jobs.json"],
+                                  tmp_path / "out2", "test")
+    assert again["tasks"]["T"]["headline_agents"] == task["headline_agents"]
