@@ -495,6 +495,12 @@ class ObservationEncoder:
             self.slot_roles = [0] * len(slots)
             self.slot_ranks = [[1.0 / (1 + p)] for p in range(len(slots))]
             return slots
+        if len(indices) == 1:
+            # A lone candidate (the median ADMIT decision of a busy queue: one request
+            # fits) is every key's pick: role 0, rank 1 under each key.
+            self.slot_roles = [0]
+            self.slot_ranks = [[1.0] * len(sorts)]
+            return list(indices)
         candidates = decision.candidates
         k = self.num_slots
         columns = _KeyColumns(self, candidates, indices, decision.time)

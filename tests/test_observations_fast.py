@@ -119,6 +119,22 @@ def test_nan_values_are_left_to_the_pairs() -> None:
         encoder, decision, list(range(12)), sorts)
 
 
+def test_a_lone_candidate_ranks_as_before() -> None:
+    """The one-candidate shortcut of `_ranked_slots` gives the plain path's slots, roles
+    and ranks, for each key set (NaN estimates included) and either candidate position."""
+    rng = np.random.default_rng(1)
+    encoder = ObservationEncoder(8, 1.5, 10.0, lambda r: r.est)
+    decision = random_queue(rng, 5, now=2.0)
+    decision.candidates[4].est = math.nan
+    key_sets = [encoder._admit_sorts, encoder._preempt_sorts, [ADMIT_KEYS["oldest"]],
+                [ADMIT_KEYS["shortest_output"], ADMIT_KEYS["least_slack"]]]
+    for sorts in key_sets:
+        for index in (0, 4):
+            slots = encoder._ranked_slots(decision, [index], sorts)
+            assert (slots, encoder.slot_roles, encoder.slot_ranks) == reference_ranked_slots(
+                encoder, decision, [index], sorts)
+
+
 @pytest.mark.parametrize("seed", range(30))
 def test_round_robin_equals_the_cursor_walk(seed: int) -> None:
     rng = np.random.default_rng(seed)
