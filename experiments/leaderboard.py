@@ -36,7 +36,9 @@ attainment of every policy, the best heuristic, and each agent's gap to it:
 
 `--carry <earlier leaderboard.json>` keeps the summaries of the tasks that no given job
 covers, as that leaderboard computed them (its per-seed values were not kept before the
-job store existed); the table names every carried task and the leaderboard it comes from.
+job store existed), and, for a task both have, its agent rows the jobs lack when every
+heuristic both evaluated scored the same (same windows and code); the table names every
+carried task and row and the leaderboard it comes from.
 
 Verdicts (on each agent's headline row, the mode its job reports, greedy by default, so no
 row is picked on the held-out windows): "wins" when its mean goodput rate is at least 5%
@@ -155,15 +157,44 @@ def write_job_store(path: Path, jobs: Sequence[Mapping[str, Any]], stamp: str) -
                  overwrite=True)
 
 
-def carried_tasks(path: Path, covered: set[str]) -> tuple[dict[str, Any], str]:
-    """The task summaries of an earlier leaderboard.json that `covered` lacks, and its
-    stamp."""
+def carry(summaries: dict[str, Any], path: Path) -> dict[str, Any]:
+    """`summaries` with an earlier leaderboard.json's tasks that they lack (whole, marked
+    `carried_from`) and, for the tasks both have, the earlier agent rows they lack, when
+    every heuristic both evaluated has the same mean there (the same windows and code;
+    else nothing is merged and `carry_refused` says why). Carried rows keep their stats;
+    their gap is taken to the current best heuristic."""
     earlier = json.loads(Path(path).read_text())
     if "tasks" not in earlier or "created" not in earlier:
         raise SystemExit(f"--carry {path}: not a leaderboard.json (no 'tasks'/'created')")
-    return ({task: {**summary, "carried_from": earlier["created"]}
-             for task, summary in earlier["tasks"].items() if task not in covered},
-            earlier["created"])
+    stamp = earlier["created"]
+    out = dict(summaries)
+    for task, old in earlier["tasks"].items():
+        if task not in out:
+            out[task] = {**old, "carried_from": stamp}
+            continue
+        new = out[task]
+        shared = [k for k in old["rows"] if k in new["rows"] and not is_agent(k)]
+        differ = [k for k in shared if not math.isclose(
+            old["rows"][k]["goodput_rps"][0], new["rows"][k]["goodput_rps"][0], rel_tol=1e-9)]
+        missing = [k for k in old["rows"] if is_agent(k) and k not in new["rows"]]
+        if not missing:
+            continue
+        if differ or not shared:
+            out[task] = {**new, "carry_refused": f"the leaderboard of {stamp} scored "
+                         f"{differ or 'no common heuristic'} differently: other windows or "
+                         "code, its agent rows are not comparable"}
+            continue
+        best = new["rows"][new["best_heuristic"]]["goodput_rps"][0]
+        rows = dict(new["rows"])
+        for label in missing:
+            row = dict(old["rows"][label])
+            row["vs_best_heuristic"] = row["goodput_rps"][0] / best - 1 if best > 0 else math.nan
+            rows[label] = row
+        headline = sorted(set(new["headline_agents"]) | (set(old["headline_agents"])
+                                                          & set(missing)))
+        out[task] = {**new, "rows": rows, "headline_agents": headline,
+                     "carried_rows": {"from": stamp, "rows": missing}}
+    return out
 
 
 def collect(jobs: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, dict[int, dict]]]:
@@ -321,12 +352,20 @@ def job_commands(jobs: Sequence[Mapping[str, Any]]) -> list[str]:
 
 def carried_note(summaries: Mapping[str, Mapping[str, Any]]) -> list[str]:
     carried: dict[str, list[str]] = {}
+    lines = []
     for task, summary in summaries.items():
         if "carried_from" in summary:
             carried.setdefault(summary["carried_from"], []).append(task)
+        if "carried_rows" in summary:
+            stamp = summary["carried_rows"]["from"]
+            lines.append(f"{task}: rows {', '.join(summary['carried_rows']['rows'])} carried "
+                         f"from the leaderboard of {stamp} (`results/history/leaderboard_"
+                         f"{stamp}.md`), whose heuristic rows equal this one's.\n")
+        if "carry_refused" in summary:
+            lines.append(f"{task}: nothing carried: {summary['carry_refused']}.\n")
     return [f"Carried from the leaderboard of {stamp} (`results/history/leaderboard_{stamp}"
             f".md`: its jobs, commands and budgets; their folders are not on this machine): "
-            f"{', '.join(tasks)}.\n" for stamp, tasks in carried.items()]
+            f"{', '.join(tasks)}.\n" for stamp, tasks in carried.items()] + lines
 
 
 def leaderboard_figure(summaries: Mapping[str, Mapping[str, Any]]) -> Any:
@@ -386,7 +425,7 @@ def plot(path: Path, summaries: Mapping[str, Mapping[str, Any]]) -> None:
 
 # ============================================================================ commands
 def aggregate(folders: Sequence[Path], out: Path, command: str,
-              carry: Path | None = None) -> dict[str, Any]:
+              carry_from: Path | None = None) -> dict[str, Any]:
     jobs, failed = load_jobs(folders)
     if not jobs:
         raise SystemExit(f"no finished jobs under {[str(f) for f in folders]}; failed: "
@@ -395,8 +434,8 @@ def aggregate(folders: Sequence[Path], out: Path, command: str,
     headlines = headline_labels(jobs)
     summaries = {task: {**task_summary(table[task]), "headline_agents": sorted(headlines[task])}
                  for task in table}
-    if carry is not None:
-        summaries.update(carried_tasks(carry, set(summaries))[0])
+    if carry_from is not None:
+        summaries = carry(summaries, carry_from)
     summaries = {task: summaries[task] for task in sorted(summaries)}
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     text = markdown(summaries, command, [str(f) for f in folders], failed, stamp, jobs)

@@ -123,7 +123,7 @@ def test_carried_tasks_keep_their_summaries_and_are_named(tmp_path: Path) -> Non
     for seed in (0, 1):
         job(new / f"b{seed}", "T", "ppo", seed, 5.0, 5.0, {"spf": 4.0})
     payload = leaderboard.aggregate([new], tmp_path / "out2", "test",
-                                    carry=tmp_path / "out" / "leaderboard.json")
+                                    carry_from=tmp_path / "out" / "leaderboard.json")
     carried = payload["tasks"]["Old"]
     assert carried["rows"] == json.loads(json.dumps(earlier["tasks"]["Old"]["rows"]))
     assert carried["carried_from"] == earlier["created"]
@@ -151,3 +151,23 @@ def test_an_evolved_agent_has_its_own_rows(tmp_path: Path) -> None:
     again = leaderboard.aggregate([tmp_path / "out" / "leaderboard_jobs.json"],
                                   tmp_path / "out2", "test")
     assert again["tasks"]["T"]["headline_agents"] == task["headline_agents"]
+
+
+def test_carried_agent_rows_need_identical_heuristics(tmp_path: Path) -> None:
+    old = tmp_path / "old"
+    for seed in (0, 1):
+        job(old / f"a{seed}", "T", "ppo", seed, 9.0, 9.0, {"spf": 10.0})
+    leaderboard.aggregate([old], tmp_path / "out", "test")
+    earlier = tmp_path / "out" / "leaderboard.json"
+    same, other = tmp_path / "same", tmp_path / "other"
+    for seed in (0, 1):
+        job(same / f"e{seed}", "T", "maskable_ppo", seed, 12.0, 12.0, {"spf": 10.0})
+        job(other / f"e{seed}", "T", "maskable_ppo", seed, 12.0, 12.0, {"spf": 11.0})
+    merged = leaderboard.aggregate([same], tmp_path / "o2", "test", carry_from=earlier)
+    task = merged["tasks"]["T"]
+    assert task["rows"]["ppo (best, greedy)"]["vs_best_heuristic"] == pytest.approx(-0.1)
+    assert "ppo (best, greedy)" in task["headline_agents"]
+    assert "rows ppo (best, greedy)" in (tmp_path / "o2" / "leaderboard.md").read_text()
+    refused = leaderboard.aggregate([other], tmp_path / "o3", "test", carry_from=earlier)
+    assert "ppo (best, greedy)" not in refused["tasks"]["T"]["rows"]
+    assert "scored ['spf'] differently" in refused["tasks"]["T"]["carry_refused"]
