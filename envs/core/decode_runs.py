@@ -502,7 +502,7 @@ class DecodeRuns:
         first = base + slope * context
         last = first + slope * n * (done - 1)
         block_size = self.block_size
-        stalled = remaining = remaining_context = next_blocks = 0
+        stalled = remaining_context = next_blocks = 0
         min_left = math.inf
         finished: list[Request] = []
         growth: list[tuple[Request, int]] = []  # (request, blocks its tokens filled)
@@ -524,20 +524,24 @@ class DecodeRuns:
             request.num_generated = generated
             request.last_token_time = end
             blocks = request.num_blocks
-            if computed > blocks * block_size:
+            capacity = blocks * block_size  # tokens its blocks hold
+            if computed > capacity:
                 need = -(-computed // block_size) - blocks
                 growth.append((request, need))
-                blocks += need  # what it holds once `allocate_each` below has run
+                # what it holds once `allocate_each` below has run
+                capacity = (blocks + need) * block_size
             left = request.output_len - generated
             if left == 0:
                 finished.append(request)
             else:
-                remaining += 1
-                remaining_context += computed + 1
+                remaining_context += computed  # the + 1 of each is added below, once
                 if left < min_left:
                     min_left = left
-                if computed + 1 > blocks * block_size:
+                if computed >= capacity:  # its next token, computed + 1, needs a block
                     next_blocks += 1
+        # Every request that did not finish goes on decoding and reads computed + 1.
+        remaining = len(running) - len(finished)
+        remaining_context += remaining
         self.run_aggregates = DecodeTally(remaining, remaining_context, min_left, next_blocks)
         continuing = n - stalled
         if continuing:

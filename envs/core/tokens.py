@@ -209,15 +209,19 @@ class TokenBookkeeping:
         if bulk:
             # The group: one decode each; blocks for those that cross into a new block were
             # reserved when it was scheduled (claimed before any finished request frees).
+            # The group is the running list's head (admissions of this build came after
+            # it); nothing below changes the list before the loop ends.
+            running = self.running
+            group = running if len(running) == bulk else running[:bulk]
             needy: list[Request] = []
             done: list[Request] = []
-            for request in self.running[:bulk]:
+            for request in group:
                 computed = request.num_computed + 1
                 request.num_computed = computed
-                blocks = request.num_blocks
-                if computed > blocks * block_size:
+                capacity = request.num_blocks * block_size  # tokens its blocks hold
+                if computed > capacity:
                     needy.append(request)
-                    blocks += 1
+                    capacity += block_size
                 generated = request.num_generated + 1
                 request.num_generated = generated
                 last_token = request.last_token_time
@@ -232,12 +236,14 @@ class TokenBookkeeping:
                 if left == 0:
                     done.append(request)
                 else:
-                    decoding += 1
-                    context += computed + 1
+                    context += computed  # the + 1 of each is added below, once
                     if left < min_left:
                         min_left = left
-                    if computed + 1 > blocks * block_size:
+                    if computed >= capacity:  # its next token, computed + 1, needs a block
                         new_blocks += 1
+            # Every member that did not finish goes on decoding and reads computed + 1.
+            decoding = bulk - len(done)
+            context += decoding
             if needy or bm.reserved:
                 bm.claim_reserved(needy)
             if done:
