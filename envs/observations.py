@@ -107,6 +107,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from servegym.envs.core.migration import queue_demand, virtual_freeness
 from servegym.envs.protocol import STOP, Action, Decision, DecisionKind
 
 if TYPE_CHECKING:
@@ -440,14 +441,9 @@ class ObservationEncoder:
         for index, request in enumerate(decision.candidates):
             by_source.setdefault(request.instance, []).append(index)
         instances = sim.instances
-        # Llumnix's virtual usage and freeness (agents/heuristics/llumnix.py's expressions).
-        usage, free = [], []
-        for inst in instances:
-            bm = inst.bm
-            used = bm.num_used + sum(bm.blocks_for(r.prompt_len + r.num_generated)
-                                     for r in inst.waiting)
-            usage.append(used)
-            free.append((bm.num_blocks - used) / max(1, len(inst.running)))
+        # Llumnix's virtual usage and freeness, as migrate-balance computes them.
+        usage = [inst.bm.num_used + queue_demand(inst) for inst in instances]
+        free = [virtual_freeness(inst) for inst in instances]
         by_free = sorted(range(len(instances)), key=lambda t: (-free[t], t))
         self.pair_globals = [0.0, signed_squash(free[by_free[0]], FREENESS_SCALE)]
         for source in sorted(by_source, key=lambda s: (free[s], s)):

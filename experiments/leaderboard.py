@@ -129,7 +129,7 @@ def load_jobs(sources: Sequence[Path]) -> tuple[list[dict[str, Any]], list[Path]
 
 def sweep_commands_each(folders: Sequence[Path]) -> list[str | None]:
     """The multirun command of each folder (Hydra's multirun.yaml), None where absent."""
-    return [next(iter(sweep_commands([f], [{"command": None}])), None) for f in folders]
+    return [next(iter(sweep_commands([f], [])), None) for f in folders]
 
 
 def compact_job(job: Mapping[str, Any]) -> dict[str, Any]:

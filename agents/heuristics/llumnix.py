@@ -41,21 +41,8 @@ from __future__ import annotations
 from operator import attrgetter
 from typing import Any
 
+from servegym.envs.core.migration import queue_demand, virtual_freeness
 from servegym.envs.protocol import STOP, Action, Decision
-
-
-def queue_demand(instance: Any) -> int:
-    """Blocks the instance's queue needs on admission (waiting prompts + output so far)."""
-    size = instance.bm.block_size  # bm.blocks_for, inlined
-    return sum(-(-(r.prompt_len + r.num_generated) // size) for r in instance.waiting)
-
-
-def virtual_freeness(instance: Any, extra_usage: float = 0.0) -> float:
-    """(capacity - (used + queue demand + `extra_usage`)) / max(1, running)."""
-    bm = instance.bm
-    usage = bm.num_used + queue_demand(instance) + extra_usage
-    return (bm.num_blocks - usage) / max(1, len(instance.running))
-
 
 _instance_of = attrgetter("instance")
 _blocks_of = attrgetter("num_blocks")

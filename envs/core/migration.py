@@ -110,6 +110,22 @@ class MigrationConfig:
                                  f"got {value!r}")
 
 
+def queue_demand(instance: Any) -> int:
+    """Blocks the instance's queue needs on admission (waiting prompts + output so far):
+    the part of Llumnix's virtual usage beyond the blocks in use."""
+    size = instance.bm.block_size  # bm.blocks_for, inlined
+    return sum(-(-(r.prompt_len + r.num_generated) // size) for r in instance.waiting)
+
+
+def virtual_freeness(instance: Any, extra_usage: float = 0.0) -> float:
+    """Llumnix's freeness: (capacity - (used + queue demand + `extra_usage`)) /
+    max(1, running); what its migration policies (agents/heuristics/llumnix.py) and the
+    MIGRATE observation (envs/observations.py) rank instances by."""
+    bm = instance.bm
+    usage = bm.num_used + queue_demand(instance) + extra_usage
+    return (bm.num_blocks - usage) / max(1, len(instance.running))
+
+
 def migration_from_config(spec: Any) -> MigrationConfig | None:
     """A `MigrationConfig` from `cluster.migration` (a mapping of `CONFIG_KEYS`); None:
     absent or false (no migration)."""
@@ -491,4 +507,5 @@ def build_migration(sim: Simulator, spec: Any) -> Migration | None:
 
 
 __all__ = ["ABORT_REASONS", "CONFIG_KEYS", "LiveMigration", "MigratingInstance", "Migration",
+           "queue_demand", "virtual_freeness",
            "MigrationConfig", "build_migration", "migration_from_config"]
