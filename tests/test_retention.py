@@ -181,6 +181,7 @@ def test_the_memory_bound_pins_less_on_a_tight_cache() -> None:
 
 
 def test_the_env_encodes_retain_from_its_spec() -> None:
+    from servegym.envs.observations import GLOBAL_FEATURES, SLOT_FEATURES
     from servegym.envs.serving_env import ServingEnv
 
     workload = continuum.agentic_sessions(40, 4, rate=2.0, seed=0)
@@ -191,7 +192,7 @@ def test_the_env_encodes_retain_from_its_spec() -> None:
     obs, info = env.reset(seed=0)
     assert info["decision"] == "RETAIN"
     assert info["action_mask"][:7].all() and not info["action_mask"][7:].any()
-    slots = obs[16:16 + 8 * 21].reshape(8, 21)
+    slots = obs[GLOBAL_FEATURES:GLOBAL_FEATURES + 8 * SLOT_FEATURES].reshape(8, SLOT_FEATURES)
     assert slots[0, 2] == 1.0 and slots[1, 3] == 1.0 and slots[6, 7] == 1.0  # none, LRU, 30 s
     assert (slots[2:7, 1] > 0).all() and np.all(np.diff(slots[2:7, 1]) > 0)
     assert not slots[7].any()
