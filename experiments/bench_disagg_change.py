@@ -59,9 +59,8 @@ kind, requests, tree = sys.argv[1], int(sys.argv[2]), pathlib.Path(sys.argv[3])
 """
 CHILD = CHILD_ARGS + TREE_FINDER + r"""
 install_tree_finder()
-sys.path.insert(0, str(tree / "experiments"))
 import numpy as np
-import bench_sim
+bench_sim = import_tree_script("bench_sim")
 def run_digest(sim, report, token_times, extra=None):
     # summary and counters, `extra` (a migration record) if given, every request's
     # timeline, every instance's KV samples and token gaps

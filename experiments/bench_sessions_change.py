@@ -43,8 +43,7 @@ kind, requests, tree = sys.argv[1], int(sys.argv[2]), pathlib.Path(sys.argv[3])
 """
 CHILD = CHILD_ARGS + TREE_FINDER + r"""
 install_tree_finder()
-sys.path.insert(0, str(tree / "experiments"))
-import bench_sim
+bench_sim = import_tree_script("bench_sim")
 from servegym.agents.heuristics import make_policy
 from servegym.envs.core import retention
 from servegym.envs.core.instance import InstanceConfig

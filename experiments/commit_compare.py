@@ -7,7 +7,8 @@ old commit's tree too (which may lack any helper module): `TREE_FINDER` is the p
 that makes `import servegym` resolve to the tree given in the child's variable `tree`
 (since 0.2 the installed, editable servegym maps its packages to the checkout it was
 installed from, whatever PYTHONPATH says; this finder, first on the meta path, maps them
-to `tree` from its pyproject.toml's package-dir).
+to `tree` from its pyproject.toml's package-dir); its `import_tree_script(name)` loads
+the tree's `experiments/<name>.py` from its file.
 """
 
 from __future__ import annotations
@@ -41,6 +42,14 @@ def install_tree_finder():
                 return importlib.machinery.PathFinder.find_spec(fullname, path)
             return None
     sys.meta_path.insert(0, TreeFinder())
+def import_tree_script(name):
+    # an experiments/ module of `tree` (bench_sim, ...), loaded from its file rather than
+    # by editing sys.path
+    spec = importlib.util.spec_from_file_location(name, tree / "experiments" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
 """
 
 
