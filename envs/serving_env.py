@@ -30,6 +30,19 @@ INVALID_ACTION = ("raise", "fallback")
 EPISODE_ENDS = ("auto", "horizon", "drain")
 
 
+def resolve_workload(workload: Workload | str | Mapping[str, Any]) -> Workload:
+    """The env's `workload` argument as a Workload: a Workload as is, a mapping as
+    `build_workload` arguments (from Hydra), a string as one of `TRACE_NAMES`."""
+    if isinstance(workload, Workload):
+        return workload
+    if isinstance(workload, Mapping):  # build_workload arguments, e.g. from Hydra
+        return build_workload(**workload)
+    if workload not in TRACE_NAMES:
+        raise ValueError(f"unknown workload {workload!r}; pass a Workload, build_workload "
+                         f"arguments, or one of {sorted(TRACE_NAMES)}")
+    return load_azure_2023(TRACE_NAMES[workload])
+
+
 class ServingEnv(gym.Env):
     """LLM serving scheduling, one step per scheduling decision.
 
@@ -197,7 +210,7 @@ class ServingEnv(gym.Env):
         if episode_seconds is not None and episode_seconds <= 0:
             raise ValueError(f"episode_seconds must be positive, got {episode_seconds}")
         self.episode_seconds = episode_seconds
-        self.source = self._split(self._load(workload), split)
+        self.source = self._split(resolve_workload(workload), split)
         if len(self.source) < episode_requests:
             raise ValueError(f"the {split} split has {len(self.source)} requests, fewer than "
                              f"episode_requests={episode_requests}")
@@ -246,17 +259,6 @@ class ServingEnv(gym.Env):
             raise ValueError(f"control must name decisions from {sorted(CONTROLS)}, got "
                              f"{list(control)}")
         return frozenset(CONTROLS[c] for c in control)
-
-    @staticmethod
-    def _load(workload: Workload | str | Mapping[str, Any]) -> Workload:
-        if isinstance(workload, Workload):
-            return workload
-        if isinstance(workload, Mapping):  # build_workload arguments, e.g. from Hydra
-            return build_workload(**workload)
-        if workload not in TRACE_NAMES:
-            raise ValueError(f"unknown workload {workload!r}; pass a Workload, build_workload "
-                             f"arguments, or one of {sorted(TRACE_NAMES)}")
-        return load_azure_2023(TRACE_NAMES[workload])
 
     @staticmethod
     def _split(workload: Workload, split: str) -> Workload:

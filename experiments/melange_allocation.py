@@ -89,9 +89,9 @@ def task_inputs(env_id: str) -> tuple[Any, dict[str, Any], list[str], str]:
         raise SystemExit(f"unknown task {env_id!r}; choose one of {sorted(TASKS)}")
     task = TASKS[env_id]
     if isinstance(task.workload, str):
-        from servegym.envs.serving_env import ServingEnv
+        from servegym.envs.serving_env import resolve_workload
 
-        workload = ServingEnv._load(task.workload)
+        workload = resolve_workload(task.workload)
     else:
         workload = build_workload(**thaw(task.workload))
     cluster = thaw(task.cluster)
