@@ -42,7 +42,14 @@ import numpy as np
 
 from servegym.envs.core.events import EventKind
 from servegym.envs.core.occupancy import Occupancy
-from servegym.envs.core.request import FINISHED, REJECTED, WAITING, ProgramState, Request
+from servegym.envs.core.request import (
+    FINISHED,
+    REJECTED,
+    WAITING,
+    ProgramState,
+    Request,
+    SessionCall,
+)
 from servegym.envs.workloads.graph import flat_parents
 
 if TYPE_CHECKING:
@@ -90,17 +97,14 @@ class Releases:
         self.made[i] = 1
         self.arrival_log.append(request.arrival_time)
         session = self.session[i]
-        request.session = session
-        request.turn = self.turn[i]
-        request.next_delay = self.next_delay[i]
-        request.tool_kind = self.tool_kind[i]
-        request.critical_path = self.critical_path[i]
+        program = None
         if session >= 0:
             program = self.programs.get(session)
             if program is None:
                 program = self.programs[session] = ProgramState(session)
                 program.first_arrival = request.arrival_time
-            request.program = program
+        request.call = SessionCall(session, self.turn[i], self.next_delay[i],
+                                   self.tool_kind[i], self.critical_path[i], program)
 
     def arrivals_since(self, time: float) -> int:
         log = self.arrival_log

@@ -30,6 +30,24 @@ class ProgramState:
         self.first_arrival = math.nan
 
 
+class SessionCall:
+    """Where one call sits in its closed-loop session or agentic program; set once, by
+    envs/core/release.py, when the call is made (the fields are `Request`'s of the same
+    names). One object per call, so that requests outside sessions carry one empty slot
+    instead of six."""
+
+    __slots__ = ("critical_path", "next_delay", "program", "session", "tool_kind", "turn")
+
+    def __init__(self, session: int, turn: int, next_delay: float, tool_kind: int,
+                 critical_path: int, program: ProgramState | None) -> None:
+        self.session = session
+        self.turn = turn
+        self.next_delay = next_delay
+        self.tool_kind = tool_kind
+        self.critical_path = critical_path
+        self.program = program
+
+
 class Request:
     """One request: workload fields (read-only by convention) plus serving state.
 
@@ -38,13 +56,15 @@ class Request:
     `num_computed` reaches `num_tokens`, a token is sampled (`num_generated += 1`). Prefill,
     chunked prefill, decode and recompute after preemption are all this one rule.
 
-    Closed-loop sessions and agentic programs (envs/core/release.py) also set: `session`
+    Closed-loop sessions and agentic programs (envs/core/release.py) also set `call` (a
+    `SessionCall`; None outside them), read through these properties: `session`
     (its session or program, -1 none), `turn` (its turn / depth in the program),
     `next_delay` (seconds from its finish to the release of its session's or program's
     next call, NaN without one: what a KV-retention policy predicts), `tool_kind` (the
     kind of tool called after it, -1 none), `critical_path` (calls on the longest path from
     it to its program's end, itself included) and `program` (the program's shared state,
     whose `service` is the tokens its finished calls were served; `program_service`).
+    Outside a session they read -1, 0, NaN, -1, 1 and None.
     """
 
     __slots__ = (
@@ -54,7 +74,7 @@ class Request:
         "swapped_blocks", "first_scheduled", "first_token_time", "finish_time", "last_token_time",
         "num_preemptions", "num_swaps", "recomputed_tokens", "prefix_hit_tokens",
         "reject_reason", "token_times",
-        "session", "turn", "next_delay", "tool_kind", "critical_path", "program",
+        "call",
     )
 
     def __init__(
@@ -95,19 +115,44 @@ class Request:
         self.prefix_hit_tokens = 0
         self.reject_reason = ""
         self.token_times: list[float] | None = None
-        self.session = -1
-        self.turn = 0
-        self.next_delay = math.nan
-        self.tool_kind = -1
-        self.critical_path = 1
-        self.program: ProgramState | None = None
+        self.call: SessionCall | None = None
+
+    @property
+    def session(self) -> int:
+        call = self.call
+        return -1 if call is None else call.session
+
+    @property
+    def turn(self) -> int:
+        call = self.call
+        return 0 if call is None else call.turn
+
+    @property
+    def next_delay(self) -> float:
+        call = self.call
+        return math.nan if call is None else call.next_delay
+
+    @property
+    def tool_kind(self) -> int:
+        call = self.call
+        return -1 if call is None else call.tool_kind
+
+    @property
+    def critical_path(self) -> int:
+        call = self.call
+        return 1 if call is None else call.critical_path
+
+    @property
+    def program(self) -> ProgramState | None:
+        call = self.call
+        return None if call is None else call.program
 
     @property
     def program_service(self) -> float:
         """Tokens (prompt + output) served so far to this request's program's finished
         calls (Autellix's attained service); 0 outside a program."""
-        program = self.program
-        return 0.0 if program is None else program.service
+        call = self.call
+        return 0.0 if call is None or call.program is None else call.program.service
 
     @property
     def num_tokens(self) -> int:
