@@ -11,6 +11,10 @@ both alike. Measured (CPU time of the loop only; workloads, costs and seeds iden
 * sim: Llama-3-8B on H100 (roofline), vllm_v1, 8192-token budget, Azure conversation
   lengths with Poisson arrivals at 28 req/s (about 90% of one instance's saturation),
   20,000 requests: simulated requests per CPU second, and the child's peak RSS.
+* memory of that sim case, where a peak RSS difference comes from: the RSS once the
+  modules are imported (before any workload), the peak RSS of the run, and the peak of
+  the run's Python allocations by `tracemalloc` (a separate child per round, since
+  tracing slows it; maxima over rounds).
 * env: `servegym/Admission-v0` and `servegym/Serving-v0` with the same explicit arguments
   in both trees (rate 24 and 30 req/s, 1000-request episodes, goodput reward with
   `ttft_credit` 0.5, 16 slots: the ids' defaults changed between the trees), uniformly
@@ -52,12 +56,14 @@ if pkg.startswith("servegym"):
 import numpy as np
 def load(module, name):
     return getattr(importlib.import_module(f"{pkg}.{module}"), name)
-if kind == "sim":
+extra = {}
+if kind in ("sim", "sim-traced"):
     InstanceConfig = load("core.instance", "InstanceConfig")
     Simulator = load("core.simulator", "Simulator")
     build_cost_model = load("costs", "build_cost_model")
     load_azure_2023 = load("workloads.azure", "load_azure_2023")
     Workload = load("workloads.workload", "Workload")
+    extra["imports_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     trace, _ = load_azure_2023("conv").clip_total_tokens(8192)
     n = 20_000
     index = np.arange(n) % len(trace)
@@ -66,9 +72,14 @@ if kind == "sim":
     workload = Workload.from_lengths(arrivals, trace.prompt_len[index], trace.output_len[index])
     cost = build_cost_model("Llama-3-8B", "H100-80GB", 1, source="roofline")
     sim = Simulator(cost, InstanceConfig(mode="vllm_v1", max_num_batched_tokens=8192))
+    if kind == "sim-traced":  # Python allocations only; slow, so not a speed sample
+        import tracemalloc
+        tracemalloc.start()
     started = time.process_time()
     sim.run(workload, seed=0)
     value = n / (time.process_time() - started)
+    if kind == "sim-traced":
+        extra["traced_peak_mb"] = tracemalloc.get_traced_memory()[1] / 2**20
 else:
     import gymnasium as gym
     importlib.import_module(pkg.split(".")[0])  # registers the ids
@@ -89,7 +100,7 @@ peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 source = importlib.import_module(f"{pkg}.core.simulator").__file__
 if not pathlib.Path(source).resolve().is_relative_to(tree.resolve()):
     raise SystemExit(f"measured {source}, not the tree {tree}")
-print(json.dumps({"value": value, "peak_rss_mb": peak}))
+print(json.dumps({"value": value, "peak_rss_mb": peak, **extra}))
 """
 
 MEASURES = (("sim", "sim req/s (H100 v1, 20k requests)"),
@@ -138,6 +149,8 @@ def main() -> None:
                              "new_all": [s["value"] for s in samples["new"]]})
                 print(f"{label}: old {median['old']:,.0f}, new {median['new']:,.0f}, "
                       f"ratio {rows[-1]['ratio']:.3f}", flush=True)
+            memory = {"old": [measure(old, "sim-traced") for _ in range(args.rounds)],
+                      "new": [measure(ROOT, "sim-traced") for _ in range(args.rounds)]}
         finally:
             remove_worktree(old)
     head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
@@ -148,6 +161,19 @@ def main() -> None:
         lines.append(f"| {r['measure']} | {r['old']:,.0f} | {r['new']:,.0f} | "
                      f"{r['ratio']:.3f} | {r['old_peak_rss_mb']:.0f} / "
                      f"{r['new_peak_rss_mb']:.0f} |")
+    speed_rows = {r["measure"]: r for r in rows}
+    sim_row = speed_rows[MEASURES[0][1]]
+    memory_rows = [
+        ("RSS once imported", max(m["imports_rss_mb"] for m in memory["old"]),
+         max(m["imports_rss_mb"] for m in memory["new"])),
+        ("peak RSS of the sim run", sim_row["old_peak_rss_mb"], sim_row["new_peak_rss_mb"]),
+        ("peak Python allocations of the run (tracemalloc)",
+         max(m["traced_peak_mb"] for m in memory["old"]),
+         max(m["traced_peak_mb"] for m in memory["new"])),
+    ]
+    lines += ["", "Memory of the sim case (MB; maxima over rounds):", "",
+              "| measure | old | new | new - old |", "|---|---|---|---|"]
+    lines += [f"| {name} | {o:.1f} | {n:.1f} | {n - o:+.1f} |" for name, o, n in memory_rows]
     table = "\n".join(lines)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     command = "python experiments/bench_core_change.py " + " ".join(sys.argv[1:])
@@ -156,7 +182,9 @@ def main() -> None:
             "rounds, each measurement a fresh process on one core, CPU time.\n\n"
             f"{table}\n")
     print(table)
-    payload = {"created": stamp, "before": args.before, "after": head, "rows": rows}
+    payload = {"created": stamp, "before": args.before, "after": head, "rows": rows,
+               "memory": [{"measure": name, "old_mb": o, "new_mb": n}
+                          for name, o, n in memory_rows]}
     out = Path(args.out)
     atomic_write(out / "history" / f"bench_core_change_{stamp}.md", lambda h: h.write(text))
     atomic_write(out / "bench_core_change.md", lambda h: h.write(text), overwrite=True)
