@@ -68,8 +68,8 @@ class CostConfig:
     """
 
     _target_: str = "servegym.envs.costs.build_cost_model"
-    model: str = "Llama-3-8B"
-    gpu: str = "H100-80GB"
+    model: str = DEFAULT_TASK.model  # conf/cost/task.yaml: the env's task's pair
+    gpu: str = DEFAULT_TASK.gpu
     tensor_parallel: int = 1
     source: str = "auto"
 
@@ -147,6 +147,7 @@ class EnvConfig:
     max_episode_steps: extra `TimeLimit` (null: the registration's).
     num_slots, admit_keys, preempt_keys: the candidate sets (envs/observations.py).
     episode_end: "auto", "horizon" or "drain" (ServingEnv's docstring).
+    over_context: "reject" or "clip" requests longer than the model's context (ServingEnv).
     interval_s: simulated seconds between an interval-mode agent's actions (interval ids
         only, e.g. servegym/AdmissionInterval-v0; docs/interval.md).
     """
@@ -163,6 +164,7 @@ class EnvConfig:
     interval_s: float = ADMISSION_INTERVAL.interval_s
     length_knowledge: str = DEFAULT_TASK.length_knowledge
     length_sigma: float = DEFAULT_TASK.length_sigma
+    over_context: str = DEFAULT_TASK.over_context
     reward: str = DEFAULT_TASK.reward
     # Empty, not the task's: OmegaConf merges a dict key by key onto the schema's default,
     # so a default option would enter every config that omits it (e.g. a resumed run's
@@ -536,7 +538,7 @@ def validate(cfg: TrainConfig) -> None:
 def _validate_env(env: EnvConfig) -> None:
     """Candidate sets and episode ends, checked at composition (before any env is built)."""
     from servegym.envs.observations import ADMIT_KEYS, PREEMPT_KEYS, check_keys
-    from servegym.envs.serving_env import EPISODE_ENDS
+    from servegym.envs.serving_env import EPISODE_ENDS, OVER_CONTEXT
 
     if env.num_slots < 1:
         raise ValueError(f"env.num_slots must be >= 1, got {env.num_slots}")
@@ -550,6 +552,10 @@ def _validate_env(env: EnvConfig) -> None:
     check_keys(env.preempt_keys, PREEMPT_KEYS, "env.preempt_keys", env.num_slots)
     if env.episode_end not in EPISODE_ENDS:
         raise ValueError(f"env.episode_end={env.episode_end!r}: choose one of {EPISODE_ENDS}")
+    if env.over_context not in OVER_CONTEXT:
+        raise ValueError(f"env.over_context={env.over_context!r}: choose one of "
+                         f"{OVER_CONTEXT} (reject or clip requests longer than the model's "
+                         "context)")
     if not env.interval_s > 0:
         raise ValueError(f"env.interval_s must be positive, got {env.interval_s}")
 

@@ -133,7 +133,8 @@ def env_kwargs(cfg: TrainConfig) -> dict[str, Any]:
         "num_slots": env.num_slots, "admit_keys": list(env.admit_keys),
         "preempt_keys": list(env.preempt_keys), "episode_end": env.episode_end,
         "length_knowledge": env.length_knowledge,
-        "length_sigma": env.length_sigma, "reward": env.reward,
+        "length_sigma": env.length_sigma, "over_context": env.over_context,
+        "reward": env.reward,
         "reward_options": dict(env.reward_options), "invalid_action": invalid,
         "invalid_action_penalty": env.invalid_action_penalty, "debug_checks": env.debug_checks,
     }

@@ -166,6 +166,9 @@ class Setting:
     metadata: dict[str, Any] = field(default_factory=dict)
     # Per pool of the env's cluster: GPU, count, price and cost source (prices.pool_rows).
     pools: list[dict[str, Any]] = field(default_factory=list)
+    # The context the env clips its requests to (env.over_context="clip"), else None: the
+    # evaluation windows are clipped the same way.
+    clip_to: int | None = None
 
     def describe(self, config: TrainConfig) -> list[str]:
         env = config.env
@@ -190,13 +193,21 @@ def agent_name(config: TrainConfig) -> str:
 
 
 def cost_note(cost: Any, requested: str) -> str:
-    """The cost model's source, saying so when `auto` fell back to the roofline."""
+    """The cost model's source, saying so when `auto` fell back to the roofline; for a
+    measured one, how each part is timed (measured, fitted, assumed: `describe()["parts"]`,
+    whose full text names the tables and any shape a part is transferred from)."""
     source = getattr(cost, "source", "?")
     model, gpu = (getattr(x, "name", x) for x in (cost.model, cost.gpu))
     name = f"{model} on {gpu} TP{cost.tensor_parallel}"
     if requested == "auto" and source == "roofline":
         return (f"roofline ({name}: no measured table for this combination, "
                 "source=auto fell back to the roofline model)")
+    parts = cost.describe().get("parts") if hasattr(cost, "describe") else None
+    if parts:
+        how = ", ".join(f"{part} {str(text).split(' ', 1)[0]}"
+                        + (" (transferred)" if "transferred" in str(text) else "")
+                        for part, text in parts.items())
+        return f"{source} ({name}: {how})"
     return f"{source} ({name})"
 
 
@@ -209,8 +220,10 @@ def build_setting(config: TrainConfig, probe: Any) -> Setting:
     metadata = agent_metadata(config.agent.algo, probe, config.env.id, config.env.policies,
                               config.eval.deterministic)
     pools = pool_rows(base.sim.pools)
+    serving = getattr(base, "serving", base)  # an IntervalEnv's ServingEnv
+    clip_to = serving.sim.max_model_len if serving.over_context == "clip" else None
     return Setting(env_kwargs(config), list(metadata["controlled"]), cost,
-                   cost_note(cost, config.cost.source), metadata, pools)
+                   cost_note(cost, config.cost.source), metadata, pools, clip_to)
 
 
 # ============================================================================ evaluation
@@ -221,6 +234,8 @@ def episodes_for(config: TrainConfig, setting: Setting, split: str, count: int,
     from servegym.envs.workloads import build_workload
 
     workload = build_workload(**workload_arguments(setting.kwargs["workload"]))
+    if setting.clip_to is not None:  # as the env clips its source (over_context="clip")
+        workload = workload.clip_total_tokens(setting.clip_to)[0]
     rewards = RewardConfig(kind=config.env.reward, **config.env.reward_options)
     requests = config.eval.num_requests or config.env.episode_requests
     rate = config.eval.rate if config.eval.rate is not None else config.env.rate

@@ -28,6 +28,7 @@ LENGTH_KNOWLEDGE = ("oracle", "predicted", "none")
 TRACE_NAMES = {"azure_conv": "conv", "azure_code": "code"}
 INVALID_ACTION = ("raise", "fallback")
 EPISODE_ENDS = ("auto", "horizon", "drain")
+OVER_CONTEXT = ("reject", "clip")
 
 
 def resolve_workload(workload: Workload | str | Mapping[str, Any]) -> Workload:
@@ -146,7 +147,11 @@ class ServingEnv(gym.Env):
     num_slots (K), admit_keys and preempt_keys (candidate sort keys, `ADMIT_KEYS` /
     `PREEMPT_KEYS` of envs/observations.py), episode_end ("auto" | "horizon" | "drain"),
     length_knowledge ("oracle" | "predicted" | "none"), length_sigma (log-normal error
-    of "predicted"), reward and reward_options (RewardConfig fields),
+    of "predicted"), over_context (a request whose prompt + output exceed the model's
+    context: "reject", the simulator rejects it on arrival as vLLM does; "clip", the env
+    clips the source's requests to the context first, prompt first, `Workload.
+    clip_total_tokens`; the live backend always clips), reward and reward_options
+    (RewardConfig fields),
     policies ({"admit"|"preempt"|"route": Policy} for uncontrolled decisions),
     invalid_action ("raise" | "fallback"), invalid_action_penalty,
     debug_checks (simulator invariant checks after every event),
@@ -179,6 +184,7 @@ class ServingEnv(gym.Env):
         episode_end: str = "auto",
         length_knowledge: str = "oracle",
         length_sigma: float = 0.5,
+        over_context: str = "reject",
         reward: str = "latency",
         reward_options: Mapping[str, Any] | None = None,
         policies: Mapping[str, Policy] | None = None,
@@ -228,7 +234,11 @@ class ServingEnv(gym.Env):
         self.sim = build_backend(backend, cost, policies=self._policies(policies),
                                  debug_checks=debug_checks, **simulator_kwargs(cluster),
                                  **dict(live_options or {}))
-        if backend == "live":  # the small engine's context: clip rather than reject
+        if over_context not in OVER_CONTEXT:
+            raise ValueError(f"over_context must be one of {OVER_CONTEXT}, got "
+                             f"{over_context!r}")
+        self.over_context = over_context
+        if over_context == "clip" or backend == "live":  # the live engine's is small
             self.source = clip_to_context(self.source, self.sim.max_model_len)[0]
         menu = [k.control for k in self.controlled if k.spec.candidates == "options"]
         if menu and getattr(self.sim, "retention", None) is None:

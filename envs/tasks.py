@@ -26,9 +26,10 @@ cluster, the candidate sets, what the agent knows of output lengths, and the rew
 
 `tests/test_headroom.py` builds every id both ways (`gym.make(id)` and train.py's
 composition of its `conf/env/*.yaml`) and compares the envs' effective settings, so a leaf
-that a config forgets to read fails there. Values still stated elsewhere, deliberately: the
-cost model (`conf/cost/llama3_8b_h100.yaml` and `ServingEnv`'s model / gpu arguments: the
-same Llama-3-8B on one H100 for every task; the test compares them too), the instance
+that a config forgets to read fails there. The cost model's (model, GPU) pair is a task
+setting too (`model`, `gpu`); train.py's default cost group, `conf/cost/task.yaml`, reads
+it for `env.id` (the test compares the built cost models too; `cost=<name>` picks another
+pair). Values still stated elsewhere, deliberately: the instance
 fields a task leaves at `InstanceConfig`'s defaults (which the cluster group of
 train.py's `conf/config.yaml`, `vllm_v1`, spells out), and the workload seed and KV block
 size (train.py: the top-level `seed`, default 0, and the cluster's block size; gym.make:
@@ -84,6 +85,9 @@ class TaskSpec:
     `interval_s` is the env keyword argument of the same name (`ServingEnv`'s docstring).
 
     id: the Gymnasium id. entry_point: `SERVING_ENTRY_POINT` or `INTERVAL_ENTRY_POINT`.
+    model, gpu: the (model, GPU) pair of the cluster's cost model, on one GPU per instance
+        (`build_cost_model`'s `source="auto"`: Vidur's measured op tables where they exist,
+        else the labelled roofline fallback); pools with their own `cost` override it.
     workload: "azure_conv" (the Azure 2023 conversation trace, as `ServingEnv` loads it)
         or `build_workload` arguments. cluster: {"num_instances": N, "instance":
         InstanceConfig fields}; fields left out are `InstanceConfig`'s defaults; with
@@ -100,12 +104,15 @@ class TaskSpec:
     episode_requests: int
     split: str
     cluster: Mapping[str, Any]
+    model: str
+    gpu: str
     num_slots: int
     admit_keys: tuple[str, ...]
     preempt_keys: tuple[str, ...]
     episode_end: str
     length_knowledge: str
     length_sigma: float
+    over_context: str
     reward: str
     reward_options: Mapping[str, Any]
     interval_s: float | None
@@ -134,26 +141,46 @@ class TaskSpec:
 
 
 # ============================================================================ the tasks
+# The (model, GPU) pair of the tasks tuned on the roofline model: Llama-3-8B on one H100,
+# which Vidur's profiles do not cover (every cost is the labelled roofline, docs/costs.md).
+# Their rates and headroom were measured on it; Admission-v0 (and AdmissionInterval-v0)
+# run on a measured pair instead.
+ROOFLINE_PAIR: Mapping[str, str] = MappingProxyType({"model": "Llama-3-8B",
+                                                     "gpu": "H100-80GB"})
+
 ADMISSION = TaskSpec(
     id="servegym/Admission-v0",
     entry_point=SERVING_ENTRY_POINT,
     control=("admit",),
-    # The Azure 2023 conversation trace's lengths and burst shape at 24 req/s in
-    # 1000-request episodes: about 1.15x the FCFS saturation rate of Llama-3-8B on one H100
-    # (20.7 req/s). At 16 req/s with 256-request episodes (the ids' setting before these
-    # tasks) every admission order gives the same schedule: nothing to learn
-    # (docs/training.md). Measured (results/headroom.md): spf 16.3 vs fcfs 10.0 req/s goodput.
+    # The Azure 2023 conversation trace's lengths and burst shape at 10 req/s in
+    # 1000-request episodes, on one H100 serving Llama-2-7B: a pair whose token-wise ops
+    # Vidur measured (envs/data/calibration/vidur/; attention fitted to its Llama-2-70B
+    # table and transferred: `describe()["parts"]`), so the default run stands on
+    # measurements, not on the roofline. Its full multi-head KV (4x Llama-3-8B's per token)
+    # makes the one instance KV-bound, so the admission order decides the queue.
+    # Measured (experiments/bench_headroom.py --ids servegym/Admission-v0, goodput on the 5
+    # test windows): spf-tpot-budget-late-last 8.12, spf 7.77, fcfs 5.40 req/s (attainment
+    # 0.92 / 0.88 / 0.60): spread 0.34. Llama-3-8B on the A100's measured tables does not
+    # separate the rules at 1000-request windows (5.5-7.0 req/s: spread <= 0.02, every
+    # rule alike; 8 req/s: 0.12 with attainment below 0.43). At 16 req/s with 256-request
+    # episodes (the ids' setting before these tasks) on the roofline H100 every admission
+    # order gave the same schedule: nothing to learn (docs/training.md).
     workload="azure_conv",
-    rate=24.0,
+    rate=10.0,
     episode_requests=1000,
     split="train",                    # the first 70% of the trace; evaluation: the rest
     cluster={},                       # one instance, InstanceConfig's defaults (vLLM v1)
+    model="Llama-2-7B",
+    gpu="H100-80GB",
     num_slots=16,                     # K candidate slots, round-robin over the sort keys
     admit_keys=DEFAULT_ADMIT_KEYS,    # envs/observations.py
     preempt_keys=DEFAULT_PREEMPT_KEYS,
     episode_end="auto",               # horizon for the goodput reward (ServingEnv)
     length_knowledge="oracle",
     length_sigma=0.5,                 # log-normal error of length_knowledge="predicted"
+    # 8.3% of the trace's requests exceed Llama-2-7B's 4,096-token context (0.005% exceed
+    # Llama-3-8B's 8,192): clipped to it (prompt first), not rejected on arrival.
+    over_context="clip",
     # Goodput (+1 per request meeting both SLOs), half of each request's credit paid at its
     # first token, in time with the admission that settled it (docs/training.md: why).
     reward="goodput",
@@ -175,6 +202,8 @@ PREEMPTION_RATE = 2.2
 PREEMPTION = replace(
     ADMISSION,
     id="servegym/Preemption-v0",
+    **ROOFLINE_PAIR,
+    over_context="reject",
     control=("preempt",),
     workload={"source": {
         "kind": "sharegpt", "num_requests": 19366,   # one request per trace arrival
@@ -202,6 +231,8 @@ PREEMPTION = replace(
 ROUTING = replace(
     ADMISSION,
     id="servegym/Routing-v0",
+    **ROOFLINE_PAIR,
+    over_context="reject",
     control=("route",),
     workload={
         "source": {
@@ -270,6 +301,8 @@ HETEROGENEOUS = replace(
 SERVING = replace(
     ADMISSION,
     id="servegym/Serving-v0",
+    **ROOFLINE_PAIR,
+    over_context="reject",
     control=("admit", "preempt", "route"),
     rate=30.0,
     cluster={"num_instances": 2,
@@ -304,6 +337,8 @@ DISAGGREGATED_RATE = 32.0
 DISAGGREGATED = replace(
     ADMISSION,
     id="servegym/Disaggregated-v0",
+    **ROOFLINE_PAIR,
+    over_context="reject",
     control=("route", "place"),
     rate=DISAGGREGATED_RATE,
     cluster={"num_instances": 4, "instance": {}, "pools": (
@@ -345,6 +380,8 @@ MIGRATION_RATE = 13.0
 MIGRATION = replace(
     ADMISSION,
     id="servegym/Migration-v0",
+    **ROOFLINE_PAIR,
+    over_context="reject",
     control=("migrate",),
     workload={"source": {
         "kind": "synthetic", "name": "bursty_long_tail", "duration_s": 3600,
@@ -380,6 +417,8 @@ MIGRATION = replace(
 SESSIONS = replace(
     ADMISSION,
     id="servegym/Sessions-v0",
+    **ROOFLINE_PAIR,
+    over_context="reject",
     control=("retain",),
     workload={"source": {
         "kind": "programs", "name": "agentic_sessions", "num_programs": 1500,
@@ -451,7 +490,8 @@ __all__ = [
     "ADMISSION", "ADMISSION_INTERVAL", "DEFAULT_TASK", "DISAGGREGATED", "DISAGGREGATED_RATE",
     "HETEROGENEOUS", "HETEROGENEOUS_RATE", "MIGRATION", "MIGRATION_RATE",
     "INTERVAL_ENTRY_POINT",
-    "PER_DECISION_SETTINGS", "PREEMPTION", "PREEMPTION_RATE", "RESOLVER", "ROUTING", "SERVING",
+    "PER_DECISION_SETTINGS", "PREEMPTION", "PREEMPTION_RATE", "RESOLVER", "ROOFLINE_PAIR",
+    "ROUTING", "SERVING",
     "SERVING_ENTRY_POINT", "SESSIONS", "TASKS", "TaskSpec", "freeze", "register_resolver",
     "task_setting", "thaw",
 ]

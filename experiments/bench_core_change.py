@@ -84,8 +84,9 @@ else:
     import gymnasium as gym
     importlib.import_module(pkg.split(".")[0])  # registers the ids
     rate = {"servegym/Admission-v0": 24.0, "servegym/Serving-v0": 30.0}[kind]
+    # the pair both trees' tasks ran on before Admission-v0 moved to a measured one
     env = gym.make(kind, rate=rate, episode_requests=1000, reward="goodput", num_slots=16,
-                   reward_options={"ttft_credit": 0.5})
+                   reward_options={"ttft_credit": 0.5}, model="Llama-3-8B", gpu="H100-80GB")
     steps = 20_000
     uniforms = np.random.default_rng(0).random(steps).tolist()
     _, info = env.reset(seed=0)

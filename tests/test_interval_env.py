@@ -113,10 +113,16 @@ def test_gymnasium_checker_passes_with_default_kwargs() -> None:
 
 
 def test_registered_id_builds_the_documented_setting() -> None:
+    from servegym.envs.tasks import ADMISSION, ADMISSION_INTERVAL
+
     env = gym.make(ENV_ID, episode_requests=64)
     assert isinstance(env.unwrapped, IntervalEnv)
-    assert env.unwrapped.serving.rate == 24.0
+    # Admission-v0's setting (envs/tasks.py), on its measured pair
+    assert env.unwrapped.serving.rate == ADMISSION.rate == ADMISSION_INTERVAL.rate == 10.0
     assert env.unwrapped.reward_config.kind == "goodput"
+    cost = env.unwrapped.sim.pools[0].cost
+    assert (cost.model.name, cost.gpu.name, cost.source) == ("Llama-2-7B", "H100-80GB",
+                                                             "measured")
 
 
 def test_same_seed_same_episode(small_env: IntervalEnv) -> None:

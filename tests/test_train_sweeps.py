@@ -156,7 +156,9 @@ def test_ctrl_c_writes_an_interrupted_record(tmp_path: Path) -> None:
 
 def test_a_finished_run_resumes_from_its_final_model(tmp_path: Path) -> None:
     first = tmp_path / "first"
-    args = ["agent.total_timesteps=512", "agent.n_envs=1", "agent.n_steps=64",
+    # the roofline pair, whose fallback notice must come once a run
+    args = ["cost=llama3_8b_h100", "agent.total_timesteps=512", "agent.n_envs=1",
+            "agent.n_steps=64",
             "agent.batch_size=64", "agent.n_epochs=1", "checkpoint.freq=200",
             *[o for o in TINY if "checkpoint" not in o], f"hydra.run.dir={first}"]
     result = train(args, tmp_path)
