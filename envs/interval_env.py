@@ -253,7 +253,8 @@ class IntervalEnv(gym.Env):
     cost_source, cluster, length_knowledge, length_sigma, reward_options, debug_checks
     (not its per-decision ones, `PER_DECISION_OPTIONS`: refused). Those are the class's
     defaults; `servegym/AdmissionInterval-v0` passes its task's settings (`envs/tasks.py`):
-    Admission-v0's (1000-request episodes at 24 req/s, goodput with `ttft_credit=0.5`)
+    Admission-v0's (1000-request episodes at 10 req/s on Llama-2-7B on one H100, goodput
+    with `ttft_credit=0.5`)
     with interval_s 2.0.
 
     ## Version History

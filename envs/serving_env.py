@@ -123,7 +123,8 @@ class ServingEnv(gym.Env):
     The defaults named above and in the signature are the class's own. The registered ids
     pass every setting of their task (`envs/tasks.py`, the same values train.py's configs
     read): `gym.make("servegym/Admission-v0")` gives 1000-request episodes of the Azure
-    conversation trace's train split rescaled to 24 req/s on one instance, the goodput
+    conversation trace's train split rescaled to 10 req/s on one instance (Llama-2-7B on
+    an H100, measured tables; requests clipped to its 4k context), the goodput
     reward with `ttft_credit=0.5` (so horizon ends), 16 slots over the default sort keys,
     oracle lengths; Preemption-v0, Routing-v0 and Serving-v0 change the decisions, the
     workload, the rate and the cluster; Heterogeneous-v0 routes Mélange's mixed service
