@@ -53,3 +53,26 @@ def test_existing_results_are_not_overwritten(tmp_path: Path) -> None:
     with pytest.raises(FileExistsError, match="never overwritten"):
         atomic_write(target, lambda h: h.write("2"))
     assert target.read_text() == "1"
+
+
+def test_suite_repeat_stops_at_the_first_failing_run_and_counts_the_passes(
+        tmp_path: Path) -> None:
+    (tmp_path / "test_ok.py").write_text("def test_ok():\n    assert True\n")
+    (tmp_path / "test_bad.py").write_text("def test_bad():\n    assert False\n")
+    script = str(ROOT / "experiments" / "suite_repeat.py")
+    out = tmp_path / "results"
+    for name, target, runs in (("ok", "test_ok.py", 2), ("bad", "test_bad.py", 3)):
+        done = subprocess.run([sys.executable, script, "--runs", str(runs), "--hogs", "1",
+                               "--out", str(out), "--name", name,
+                               str(tmp_path / target)], capture_output=True, text=True,
+                              timeout=300)
+        assert done.returncode == 0, done.stderr
+    ok = json.loads((out / "ok.json").read_text())
+    assert ok["passed_in_a_row"] == 2 and [r["status"] for r in ok["runs"]] == [0, 0]
+    assert ok["runs"][0]["summary"].startswith("1 passed")
+    bad = json.loads((out / "bad.json").read_text())
+    assert bad["passed_in_a_row"] == 0 and len(bad["runs"]) == 1  # stopped at run 1
+    assert "test_bad.py::test_bad" in bad["runs"][0]["failures"][0]
+    again = subprocess.run([sys.executable, script, "--out", str(out), "--name", "ok"],
+                           capture_output=True, text=True, timeout=60)
+    assert again.returncode != 0 and "never overwritten" in again.stderr
