@@ -175,7 +175,9 @@ class Setting:
         return [
             f"env: {env.id} (controls {', '.join(self.controlled)}), "
             f"{env.episode_requests}-request episodes at {env.rate} req/s, "
-            f"{env.split} split, reward {env.reward}",
+            f"{env.split} split, reward {env.reward}"
+            + (f"; requests clipped to the {self.clip_to}-token context" if self.clip_to
+               else ""),
             f"cost model: {self.cost_note}",
             f"cluster: {config.cluster.num_instances} x {config.cluster.instance.mode} "
             f"(max_num_seqs {config.cluster.instance.max_num_seqs}, "

@@ -177,8 +177,20 @@ def test_episodes_by_trace_time() -> None:
 
 
 def test_a_cluster_too_small_for_every_request_says_so_at_reset() -> None:
-    env = gym.make("servegym/Admission-v0", episode_requests=16,
+    # rejected, not clipped (Admission-v0 clips to its model's context: over_context)
+    env = gym.make("servegym/Admission-v0", episode_requests=16, over_context="reject",
                    cluster={"num_instances": 1, "instance": {"max_model_len": 8}})
     with pytest.raises(RuntimeError, match=r"every request .* was rejected .*exceeds_context"):
         env.reset(seed=0)
     env.close()
+
+
+def test_over_context_clip_fits_every_request_to_the_context_and_bad_values_are_named() -> None:
+    env = gym.make("servegym/Admission-v0", episode_requests=16, over_context="clip",
+                   cluster={"num_instances": 1, "instance": {"max_model_len": 64}})
+    source = env.unwrapped.source
+    assert int((source.prompt_len + source.output_len).max()) == 64
+    env.reset(seed=0)
+    env.close()
+    with pytest.raises(ValueError, match="over_context must be one of"):
+        gym.make("servegym/Admission-v0", over_context="truncate")

@@ -130,6 +130,7 @@ def test_bad_overrides_fail_with_a_clear_message(override: str, message: str) ->
     (["agent.algo=sac"], "agent.algo='sac'"),
     (["env.episode_requests=0"], "env.episode_requests must be >= 1"),
     (["env.rate=-3"], "env.rate must be a finite req/s > 0"),
+    (["env.over_context=truncate"], r"env.over_context=.truncate.: choose one of"),
     (["agent.batch_size=0"], r"agent.batch_size=0: must be >= 1"),
     (["agent.batch_size=1"], "advantage normalisation needs minibatches of 2"),
     (["agent.gamma=1.5"], r"agent.gamma=1.5: must be in \(0, 1\]"),
