@@ -79,6 +79,9 @@ def main() -> None:
     paths, existing = result_paths(args.out, args.name)
     if existing:
         raise SystemExit(f"{', '.join(existing)} exist; results are never overwritten (--name)")
+    # the commit the loop starts at (the runs test the work tree as it is then)
+    head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
+                          capture_output=True, text=True).stdout.strip()
     hogs = [subprocess.Popen([sys.executable, "-c", HOG]) for _ in range(args.hogs)]
     runs: list[dict[str, object]] = []
     try:
@@ -87,7 +90,7 @@ def main() -> None:
             row = runs[-1]
             print(f"run {number}/{args.runs}: status {row['status']}, {row['summary']}, "
                   f"{row['wall_s']:.0f} s", flush=True)
-            text = write_results(args, runs, paths, first=number == 1)
+            text = write_results(args, runs, paths, first=number == 1, head=head)
             if row["status"] != 0 and not args.keep_going:
                 break
     finally:
@@ -98,16 +101,14 @@ def main() -> None:
 
 
 def write_results(args: argparse.Namespace, runs: list[dict[str, object]],
-                  paths: list[Path], first: bool) -> str:
+                  paths: list[Path], first: bool, head: str) -> str:
     """The table and JSON of the runs so far (after every run, so a stopped loop keeps
     what it measured; only this loop's own files are replaced)."""
     in_a_row = next((i for i, r in enumerate(runs) if r["status"] != 0), len(runs))
-    head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
-                          capture_output=True, text=True).stdout.strip()
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     command = "python experiments/suite_repeat.py " + " ".join(sys.argv[1:])
     lines = [f"# Test suite, {args.runs} runs in a row beside {args.hogs} CPU-bound "
-             f"process(es) ({stamp})", "", f"Command: `{command.strip()}` at `{head}`, "
+             f"process(es) ({stamp})", "", f"Command: `{command.strip()}`, started at `{head}`, "
              f"{os.cpu_count()} cores.", "",
              f"**{in_a_row} of {len(runs)} runs passed in a row** (asked: {args.runs}).", "",
              "| run | status | pytest summary | wall s | load 1 min before -> after |",
