@@ -222,8 +222,7 @@ def build_setting(config: TrainConfig, probe: Any) -> Setting:
     metadata = agent_metadata(config.agent.algo, probe, config.env.id, config.env.policies,
                               config.eval.deterministic)
     pools = pool_rows(base.sim.pools)
-    serving = getattr(base, "serving", base)  # an IntervalEnv's ServingEnv
-    clip_to = serving.sim.max_model_len if serving.over_context == "clip" else None
+    clip_to = getattr(base, "serving", base).clip_context  # an IntervalEnv's ServingEnv
     return Setting(env_kwargs(config), list(metadata["controlled"]), cost,
                    cost_note(cost, config.cost.source), metadata, pools, clip_to)
 
@@ -234,10 +233,11 @@ def episodes_for(config: TrainConfig, setting: Setting, split: str, count: int,
     """Evaluation windows of the run (see servegym.agents.evaluation.evaluation_episodes)."""
     from servegym.envs.rewards import RewardConfig
     from servegym.envs.workloads import build_workload
+    from servegym.envs.workloads.transforms import clip_to_context
 
     workload = build_workload(**workload_arguments(setting.kwargs["workload"]))
     if setting.clip_to is not None:  # as the env clips its source (over_context="clip")
-        workload = workload.clip_total_tokens(setting.clip_to)[0]
+        workload = clip_to_context(workload, setting.clip_to)[0]
     rewards = RewardConfig(kind=config.env.reward, **config.env.reward_options)
     requests = config.eval.num_requests or config.env.episode_requests
     rate = config.eval.rate if config.eval.rate is not None else config.env.rate

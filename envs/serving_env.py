@@ -239,7 +239,10 @@ class ServingEnv(gym.Env):
             raise ValueError(f"over_context must be one of {OVER_CONTEXT}, got "
                              f"{over_context!r}")
         self.over_context = over_context
-        if over_context == "clip" or backend == "live":  # the live engine's is small
+        # over_context="clip": the context every request is clipped to (the evaluation
+        # windows of train.py too); None: requests beyond it are rejected on arrival
+        self.clip_context = self.sim.max_model_len if over_context == "clip" else None
+        if self.clip_context is not None or backend == "live":  # the live engine's is small
             self.source = clip_to_context(self.source, self.sim.max_model_len)[0]
         menu = [k.control for k in self.controlled if k.spec.candidates == "options"]
         if menu and getattr(self.sim, "retention", None) is None:
