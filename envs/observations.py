@@ -107,7 +107,6 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from servegym.envs.core.migration import queue_demand, virtual_freeness
 from servegym.envs.protocol import STOP, Action, Decision, DecisionKind
 
 if TYPE_CHECKING:
@@ -440,6 +439,8 @@ class ObservationEncoder:
         by_source: dict[int, list[int]] = {}
         for index, request in enumerate(decision.candidates):
             by_source.setdefault(request.instance, []).append(index)
+        from servegym.envs.core.migration import queue_demand, virtual_freeness
+
         instances = sim.instances
         # Llumnix's virtual usage and freeness, as migrate-balance computes them.
         usage = [inst.bm.num_used + queue_demand(inst) for inst in instances]

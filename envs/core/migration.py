@@ -60,7 +60,6 @@ from servegym.envs.core.disagg import (
     Network,
     kv_transfer_time,
     land_transfer,
-    network_from_config,
 )
 from servegym.envs.core.events import EventKind
 from servegym.envs.core.instance import Instance, SimulationError
@@ -498,14 +497,6 @@ class Migration:
         }
 
 
-def build_migration(sim: Simulator, spec: Any) -> Migration | None:
-    """The simulator's `Migration` for `cluster.migration` (None: none configured)."""
-    config = migration_from_config(spec)
-    if config is None:
-        return None
-    return Migration(sim, config, network_from_config(getattr(sim, "network", None)))
-
-
 __all__ = ["ABORT_REASONS", "CONFIG_KEYS", "LiveMigration", "MigratingInstance", "Migration",
            "queue_demand", "virtual_freeness",
-           "MigrationConfig", "build_migration", "migration_from_config"]
+           "MigrationConfig", "migration_from_config"]

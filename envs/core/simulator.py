@@ -25,24 +25,19 @@ import numpy as np
 
 from servegym.envs.core.cluster import Pool, check_pools
 from servegym.envs.core.decisions import default_policies, reset_policies
-from servegym.envs.core.disagg import ROLE_CLASSES, Disaggregation, Network, network_from_config
 from servegym.envs.core.events import EventKind
 from servegym.envs.core.instance import Instance, InstanceConfig
 from servegym.envs.core.loop import DecisionLoop
 from servegym.envs.core.metrics import ServingReport, build_report
-from servegym.envs.core.migration import (
-    MigratingInstance,
-    Migration,
-    build_migration,
-    migration_from_config,
-)
 from servegym.envs.core.occupancy import Occupancy
 from servegym.envs.core.release import Releases
 from servegym.envs.core.request import REJECTED, Request
-from servegym.envs.core.retention import Retention, as_retain_policy
 from servegym.envs.protocol import Decision, DecisionKind, Policy
 
 if TYPE_CHECKING:
+    from servegym.envs.core.disagg import Disaggregation, Network
+    from servegym.envs.core.migration import Migration, MigrationConfig
+    from servegym.envs.core.retention import Retention
     from servegym.envs.costs.base import CostModel
     from servegym.envs.workloads.workload import Workload
 
@@ -113,9 +108,9 @@ class Simulator(DecisionLoop, Occupancy):
         elif cost_model is not None or instance_config is not None or num_instances != 1:
             raise ValueError("give either pools or cost_model/instance_config/num_instances")
         self.pools = check_pools(pools)
-        self.network = network_from_config(network)
+        self.network = _network(network)
         self.disaggregated = any(pool.role != "mixed" for pool in self.pools)
-        self.migration_config = migration_from_config(migration)
+        self.migration_config = _migration_config(migration)
         if self.migration_config is not None and self.disaggregated:
             raise ValueError("cluster.migration moves requests between mixed instances; "
                              "migration in a prefill/decode cluster is not modelled (drop "
@@ -138,15 +133,17 @@ class Simulator(DecisionLoop, Occupancy):
         self.decode_runs = decode_runs
         self.debug_checks = debug_checks
         # KV retention between a session's calls (RETAIN, envs/core/retention.py;
-        # agents/heuristics/retention.py); None: off.
-        if retention is not None:
-            if policies is not None and DecisionKind.RETAIN in policies:
-                raise ValueError("give the RETAIN policy once: retention= or "
-                                 "policies[DecisionKind.RETAIN], not both")
-            self.policies[DecisionKind.RETAIN] = as_retain_policy(retention)
-        on = retention is not None or retain_ttls is not None
-        self.retention = Retention(*(() if retain_ttls is None else (retain_ttls,))) \
-            if on else None
+        # agents/heuristics/retention.py); None: off, and the module is not imported.
+        self.retention: Retention | None = None
+        if retention is not None or retain_ttls is not None:
+            from servegym.envs.core.retention import Retention, as_retain_policy
+
+            if retention is not None:
+                if policies is not None and DecisionKind.RETAIN in policies:
+                    raise ValueError("give the RETAIN policy once: retention= or "
+                                     "policies[DecisionKind.RETAIN], not both")
+                self.policies[DecisionKind.RETAIN] = as_retain_policy(retention)
+            self.retention = Retention(*(() if retain_ttls is None else (retain_ttls,)))
         self.pool_kv_blocks = [_kv_blocks(pool) for pool in self.pools]
         self.pool_model_len = [pool.config.max_model_len or _model_context(pool.cost)
                                for pool in self.pools]
@@ -158,6 +155,19 @@ class Simulator(DecisionLoop, Occupancy):
         self.migration: Migration | None = None
         self._decision: Decision | None = None
         self._done = True
+
+    def _instance_class(self, role: str) -> type[Instance]:
+        """The instance class for a pool role: a mixed `Instance`, one that can migrate
+        (Llumnix), or a prefill/decode one (DistServe)."""
+        if self.migration_config is not None:
+            from servegym.envs.core.migration import MigratingInstance
+
+            return MigratingInstance
+        if role == "mixed":
+            return Instance
+        from servegym.envs.core.disagg import ROLE_CLASSES
+
+        return ROLE_CLASSES[role]
 
     # ================================================================ Backend protocol
     def reset(self, workload: Workload, seed: int = 0) -> None:
@@ -180,18 +190,23 @@ class Simulator(DecisionLoop, Occupancy):
         self._last_checked_time = -math.inf
         self.instances = []
         for number, pool in enumerate(self.pools):
-            kind = ROLE_CLASSES[pool.role]
-            if self.migration_config is not None:
-                kind = MigratingInstance
+            kind = self._instance_class(pool.role)
             for _ in range(pool.count):
                 self.instances.append(kind(
                     len(self.instances), pool.config, pool.cost, self.pool_kv_blocks[number],
                     self.pool_model_len[number], self, self.record_token_times, pool=number))
-        self.disagg = Disaggregation(self, self.network) if self.disaggregated else None
-        self.event_handlers = {EventKind.TRANSFER: self.disagg.on_transfer_end} \
-            if self.disaggregated else {}
-        self.migration = build_migration(self, self.migration_config)
-        if self.migration is not None:
+        self.disagg = None
+        self.event_handlers = {}
+        if self.disaggregated:
+            from servegym.envs.core.disagg import Disaggregation
+
+            self.disagg = Disaggregation(self, self.network)
+            self.event_handlers[EventKind.TRANSFER] = self.disagg.on_transfer_end
+        self.migration = None
+        if self.migration_config is not None:
+            from servegym.envs.core.migration import Migration
+
+            self.migration = Migration(self, self.migration_config, self.network)
             self.event_handlers[EventKind.MIGRATION_STAGE] = self.migration.on_stage_end
             self.event_handlers[EventKind.MIGRATION_TICK] = self.migration.on_tick
         self.requests: list[Request] = []
@@ -323,6 +338,29 @@ class Simulator(DecisionLoop, Occupancy):
                 continue
             if request.num_generated != request.output_len:
                 raise RuntimeError(f"request {request.rid} ended unfinished: {request!r}")
+
+
+# The topology modules (envs/core/disagg.py, envs/core/migration.py) are imported only by
+# a cluster that uses them: a mixed cluster's process does not hold their code
+# (experiments/bench_core_change.py measures its memory).
+
+
+def _network(spec: Any) -> Network | None:
+    """`cluster.network` as a `Network` (None: absent)."""
+    if spec is None:
+        return None
+    from servegym.envs.core.disagg import network_from_config
+
+    return network_from_config(spec)
+
+
+def _migration_config(spec: Any) -> MigrationConfig | None:
+    """`cluster.migration` as a `MigrationConfig` (None: absent or false)."""
+    if spec is None or spec is False:
+        return None
+    from servegym.envs.core.migration import migration_from_config
+
+    return migration_from_config(spec)
 
 
 def _kv_blocks(pool: Pool) -> int:

@@ -17,8 +17,11 @@ is therefore the same work as a chunk ``(1, context - 1)``.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from array import array
 from collections.abc import Sequence
 from typing import Any
+
+import numpy as np
 
 
 class CostModel(ABC):
@@ -86,3 +89,12 @@ def bad_chunk(new: int, cached: int) -> ValueError:
         f"prefill chunk (new_tokens={new}, cached_context_tokens={cached}) needs "
         f"new_tokens >= 1 and cached_context_tokens >= 0"
     )
+
+
+def time_table(seconds: np.ndarray) -> array:
+    """A lookup table of precomputed times, indexed by a count (tokens or sequences).
+
+    An ``array('d')`` holds 8 bytes per entry where a list of floats holds 32 (a pointer
+    and a float object); a 16,385-entry table is 131 kB instead of 524 kB, and lookups
+    return the same floats."""
+    return array("d", np.ascontiguousarray(seconds, dtype=np.float64).tobytes())

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from servegym.envs.costs.base import CostModel, bad_chunk, check_decodes
+from servegym.envs.costs.base import CostModel, bad_chunk, check_decodes, time_table
 from servegym.envs.costs.specs import (
     GPUSpec,
     ModelSpec,
@@ -92,8 +92,8 @@ class RooflineCostModel(CostModel):
         self._byte_rate = self.gpu.hbm_bandwidth * self.memory_efficiency
         self._init_attention_constants()
         sizes = np.arange(self.max_num_tokens + 1)
-        self._token_table: list[float] = self._token_time(sizes).tolist()
-        self._lm_head_table: list[float] = self._lm_head_time(sizes).tolist()
+        self._token_table = time_table(self._token_time(sizes))
+        self._lm_head_table = time_table(self._lm_head_time(sizes))
         self._kv_bytes_per_token_gpu = kv_bytes_per_token_per_gpu(self.model, tensor_parallel)
 
     # ---- construction-time pieces -------------------------------------------------

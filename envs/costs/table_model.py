@@ -63,7 +63,7 @@ from typing import Any
 import numpy as np
 
 from servegym.envs.costs.attention_fit import AttentionFit, AttentionShape, fit_attention
-from servegym.envs.costs.base import CostModel, bad_chunk, check_decodes
+from servegym.envs.costs.base import CostModel, bad_chunk, check_decodes, time_table
 from servegym.envs.costs.catalog import (
     Calibration,
     canonical_name,
@@ -202,8 +202,8 @@ class TableCostModel(CostModel):
         sizes = np.arange(self.max_num_tokens + 1)
         self._token_fn_array = token_fn
         self._lm_fn_array = lm_fn
-        self._token_table: list[float] = token_fn(sizes).tolist()
-        self._lm_table: list[float] = lm_fn(sizes).tolist()
+        self._token_table = time_table(token_fn(sizes))
+        self._lm_table = time_table(lm_fn(sizes))
         self._kv_bytes_per_token_gpu = kv_bytes_per_token_per_gpu(m, tp)
         self._send_recv = self._send_recv_fn()
         self.parts["cpu_overhead"] = f"assumed constant {self.iteration_overhead_s:g} s"

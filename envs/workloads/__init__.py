@@ -5,6 +5,9 @@ loaders, generators and transforms below are its parts. ``docs/workloads.md`` li
 workload with its licence and citation.
 """
 
+import importlib
+from typing import Any
+
 from servegym.envs.workloads.arrivals import (
     diurnal_arrivals,
     gamma_arrivals,
@@ -27,15 +30,7 @@ from servegym.envs.workloads.length_tables import (
     load_length_table,
     load_length_table_with_report,
 )
-from servegym.envs.workloads.mooncake import load_mooncake, load_mooncake_with_report
 from servegym.envs.workloads.prefix import BlockChains
-from servegym.envs.workloads.programs import agentic_program_workload
-from servegym.envs.workloads.servegen import (
-    SERVEGEN_POOLS,
-    generate_servegen,
-    generate_servegen_with_report,
-)
-from servegym.envs.workloads.sessions import multi_turn_workload
 from servegym.envs.workloads.sources import SOURCE_KINDS, make_source
 from servegym.envs.workloads.synthetic import synthetic_workload
 from servegym.envs.workloads.transforms import (
@@ -46,6 +41,29 @@ from servegym.envs.workloads.transforms import (
     time_window,
 )
 from servegym.envs.workloads.workload import Workload, WorkloadError, WorkloadWarning
+
+# Loaded on first use (PEP 562), so importing the package does not load every loader.
+_LAZY = {
+    "SERVEGEN_POOLS": "servegen",
+    "generate_servegen": "servegen",
+    "generate_servegen_with_report": "servegen",
+    "load_mooncake": "mooncake",
+    "load_mooncake_with_report": "mooncake",
+    "agentic_program_workload": "programs",
+    "multi_turn_workload": "sessions",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{module}"), name)
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
 
 __all__ = [
     "AZURE_2023_KINDS",

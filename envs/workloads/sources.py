@@ -36,10 +36,6 @@ from typing import Any
 import numpy as np
 
 from servegym.envs.workloads.azure import load_azure_2023_with_report
-from servegym.envs.workloads.mooncake import load_mooncake_with_report
-from servegym.envs.workloads.programs import agentic_program_workload
-from servegym.envs.workloads.servegen import generate_servegen_with_report
-from servegym.envs.workloads.sessions import multi_turn_workload
 from servegym.envs.workloads.spec import number, options, text
 from servegym.envs.workloads.synthetic import TraceData, synthetic_workload
 from servegym.envs.workloads.tracefiles import LoadReport
@@ -82,6 +78,10 @@ def _azure(spec: Mapping, rng: np.random.Generator, context: SourceContext,
     return workload
 
 
+# The loaders of the kinds below are imported when a source of their kind is built, so a
+# process reading one trace does not hold every loader's code.
+
+
 def _mooncake(spec: Mapping, rng: np.random.Generator, context: SourceContext,
               where: str) -> Workload:
     opts = options(spec, where, ("kind",),
@@ -89,6 +89,8 @@ def _mooncake(spec: Mapping, rng: np.random.Generator, context: SourceContext,
                     "sessions": False, "decode_s_per_token": 0.02, "max_branching": 16})
     if not isinstance(opts["sessions"], bool):
         raise WorkloadError(f"{where}.sessions = {opts['sessions']!r}: must be true or false")
+    from servegym.envs.workloads.mooncake import load_mooncake_with_report
+
     workload, report = load_mooncake_with_report(
         opts["path"], arrivals=opts["arrivals"], tick_s=opts["tick_s"], rng=rng,
         block_size=context.block_size, on_error=opts["on_error"], sessions=opts["sessions"],
@@ -115,6 +117,8 @@ def _servegen(spec: Mapping, rng: np.random.Generator, context: SourceContext,
     opts = options(spec, where, ("kind",),
                    {"pool": None, "start_s": 0.0, "duration_s": 3600.0, "rate_scale": 1.0,
                     "clients": None, "max_clients": None, "path": None, "on_error": "raise"})
+    from servegym.envs.workloads.servegen import generate_servegen_with_report
+
     workload, report = generate_servegen_with_report(
         opts["pool"], start_s=opts["start_s"], duration_s=opts["duration_s"],
         rate_scale=opts["rate_scale"], clients=opts["clients"], max_clients=opts["max_clients"],
@@ -131,11 +135,15 @@ def _synthetic(spec: Mapping, rng: np.random.Generator, context: SourceContext,
 
 def _sessions(spec: Mapping, rng: np.random.Generator, context: SourceContext,
               where: str) -> Workload:
+    from servegym.envs.workloads.sessions import multi_turn_workload
+
     return multi_turn_workload(spec, rng, context.block_size, context.traces, where)
 
 
 def _programs(spec: Mapping, rng: np.random.Generator, context: SourceContext,
               where: str) -> Workload:
+    from servegym.envs.workloads.programs import agentic_program_workload
+
     return agentic_program_workload(spec, rng, context.block_size, context.traces, where)
 
 

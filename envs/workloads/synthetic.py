@@ -43,7 +43,6 @@ from servegym.envs.workloads.arrivals import (
 from servegym.envs.workloads.azure import load_azure_2023
 from servegym.envs.workloads.distributions import sample_lengths
 from servegym.envs.workloads.length_tables import LENGTH_TABLES, load_length_table
-from servegym.envs.workloads.mooncake import load_mooncake
 from servegym.envs.workloads.spec import number, options, positive_int, text
 from servegym.envs.workloads.workload import Workload, WorkloadError
 
@@ -88,6 +87,8 @@ def _load_named(name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         table = load_length_table(name)
         return table.prompt_len, table.output_len, None
     if name == "mooncake_conv":
+        from servegym.envs.workloads.mooncake import load_mooncake  # only when named
+
         trace = load_mooncake(arrivals="batch")
     else:
         trace = load_azure_2023(name.removeprefix("azure_"))
