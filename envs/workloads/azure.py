@@ -42,6 +42,7 @@ import bisect
 import csv
 import datetime as dt
 import re
+from array import array
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -96,10 +97,13 @@ class _CsvReader(Protocol):
 class _Columns:
     """Accumulates the accepted rows while reading (local to one load)."""
 
+    # Exact ints: nanoseconds since year 1 can pass int64 (a typo year is reported, not
+    # wrapped). The bounded columns are int64 arrays, 8 bytes a row instead of an int
+    # object and a pointer (a trace's load peaks while they are all held).
     time_ns: list[int] = field(default_factory=list)
-    prompt: list[int] = field(default_factory=list)
-    output: list[int] = field(default_factory=list)
-    line: list[int] = field(default_factory=list)  # file line of each row
+    prompt: array = field(default_factory=lambda: array("q"))  # tokens, <= MAX_TOKENS
+    output: array = field(default_factory=lambda: array("q"))
+    line: array = field(default_factory=lambda: array("q"))  # file line of each row
     rows_read: int = 0
 
     def keep(self, drop: set[int]) -> _Columns:
