@@ -160,8 +160,8 @@ def main() -> None:
              "|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['measure']} | {r['old']:,.0f} | {r['new']:,.0f} | "
-                     f"{r['ratio']:.3f} | {r['old_peak_rss_mb']:.0f} / "
-                     f"{r['new_peak_rss_mb']:.0f} |")
+                     f"{r['ratio']:.3f} | {r['old_peak_rss_mb']:.1f} / "
+                     f"{r['new_peak_rss_mb']:.1f} |")
     speed_rows = {r["measure"]: r for r in rows}
     sim_row = speed_rows[MEASURES[0][1]]
     memory_rows = [
