@@ -282,6 +282,50 @@ def test_servegym_is_the_only_import_name_and_registers_the_ids() -> None:
     assert done.stdout.strip() == "[]"
 
 
+# envs/core/disagg.py is not among them: it holds PLACE's default policy, which every
+# simulator builds.
+TOPOLOGY_MODULES = ("servegym.envs.core.migration",
+                    "servegym.envs.core.retention", "servegym.envs.workloads.mooncake",
+                    "servegym.envs.workloads.servegen", "servegym.envs.workloads.programs")
+
+
+def test_a_mixed_cluster_on_one_trace_loads_no_topology_or_other_loader_code() -> None:
+    """The modules a run does not use stay unimported (docs/architecture.md; the memory
+    bench_core_change measures), and each loads once its cluster option or source asks."""
+    import json
+    import subprocess
+    import sys
+
+    code = ("import json, sys, warnings\n"
+            "warnings.simplefilter('ignore')\n"
+            "from servegym.envs.core.simulator import Simulator\n"
+            "from servegym.envs.costs import build_cost_model\n"
+            "from servegym.envs.workloads import build_workload\n"
+            "cost = build_cost_model('Llama-3-8B', 'H100-80GB', 1, source='roofline')\n"
+            "w = build_workload({'kind': 'azure'}, num_requests=200, max_total_tokens=8192)\n"
+            "Simulator(cost, num_instances=2).run(w, seed=0)\n"
+            f"print(json.dumps([m for m in {TOPOLOGY_MODULES!r} if m in sys.modules]))\n"
+            "Simulator(cost, num_instances=2, migration={'interval_s': 0.5}).run(w, seed=0)\n"
+            "from servegym.envs.workloads import load_mooncake\n"
+            f"print(json.dumps([m for m in {TOPOLOGY_MODULES!r} if m in sys.modules]))\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          cwd="/")
+    assert done.returncode == 0, done.stderr
+    plain, later = done.stdout.splitlines()
+    assert json.loads(plain) == []
+    assert {"servegym.envs.core.migration", "servegym.envs.workloads.mooncake"} <= \
+        set(json.loads(later))
+
+
+def test_the_workload_package_names_its_lazy_loaders() -> None:
+    import servegym.envs.workloads as workloads
+
+    assert set(workloads.__all__) <= set(dir(workloads))
+    assert callable(workloads.load_mooncake) and workloads.SERVEGEN_POOLS
+    with pytest.raises(AttributeError, match="no attribute 'load_nothing'"):
+        _ = workloads.load_nothing
+
+
 def test_pyproject_lists_every_package_folder() -> None:
     import tomllib
     from pathlib import Path

@@ -340,9 +340,10 @@ class Simulator(DecisionLoop, Occupancy):
                 raise RuntimeError(f"request {request.rid} ended unfinished: {request!r}")
 
 
-# The topology modules (envs/core/disagg.py, envs/core/migration.py) are imported only by
-# a cluster that uses them: a mixed cluster's process does not hold their code
-# (experiments/bench_core_change.py measures its memory).
+# envs/core/migration.py and envs/core/retention.py are imported only by a cluster that
+# uses them, so a mixed cluster's process does not hold their code (experiments/
+# bench_core_change.py measures its memory). envs/core/disagg.py is imported anyway: it
+# holds PLACE's default policy, which `default_policies` builds for every simulator.
 
 
 def _network(spec: Any) -> Network | None:
