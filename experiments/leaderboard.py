@@ -32,7 +32,9 @@ attainment of every policy, the best heuristic, and each agent's gap to it:
 * `results/leaderboard_jobs.json`: what every job it read contributes (task, algorithm,
   seed, budget, command, each policy's two metrics), committed with the table: a source
   `aggregate` reads like a folder, so the table can be made again, and extended with new
-  jobs, on a machine where the job folders (multirun/, not in git) are gone.
+  jobs, on a machine where the job folders (multirun/, not in git) are gone. A job given
+  again (same task, agent, headline mode and seed) replaces the earlier one: the last
+  source wins, and the table names every replaced job.
 
 `--carry <earlier leaderboard.json>` keeps the summaries of the tasks that no given job
 covers, as that leaderboard computed them (its per-seed values were not kept before the
@@ -125,6 +127,32 @@ def load_jobs(sources: Sequence[Path]) -> tuple[list[dict[str, Any]], list[Path]
                 None))
         jobs += found
     return jobs, failed
+
+
+def supersede(jobs: Sequence[Mapping[str, Any]]) -> tuple[list[dict[str, Any]], list[str]]:
+    """The jobs with each (task, agent, headline mode, seed) kept once: the last given, so
+    `aggregate results/leaderboard_jobs.json <new folder>` replaces the rows a re-run job
+    made again; and a line per job dropped, for the table's notes. Heuristic-only jobs
+    are all kept (their rows must agree, `collect`)."""
+    last: dict[tuple, int] = {}
+    for index, job in enumerate(jobs):
+        if job["config"]["agent"]["algo"] != "heuristic":
+            last[_job_key(job)] = index
+    kept, dropped = [], []
+    for index, job in enumerate(jobs):
+        if job["config"]["agent"]["algo"] == "heuristic" or last[_job_key(job)] == index:
+            kept.append(job)
+        else:
+            later = jobs[last[_job_key(job)]]
+            dropped.append(f"{job['config']['env']['id']} {agent_name(job)} seed "
+                           f"{int(job['seed'])}: {job.get('_job', '?')} by "
+                           f"{later.get('_job', '?')}")
+    return kept, dropped
+
+
+def _job_key(job: Mapping[str, Any]) -> tuple:
+    return (job["config"]["env"]["id"], agent_name(job), agent_mode(job, "agent"),
+            int(job["seed"]))
 
 
 def sweep_commands_each(folders: Sequence[Path]) -> list[str | None]:
@@ -313,7 +341,8 @@ def task_table(summary: Mapping[str, Any]) -> list[str]:
 
 
 def markdown(summaries: Mapping[str, Mapping[str, Any]], command: str, folders: Sequence[str],
-             failed: Sequence[Path], stamp: str, jobs: Sequence[Mapping[str, Any]]) -> str:
+             failed: Sequence[Path], stamp: str, jobs: Sequence[Mapping[str, Any]],
+             superseded: Sequence[str] = ()) -> str:
     budgets = sorted({(j["config"]["env"]["id"], agent_name(j),
                        j["config"]["agent"].get("total_timesteps", 0)) for j in jobs
                       if j["config"]["agent"]["algo"] != "heuristic"})
@@ -323,6 +352,8 @@ def markdown(summaries: Mapping[str, Mapping[str, Any]], command: str, folders: 
         *[f"Jobs made by: `{c}`" for c in job_commands(jobs)],
         "",
         *carried_note(summaries),
+        *([f"Superseded by a later job of the same task, agent and seed ({len(superseded)}): "
+           + "; ".join(superseded) + ".", ""] if superseded else []),
         f"Jobs: {', '.join(folders)}. Held-out split, 5 windows per seed, mean and 95% CI "
         "over seeds; goodput rate = requests meeting both SLOs (TTFT, TPOT) per second of "
         "makespan. Agents: the best checkpoint by the periodic evaluation on training "
@@ -430,6 +461,7 @@ def aggregate(folders: Sequence[Path], out: Path, command: str,
     if not jobs:
         raise SystemExit(f"no finished jobs under {[str(f) for f in folders]}; failed: "
                          f"{[str(f) for f in failed]}")
+    jobs, superseded = supersede(jobs)
     table = collect(jobs)
     headlines = headline_labels(jobs)
     summaries = {task: {**task_summary(table[task]), "headline_agents": sorted(headlines[task])}
@@ -438,7 +470,8 @@ def aggregate(folders: Sequence[Path], out: Path, command: str,
         summaries = carry(summaries, carry_from)
     summaries = {task: summaries[task] for task in sorted(summaries)}
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    text = markdown(summaries, command, [str(f) for f in folders], failed, stamp, jobs)
+    text = markdown(summaries, command, [str(f) for f in folders], failed, stamp, jobs,
+                    superseded)
     payload = {"created": stamp, "command": command, "tasks": summaries,
                "failed": [str(f) for f in failed]}
     atomic_write(history_path(out / "history", stamp), lambda h: h.write(text))

@@ -113,6 +113,26 @@ def test_the_job_store_remakes_the_table_without_the_job_folders(tmp_path: Path)
         leaderboard.aggregate([tmp_path / "out" / "leaderboard.json"], tmp_path / "o4", "t")
 
 
+def test_a_re_run_job_replaces_the_stored_one_and_is_named(tmp_path: Path) -> None:
+    old, new = tmp_path / "old", tmp_path / "new"
+    for seed in (0, 1):
+        job(old / f"a{seed}", "T", "maskable_ppo", seed, 9.0, 9.0, {"spf": 10.0})
+        job(old / f"p{seed}", "T", "ppo", seed, 8.0, 8.0, {"spf": 10.0})
+    leaderboard.aggregate([old], tmp_path / "out", "test")
+    store = tmp_path / "out" / "leaderboard_jobs.json"
+    job(new / "a0", "T", "maskable_ppo", 0, 12.0, 12.0, {"spf": 10.0})  # seed 0 again
+    both = leaderboard.aggregate([store, new], tmp_path / "out2", "test")
+    row = both["tasks"]["T"]["rows"]["maskable_ppo (best, greedy)"]
+    assert row["seeds"] == [0, 1]
+    assert row["goodput_rps"][0] == pytest.approx((12.0 + 9.0) / 2)  # seed 0 from the re-run
+    assert both["tasks"]["T"]["rows"]["ppo (best, greedy)"]["goodput_rps"][0] == 8.0
+    text = (tmp_path / "out2" / "leaderboard.md").read_text()
+    assert "Superseded by a later job of the same task, agent and seed (1): T maskable_ppo " \
+        f"seed 0: {old / 'a0'} by {new / 'a0'}" in text
+    stored = json.loads((tmp_path / "out2" / "leaderboard_jobs.json").read_text())["jobs"]
+    assert len(stored) == 4  # the replaced job is not stored again
+
+
 def test_carried_tasks_keep_their_summaries_and_are_named(tmp_path: Path) -> None:
     old = tmp_path / "old"
     for seed in (0, 1):
