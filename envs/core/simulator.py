@@ -25,6 +25,7 @@ import numpy as np
 
 from servegym.envs.core.cluster import Pool, check_pools
 from servegym.envs.core.decisions import default_policies, reset_policies
+from servegym.envs.core.disagg import ROLE_CLASSES, Disaggregation, Network, network_from_config
 from servegym.envs.core.events import EventKind
 from servegym.envs.core.instance import Instance, InstanceConfig
 from servegym.envs.core.loop import DecisionLoop
@@ -35,7 +36,6 @@ from servegym.envs.core.request import REJECTED, Request
 from servegym.envs.protocol import Decision, DecisionKind, Policy
 
 if TYPE_CHECKING:
-    from servegym.envs.core.disagg import Disaggregation, Network
     from servegym.envs.core.migration import Migration, MigrationConfig
     from servegym.envs.core.retention import Retention
     from servegym.envs.costs.base import CostModel
@@ -108,7 +108,7 @@ class Simulator(DecisionLoop, Occupancy):
         elif cost_model is not None or instance_config is not None or num_instances != 1:
             raise ValueError("give either pools or cost_model/instance_config/num_instances")
         self.pools = check_pools(pools)
-        self.network = _network(network)
+        self.network = network_from_config(network)
         self.disaggregated = any(pool.role != "mixed" for pool in self.pools)
         self.migration_config = _migration_config(migration)
         if self.migration_config is not None and self.disaggregated:
@@ -157,16 +157,12 @@ class Simulator(DecisionLoop, Occupancy):
         self._done = True
 
     def _instance_class(self, role: str) -> type[Instance]:
-        """The instance class for a pool role: a mixed `Instance`, one that can migrate
-        (Llumnix), or a prefill/decode one (DistServe)."""
+        """The instance class for a pool role (`ROLE_CLASSES`), or one that can migrate
+        (Llumnix) when the cluster migrates."""
         if self.migration_config is not None:
             from servegym.envs.core.migration import MigratingInstance
 
             return MigratingInstance
-        if role == "mixed":
-            return Instance
-        from servegym.envs.core.disagg import ROLE_CLASSES
-
         return ROLE_CLASSES[role]
 
     # ================================================================ Backend protocol
@@ -198,8 +194,6 @@ class Simulator(DecisionLoop, Occupancy):
         self.disagg = None
         self.event_handlers = {}
         if self.disaggregated:
-            from servegym.envs.core.disagg import Disaggregation
-
             self.disagg = Disaggregation(self, self.network)
             self.event_handlers[EventKind.TRANSFER] = self.disagg.on_transfer_end
         self.migration = None
@@ -342,17 +336,8 @@ class Simulator(DecisionLoop, Occupancy):
 
 # envs/core/migration.py and envs/core/retention.py are imported only by a cluster that
 # uses them, so a mixed cluster's process does not hold their code (experiments/
-# bench_core_change.py measures its memory). envs/core/disagg.py is imported anyway: it
+# bench_core_change.py measures its memory). envs/core/disagg.py is imported here: it
 # holds PLACE's default policy, which `default_policies` builds for every simulator.
-
-
-def _network(spec: Any) -> Network | None:
-    """`cluster.network` as a `Network` (None: absent)."""
-    if spec is None:
-        return None
-    from servegym.envs.core.disagg import network_from_config
-
-    return network_from_config(spec)
 
 
 def _migration_config(spec: Any) -> MigrationConfig | None:
